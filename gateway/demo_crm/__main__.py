@@ -1,0 +1,3 @@
+from gateway.demo_crm.app import main
+
+main()
