@@ -1,0 +1,1 @@
+"""Test helpers that start real external programs (redis-server), never mocks of them."""
