@@ -7,6 +7,7 @@ single pass over a file reports every mistake in it.
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 import re
 from collections.abc import Collection
@@ -61,8 +62,8 @@ class Section:
         mapping: Any,
         problems: Problems,
         *,
-        name: str,
-        allowed: Collection[str],
+        name: builtins.str,
+        allowed: Collection[builtins.str],
         where: Where,
     ) -> None:
         self.problems = problems
@@ -73,28 +74,28 @@ class Section:
         if not isinstance(mapping, dict):
             problems.add(where, f"{name}: expected a mapping, got {_kind(mapping)}")
             mapping = {}
-        self.data: dict[str, Any] = mapping
+        self.data: dict[builtins.str, Any] = mapping
         for key in mapping:
             if key not in allowed:
                 hint = ", ".join(sorted(allowed))
                 problems.add(self.where(key), f"{name or 'top level'}: unknown key {key!r} (expected one of: {hint})")
 
-    def where(self, key: str | None = None) -> Where:
+    def where(self, key: builtins.str | None = None) -> Where:
         if isinstance(self.data, Mapping):
             return self.data.where(key)
         return self.where_
 
-    def _label(self, key: str) -> str:
+    def _label(self, key: builtins.str) -> builtins.str:
         return f"{self.name}.{key}" if self.name else key
 
-    def has(self, key: str) -> bool:
+    def has(self, key: builtins.str) -> bool:
         return key in self.data and self.data[key] is not None
 
-    def raw(self, key: str, default: Any = None) -> Any:
+    def raw(self, key: builtins.str, default: Any = None) -> Any:
         value = self.data.get(key)
         return default if value is None else value
 
-    def _typed(self, key: str, default: T, types: tuple[type, ...], label: str) -> T:
+    def _typed(self, key: builtins.str, default: T, types: tuple[type, ...], label: builtins.str) -> T:
         value = self.data.get(key)
         if value is None:
             return default
@@ -106,27 +107,27 @@ class Section:
             return default
         return value  # type: ignore[return-value]
 
-    def str(self, key: str, default: T) -> str | T:
+    def str(self, key: builtins.str, default: T) -> builtins.str | T:
         return self._typed(key, default, (str,), "a string")
 
-    def bool(self, key: str, default: bool) -> bool:
+    def bool(self, key: builtins.str, default: bool) -> bool:
         return self._typed(key, default, (bool,), "true or false")
 
-    def int(self, key: str, default: int, *, minimum: int | None = None) -> int:
+    def int(self, key: builtins.str, default: int, *, minimum: int | None = None) -> int:
         value = self._typed(key, default, (int,), "an integer")
         if minimum is not None and value < minimum:
             self.problems.add(self.where(key), f"{self._label(key)}: must be at least {minimum}")
             return default
         return value
 
-    def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
+    def number(self, key: builtins.str, default: float, *, minimum: float = 0.0) -> float:
         value = self._typed(key, default, (int, float), "a number")
         if value < minimum:
             self.problems.add(self.where(key), f"{self._label(key)}: must be at least {minimum}")
             return default
         return float(value)
 
-    def choice(self, key: str, default: str, choices: Collection[str]) -> str:
+    def choice(self, key: builtins.str, default: builtins.str, choices: Collection[builtins.str]) -> builtins.str:
         value = self.str(key, default)
         if value not in choices:
             self.problems.add(
@@ -135,7 +136,7 @@ class Section:
             return default
         return value
 
-    def duration(self, key: str, default: float) -> float:
+    def duration(self, key: builtins.str, default: float) -> float:
         value = self.data.get(key)
         if value is None:
             return default
@@ -145,7 +146,7 @@ class Section:
             self.problems.add(self.where(key), f"{self._label(key)}: {exc}")
             return default
 
-    def list(self, key: str) -> list[tuple[Any, Where]]:
+    def list(self, key: builtins.str) -> list[tuple[Any, Where]]:
         """Items of a list with the line of each; a lone scalar counts as a list of one."""
         value = self.data.get(key)
         if value is None:
@@ -159,18 +160,18 @@ class Section:
             return []
         return [(value, self.where(key))]
 
-    def str_list(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    def str_list(self, key: builtins.str, default: tuple[builtins.str, ...] = ()) -> tuple[builtins.str, ...]:
         if key not in self.data or self.data[key] is None:
             return default
-        out: list[str] = []
+        out: list[builtins.str] = []
         for item, where in self.list(key):
-            if isinstance(item, str | int) and not isinstance(item, bool):
+            if isinstance(item, builtins.str | int) and not isinstance(item, bool):
                 out.append(str(item))
             else:
                 self.problems.add(where, f"{self._label(key)}: expected a string, got {_kind(item)}")
         return tuple(out)
 
-    def networks(self, key: str, default: tuple[IPNetwork, ...] = ()) -> tuple[IPNetwork, ...]:
+    def networks(self, key: builtins.str, default: tuple[IPNetwork, ...] = ()) -> tuple[IPNetwork, ...]:
         if key not in self.data or self.data[key] is None:
             return default
         out: list[IPNetwork] = []
@@ -181,7 +182,7 @@ class Section:
                 self.problems.add(where, f"{self._label(key)}: {exc}")
         return tuple(out)
 
-    def section(self, key: str, *, allowed: Collection[str]) -> Section:
+    def section(self, key: builtins.str, *, allowed: Collection[builtins.str]) -> Section:
         return Section(
             self.data.get(key),
             self.problems,

@@ -81,9 +81,7 @@ class LoggingSettings:
 
 @dataclass(frozen=True, slots=True)
 class MetricsSettings:
-    allow: tuple[IPNetwork, ...] = field(
-        default_factory=lambda: (parse_network("127.0.0.1"), parse_network("::1"))
-    )
+    allow: tuple[IPNetwork, ...] = field(default_factory=lambda: (parse_network("127.0.0.1"), parse_network("::1")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +123,21 @@ def parse_settings(data: Any, path: Path, problems: Problems) -> Settings:
         data,
         problems,
         name="",
-        allowed=(
-            "listen upstream client_ip mode default_action paths session login totp geoip "
-            "logging metrics policy_files"
-        ).split(),
+        allowed=[
+            "listen",
+            "upstream",
+            "client_ip",
+            "mode",
+            "default_action",
+            "paths",
+            "session",
+            "login",
+            "totp",
+            "geoip",
+            "logging",
+            "metrics",
+            "policy_files",
+        ],
         where=Where(name, 1),
     )
 
@@ -168,9 +177,7 @@ def parse_settings(data: Any, path: Path, problems: Problems) -> Settings:
 
     sess_s = top.section(
         "session",
-        allowed=(
-            "store redis_url secret_key_file cookie_name cookie_secure idle_timeout max_age".split()
-        ),
+        allowed=(["store", "redis_url", "secret_key_file", "cookie_name", "cookie_secure", "idle_timeout", "max_age"]),
     )
     session = SessionSettings(
         store=sess_s.choice("store", "cookie", ("cookie", "redis")),
@@ -186,10 +193,17 @@ def parse_settings(data: Any, path: Path, problems: Problems) -> Settings:
     if top.has("login"):
         login_s = top.section(
             "login",
-            allowed=(
-                "path method username_field success logout_paths upstream_session_cookie "
-                "max_failures find_time ban_time"
-            ).split(),
+            allowed=[
+                "path",
+                "method",
+                "username_field",
+                "success",
+                "logout_paths",
+                "upstream_session_cookie",
+                "max_failures",
+                "find_time",
+                "ban_time",
+            ],
         )
         success_s = login_s.section("success", allowed=("status", "set_cookie"))
         statuses: list[int] = []
@@ -203,9 +217,7 @@ def parse_settings(data: Any, path: Path, problems: Problems) -> Settings:
             method=login_s.str("method", "POST").upper(),
             username_field=login_s.str("username_field", "username"),
             success_status=tuple(statuses) if success_s.has("status") else (302, 303),
-            success_set_cookie=success_s.str("set_cookie", None)
-            if success_s.data
-            else "crm_session",
+            success_set_cookie=success_s.str("set_cookie", None) if success_s.data else "crm_session",
             logout_paths=login_s.str_list("logout_paths", ("/logout",)),
             upstream_session_cookie=login_s.str("upstream_session_cookie", "crm_session"),
             max_failures=login_s.int("max_failures", 5, minimum=1),
@@ -218,8 +230,7 @@ def parse_settings(data: Any, path: Path, problems: Problems) -> Settings:
         totp_s = top.section("totp", allowed=("issuer", "secrets_file", "max_failures"))
         totp = TotpSettings(
             issuer=totp_s.str("issuer", "Example CRM"),
-            secrets_file=_path(base, totp_s.str("secrets_file", "totp-secrets.yaml"))
-            or base / "totp-secrets.yaml",
+            secrets_file=_path(base, totp_s.str("secrets_file", "totp-secrets.yaml")) or base / "totp-secrets.yaml",
             max_failures=totp_s.int("max_failures", 5, minimum=1),
         )
 
@@ -240,9 +251,7 @@ def parse_settings(data: Any, path: Path, problems: Problems) -> Settings:
     metrics_s = top.section("metrics", allowed=("allow",))
     metrics = MetricsSettings(allow=metrics_s.networks("allow")) if metrics_s.has("allow") else MetricsSettings()
 
-    policy_files = tuple(
-        p for p in (_path(base, f) for f in top.str_list("policy_files")) if p is not None
-    )
+    policy_files = tuple(p for p in (_path(base, f) for f in top.str_list("policy_files")) if p is not None)
 
     return Settings(
         path=path,

@@ -1,0 +1,134 @@
+"""Assemble the gateway: config -> filter chain -> aiohttp application.
+
+The chain is built from one Config and replaced whole on reload, so a request
+always sees one consistent policy. Long-lived resources (the upstream
+connection pool, the shared-state store) belong to the application and are
+opened and closed through ``cleanup_ctx``; they survive reloads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+from aiohttp import ClientSession, web
+
+from gateway.chain import Chain
+from gateway.config import Config
+from gateway.exchange import Exchange
+from gateway.filters import Filter
+from gateway.filters.client_ip import ClientIPFilter
+from gateway.filters.endpoints import OpsEndpoints, WhoAmI, tcp_probe
+from gateway.filters.identity import IdentityFilter
+from gateway.filters.login import LoginFilter
+from gateway.filters.paths import PathFilter
+from gateway.filters.policy import PolicyFilter, facts_of
+from gateway.filters.two_factor import MFAGate, TwoFactorEndpoint
+from gateway.logs import get_logger
+from gateway.proxy import Proxy
+from gateway.sessions import SessionStore
+from gateway.state import SharedState, open_state
+from gateway.totp import SecretStore, TotpVerifier
+
+log = get_logger("app")
+
+
+class Gateway:
+    """One process's gateway: current config, current chain, shared resources."""
+
+    def __init__(self, config: Config, *, worker: int = 0) -> None:
+        self.config = config
+        self.worker = worker
+        self.client: ClientSession | None = None
+        self.chain: Chain | None = None
+        self.state: SharedState | None = None
+        self.sessions: SessionStore | None = None
+        self.app = web.Application(handler_args={"max_field_size": 16384, "max_line_size": 16384})
+        self.app[GATEWAY] = self
+        self.app.cleanup_ctx.append(self._resources_ctx)
+        self.app.router.add_route("*", "/{tail:.*}", self.handle)
+
+    async def _resources_ctx(self, _app: web.Application) -> AsyncIterator[None]:
+        """What outlives a reload: the upstream pool, the shared-state store, the session storage."""
+        settings = self.config.settings
+        self.client = Proxy.new_client(settings.upstream)
+        self.state = open_state(settings.session.store, settings.session.redis_url)
+        self.sessions = SessionStore(settings.session, self.state,
+                                     redis_client=getattr(self.state, "client", None))
+        self.chain = self.build_chain(self.config)
+        yield
+        await self.client.close()
+        await self.state.close()
+
+    def build_chain(self, config: Config) -> Chain:
+        settings = config.settings
+        assert self.client is not None and self.state is not None and self.sessions is not None
+        sessions, state = self.sessions, self.state
+        login_path = settings.login.path if settings.login else "/"
+        secrets = SecretStore(settings.totp.secrets_file) if settings.totp else None
+        verifier = (
+            TotpVerifier(secrets, state, max_failures=settings.totp.max_failures)
+            if settings.totp and secrets
+            else None
+        )
+        filters: list[Filter] = [
+            ClientIPFilter(settings.client_ip),
+            PathFilter(case_insensitive=settings.case_insensitive_paths),
+            OpsEndpoints(
+                probes={"upstream": lambda: tcp_probe(settings.upstream.url), "session_store": state.ping},
+                info={"worker": self.worker, "pid": os.getpid()},
+            ),
+            IdentityFilter(sessions, config.policy, settings.login,
+                           case_insensitive=settings.case_insensitive_paths),
+            TwoFactorEndpoint(verifier, sessions, login_path),
+            WhoAmI(self._whoami),
+            PolicyFilter(config.policy, sessions, log_allowed=settings.logging.log_allowed),
+        ]
+        if settings.login is not None:
+            filters.append(LoginFilter(settings.login, store=sessions, state=state, policy=config.policy,
+                                       secrets=secrets))
+        filters.append(MFAGate(sessions, login_path))
+        return Chain(filters, Proxy(settings.upstream, self.client))
+
+    def _whoami(self, ex: Exchange) -> dict[str, object]:
+        policy = self.config.policy
+        decision = policy.decide(facts_of(ex, user=ex.user))
+        settings = policy.settings_for(ex.user, datetime.now(UTC))
+        return {
+            "channel": decision.channel,
+            "user": ex.user,
+            "allowed": decision.action == "allow",
+            "reason": decision.reason,
+            "settings": {
+                "ip_lockdown": settings.ip_lockdown,
+                "mobile_any_ip": settings.mobile_any_ip,
+                "require_2fa": settings.require_2fa,
+                "login_hours": _hours_text(settings.login_hours),
+                "timezone": settings.timezone,
+                "overrides": list(settings.overrides),
+            },
+        }
+
+    def swap(self, config: Config) -> None:
+        """Install a new config; requests already running finish with the chain they started with."""
+        self.chain = self.build_chain(config)
+        self.config = config
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        assert self.chain is not None
+        return await self.chain.handle(request)
+
+
+def _hours_text(hours: object) -> object:
+    if hours is None:
+        return None
+    try:
+        data = asdict(hours)  # type: ignore[call-overload]
+    except TypeError:
+        return str(hours)
+    return {k: (sorted(v) if isinstance(v, frozenset) else str(v)) for k, v in data.items()}
+
+
+GATEWAY = web.AppKey("gateway", Gateway)

@@ -1,0 +1,65 @@
+"""Runs the filter chain for every request; the only code that speaks aiohttp's handler protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, Sequence
+
+from aiohttp import web
+
+from gateway.client_ip import parse_address
+from gateway.exchange import Exchange
+from gateway.filters import Filter
+from gateway.headers import REQUEST_ID
+from gateway.logs import get_logger
+from gateway.pages import denial
+
+log = get_logger("chain")
+
+Terminal = Callable[[Exchange], Awaitable[web.StreamResponse]]
+
+
+def new_request_id() -> str:
+    return os.urandom(8).hex()
+
+
+class Chain:
+    """Filters in order, then the terminal step (the proxy)."""
+
+    def __init__(self, filters: Sequence[Filter], terminal: Terminal) -> None:
+        self.filters = tuple(filters)
+        self.terminal = terminal
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        request_id = new_request_id()
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        try:
+            peer_ip = parse_address(peer[0] if peer else "")
+        except ValueError:
+            # A Unix socket or a vanished transport: nobody to judge, nothing to forward.
+            raise web.HTTPBadRequest() from None
+        ex = Exchange(request=request, request_id=request_id, peer_ip=peer_ip, client_ip=peer_ip)
+        try:
+            for step in self.filters:
+                response = await step(ex)
+                if response is not None:
+                    break
+            else:
+                response = await self.terminal(ex)
+        except (web.HTTPException, ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception:
+            # Fail closed: what the gateway cannot decide is not forwarded.
+            log.exception("request.failed", request_id=request_id, method=request.method)
+            response = denial(
+                status=500,
+                reason="internal_error",
+                client_ip=str(ex.client_ip),
+                request_id=request_id,
+                as_json=ex.wants_json,
+            )
+        if not response.prepared:
+            response.headers[REQUEST_ID] = request_id
+            await ex.before_send(response)
+        return response

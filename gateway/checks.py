@@ -1,0 +1,25 @@
+"""``crm-gateway check`` warnings: the policy's lock-out checks plus deployment ones (DESIGN.md §6)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from gateway.config import Config
+
+
+def warnings_for(config: Config, *, workers: int, now: datetime) -> list[str]:
+    settings = config.settings
+    out = list(config.policy.warnings(now))
+    where = str(settings.path)
+    if settings.session.store == "cookie":
+        if workers > 1:
+            out.append(
+                f"{where}: session.store is 'cookie' with {workers} workers: used TOTP codes and failure "
+                "counters are per process; use session.store: redis"
+            )
+        if settings.totp is not None:
+            out.append(
+                f"{where}: 2FA is on with session.store 'cookie': replay and lock-out counters are not "
+                "shared between processes or replicas; fine for one process, use redis for more"
+            )
+    return out

@@ -1,0 +1,181 @@
+"""``crm-gateway``: serve, demo, check, explain, totp enroll, overrides (DESIGN.md §1)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config import Config, load_config
+from gateway.yamlsrc import ConfigError
+
+
+def _load_or_exit(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway import logs
+    from gateway.server import Server, install_event_loop_policy
+    from gateway.workers import run_workers
+
+    config = _load_or_exit(args.config)
+    logs.configure(level=config.settings.logging.level, fmt=config.settings.logging.format)
+    if args.workers > 1:
+        return run_workers(args.config, workers=args.workers, drain_timeout=args.drain_timeout)
+    install_event_loop_policy()
+    server = Server(
+        config_path=Path(args.config),
+        config=config,
+        worker=args.worker_index,
+        drain_timeout=args.drain_timeout,
+        reuse_port=args.reuse_port,
+    )
+    return asyncio.run(server.run())
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(port=args.port, config_dir=Path(args.config_dir) if args.config_dir else None)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load_or_exit(args.config)
+    from gateway.checks import warnings_for
+
+    warnings = warnings_for(config, workers=args.workers, now=datetime.now(UTC))
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    settings = config.settings
+    print(
+        f"ok: {settings.path} and {len(settings.policy_files)} policy file(s) are valid; "
+        f"{config.policy.rule_count} rules, {len(warnings)} warning(s)"
+    )
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from gateway.client_ip import BadClientAddress, parse_address
+    from gateway.paths import BadPath, normalise_path, split_target
+    from gateway.policy import RequestFacts, explain_json, format_explain
+
+    config = _load_or_exit(args.config)
+    try:
+        client_ip = parse_address(args.ip)
+    except BadClientAddress as exc:
+        print(f"--ip: {exc}", file=sys.stderr)
+        return 2
+    try:
+        raw_path, _query = split_target(args.path)
+        path = normalise_path(raw_path, case_insensitive=config.settings.case_insensitive_paths)
+    except BadPath as exc:
+        print(f"--path: would be answered 400 bad_request: {exc}", file=sys.stderr)
+        return 2
+    at = datetime.now(UTC)
+    if args.at:
+        try:
+            at = datetime.fromisoformat(args.at)
+        except ValueError:
+            print(f"--at: not an ISO-8601 date-time: {args.at!r}", file=sys.stderr)
+            return 2
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+    facts = RequestFacts(
+        client_ip=client_ip,
+        method=args.method.upper(),
+        path=path.match,
+        user_agent=args.user_agent,
+        user=args.user,
+        at=at,
+    )
+    decision = config.policy.decide(facts, explain=True)
+    if args.json:
+        print(json.dumps(explain_json(facts, decision), indent=2, default=str))
+    else:
+        print(format_explain(facts, decision))
+    return 0
+
+
+def cmd_totp_enroll(args: argparse.Namespace) -> int:
+    from gateway.totp import enroll_command
+
+    return enroll_command(_load_or_exit(args.config), args.user, force=args.force)
+
+
+def cmd_overrides(args: argparse.Namespace) -> int:
+    config = _load_or_exit(args.config)
+    print(config.policy.overrides_report(datetime.now(UTC), args.review_days))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crm-gateway", description="Location-aware access gateway in front of a legacy CRM."
+    )
+    parser.add_argument("--version", action="version", version=f"crm-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("-c", "--config", required=True, help="main config file (gateway.yaml)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes sharing the port")
+    serve.add_argument("--drain-timeout", type=float, default=30.0,
+                       help="seconds in-flight requests get to finish on SIGTERM (default 30)")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="run the bundled demo CRM with a gateway in front of it")
+    demo.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
+    demo.add_argument("--config-dir", help="example config folder (default: ./config)")
+    demo.set_defaults(func=cmd_demo)
+
+    check = sub.add_parser("check", help="validate config files and warn about lock-out risks")
+    check.add_argument("-c", "--config", required=True)
+    check.add_argument("--workers", type=int, default=1, help="workers you intend to run")
+    check.set_defaults(func=cmd_check)
+
+    explain = sub.add_parser("explain", help="show how a request would be decided, rule by rule")
+    explain.add_argument("-c", "--config", required=True)
+    explain.add_argument("--ip", required=True, help="client IP")
+    explain.add_argument("--user", help="username (none: anonymous)")
+    explain.add_argument("--user-agent", default="Mozilla/5.0", help="User-Agent (default: a browser)")
+    explain.add_argument("--method", default="GET")
+    explain.add_argument("--path", required=True)
+    explain.add_argument("--at", help="ISO-8601 time (default: now)")
+    explain.add_argument("--json", action="store_true", help="print one JSON object")
+    explain.set_defaults(func=cmd_explain)
+
+    totp = sub.add_parser("totp", help="TOTP second factor")
+    totp_sub = totp.add_subparsers(dest="totp_command", required=True, metavar="ACTION")
+    enroll = totp_sub.add_parser("enroll", help="create a secret for USER and print its QR code")
+    enroll.add_argument("user")
+    enroll.add_argument("-c", "--config", required=True)
+    enroll.add_argument("--force", action="store_true", help="replace an existing secret")
+    enroll.set_defaults(func=cmd_totp_enroll)
+
+    overrides = sub.add_parser("overrides", help="list per-user overrides for review")
+    overrides.add_argument("-c", "--config", required=True)
+    overrides.add_argument("--review-days", type=int, default=90)
+    overrides.set_defaults(func=cmd_overrides)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

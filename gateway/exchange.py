@@ -1,0 +1,64 @@
+"""The state of one request as it passes the filter chain.
+
+Filters fill it in order (client IP, path, identity, decision); the proxy reads
+it to build the upstream request. It is the only mutable per-request object;
+what reaches the decision core is the frozen ``RequestFacts`` built from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import ClientResponse, web
+from aiohttp_session import Session
+
+from gateway.paths import NormalisedPath
+from gateway.schema import IPAddress
+
+if TYPE_CHECKING:
+    from gateway.policy import Decision
+
+# Called with the upstream's response head before anything is sent to the client;
+# returning a response replaces the upstream's (e.g. the 2FA step-up holding a login).
+UpstreamHook = Callable[["Exchange", ClientResponse], Awaitable[web.StreamResponse | None]]
+# Called with the response about to be sent, whoever made it (e.g. to save the session cookie).
+SendHook = Callable[["Exchange", web.StreamResponse], Awaitable[None]]
+
+
+@dataclass(slots=True, eq=False)
+class Exchange:
+    request: web.Request
+    request_id: str
+    peer_ip: IPAddress
+    client_ip: IPAddress
+    path: NormalisedPath | None = None
+    query: str = ""
+    channel: str = "web"
+    user: str | None = None
+    decision: Decision | None = None
+    # The gateway session (aiohttp-session), loaded by the identity filter.
+    session: Session | None = None
+    # A body the gateway had to read (the login form) and forwards in place of the stream.
+    body: bytes | None = None
+    # Cookie names the proxy must not pass upstream (an unbound CRM session cookie).
+    strip_cookies: set[str] = field(default_factory=set)
+    upstream_headers: dict[str, str] = field(default_factory=dict)
+    upstream_hooks: list[UpstreamHook] = field(default_factory=list)
+    send_hooks: list[SendHook] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+
+    async def before_send(self, response: web.StreamResponse) -> None:
+        """Run the send hooks; every response path calls this once before prepare()."""
+        hooks, self.send_hooks = self.send_hooks, []
+        for hook in hooks:
+            await hook(self, response)
+
+    @property
+    def wants_json(self) -> bool:
+        """Mobile app and API clients get JSON denials, browsers a page."""
+        if self.channel != "web":
+            return True
+        accept = self.request.headers.get("Accept", "")
+        return "application/json" in accept and "text/html" not in accept

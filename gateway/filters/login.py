@@ -1,0 +1,144 @@
+"""The CRM login, watched from outside (DESIGN.md §4).
+
+Before forwarding a login POST: refuse it with 429 when the username or the
+client IP is banned for failing too often (the CRM never sees it). After the
+CRM answers: on success, start a gateway session bound to the CRM's session
+cookie, and when the user needs 2FA hold the CRM's response (its cookies and
+redirect) in the session instead of sending it; on failure, count it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from urllib.parse import quote, urlsplit
+
+from aiohttp import ClientResponse, web
+
+from gateway.exchange import Exchange
+from gateway.logs import get_logger
+from gateway.pages import denial
+from gateway.policy import Policy
+from gateway.sessions import SessionStore, fingerprint, save_session_later
+from gateway.settings import LoginSettings
+from gateway.state import SharedState, StateUnavailable
+from gateway.totp import SecretStore
+
+log = get_logger("login")
+
+TWO_FACTOR_PATH = "/_gateway/2fa"
+
+
+def same_origin_path(location: str | None, host: str | None) -> str:
+    """A redirect target that stays on this site: a path, or '/' when it would leave."""
+    if not location:
+        return "/"
+    parts = urlsplit(location)
+    if parts.scheme or parts.netloc:
+        if parts.scheme not in ("http", "https") or parts.netloc != host:
+            return "/"
+        location = parts.path + (f"?{parts.query}" if parts.query else "")
+    if not location.startswith("/") or location.startswith(("//", "/\\")) or any(ord(c) < 32 for c in location):
+        return "/"
+    return location
+
+
+class LoginFilter:
+    name = "login"
+
+    def __init__(self, login: LoginSettings, *, store: SessionStore, state: SharedState, policy: Policy,
+                 secrets: SecretStore | None) -> None:
+        self.login = login
+        self.store = store
+        self.state = state
+        self.policy = policy
+        self.secrets = secrets
+
+    async def __call__(self, ex: Exchange) -> web.StreamResponse | None:
+        if not ex.state.get("login_attempt"):
+            return None
+        keys = [f"login:ban:ip:{ex.client_ip}"] + ([f"login:ban:user:{ex.user}"] if ex.user else [])
+        try:
+            left = [t for t in [await self.state.flagged(key) for key in keys] if t is not None]
+        except StateUnavailable:
+            return denial(status=503, reason="session_store_unavailable", client_ip=str(ex.client_ip),
+                          request_id=ex.request_id, as_json=ex.wants_json, retry_after=5)
+        if left:
+            log.warning("login.rejected_banned", request_id=ex.request_id, user=ex.user,
+                        client_ip=str(ex.client_ip), seconds_left=int(max(left)))
+            return denial(status=429, reason="login_banned", client_ip=str(ex.client_ip),
+                          request_id=ex.request_id, as_json=ex.wants_json, retry_after=int(max(left)) + 1)
+        ex.upstream_hooks.append(self._on_response)
+        return None
+
+    def succeeded(self, upstream: ClientResponse) -> bool:
+        if upstream.status not in self.login.success_status:
+            return False
+        wanted = self.login.success_set_cookie
+        return wanted is None or any(
+            header.split("=", 1)[0].strip() == wanted for header in upstream.headers.getall("Set-Cookie", ())
+        )
+
+    async def _on_response(self, ex: Exchange, upstream: ClientResponse) -> web.StreamResponse | None:
+        if not self.succeeded(upstream):
+            await self._count_failure(ex)
+            return None
+        user = ex.user
+        if user is None or ex.session is None:
+            log.warning("login.unidentified", request_id=ex.request_id, client_ip=str(ex.client_ip))
+            return None
+        await self.state.clear(f"login:fail:user:{user}")
+        set_cookies = upstream.headers.getall("Set-Cookie", ())
+        crm_value = _cookie(set_cookies, self.login.upstream_session_cookie)
+        session = await self.store.begin(ex.request, ex.session, user)
+        session["crm"] = fingerprint(crm_value) if crm_value is not None else None
+        session["mfa"] = False
+        ex.session = session
+        save_session_later(ex, self.store)
+        log.info("login.succeeded", request_id=ex.request_id, user=user, client_ip=str(ex.client_ip))
+        settings = self.policy.settings_for(user, datetime.now(UTC))
+        if not settings.require_2fa:
+            return None
+        if self.secrets is None or self.secrets.get(user) is None:
+            log.warning("mfa.not_enrolled", request_id=ex.request_id, user=user, client_ip=str(ex.client_ip))
+            await self.store.end(session)
+            return denial(status=403, reason="mfa_required", client_ip=str(ex.client_ip),
+                          request_id=ex.request_id, as_json=ex.wants_json)
+        # Hold the CRM's answer: nothing of its session reaches the client before the code.
+        target = same_origin_path(upstream.headers.get("Location"), ex.request.headers.get("Host"))
+        session["pending"] = {"cookies": list(set_cookies), "location": target}
+        session["csrf"] = os.urandom(16).hex()
+        log.info("mfa.challenge", request_id=ex.request_id, user=user, client_ip=str(ex.client_ip))
+        return challenge(ex, target)
+
+    async def _count_failure(self, ex: Exchange) -> None:
+        limit, window = self.login.max_failures, self.login.find_time
+        subjects = [("ip", str(ex.client_ip))] + ([("user", ex.user)] if ex.user else [])
+        for kind, value in subjects:
+            count = await self.state.hit(f"login:fail:{kind}:{value}", window)
+            if count >= limit:
+                await self.state.flag(f"login:ban:{kind}:{value}", self.login.ban_time)
+                await self.state.clear(f"login:fail:{kind}:{value}")
+                log.warning("login.banned", request_id=ex.request_id, banned=kind, user=ex.user,
+                            client_ip=str(ex.client_ip), failures=count, ban_seconds=int(self.login.ban_time))
+        log.info("login.failed", request_id=ex.request_id, user=ex.user, client_ip=str(ex.client_ip))
+
+
+def challenge(ex: Exchange, target: str) -> web.Response:
+    """Send the client to the 2FA step: a redirect for browsers, JSON for the app."""
+    url = f"{TWO_FACTOR_PATH}?next={quote(target, safe='')}"
+    if ex.wants_json or ex.request.content_type == "application/json":
+        return web.Response(status=401, content_type="application/json",
+                            text=json.dumps({"mfa_required": True, "mfa_url": TWO_FACTOR_PATH}),
+                            headers={"Cache-Control": "no-store"})
+    return web.Response(status=303, headers={"Location": url, "Cache-Control": "no-store"})
+
+
+def _cookie(set_cookie_headers: list[str], name: str) -> str | None:
+    for header in set_cookie_headers:
+        first = header.split(";", 1)[0]
+        key, _, value = first.partition("=")
+        if key.strip() == name:
+            return value.strip().strip('"')
+    return None

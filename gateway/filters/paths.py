@@ -1,0 +1,41 @@
+"""Normalise the request path once; what rules match is what the CRM receives (DESIGN.md §3.2)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.exchange import Exchange
+from gateway.logs import get_logger
+from gateway.pages import denial
+from gateway.paths import BadPath, normalise_path, split_target
+
+log = get_logger("paths")
+
+
+class PathFilter:
+    name = "paths"
+
+    def __init__(self, *, case_insensitive: bool) -> None:
+        self.case_insensitive = case_insensitive
+
+    async def __call__(self, ex: Exchange) -> web.StreamResponse | None:
+        try:
+            raw_path, ex.query = split_target(ex.request.raw_path)
+            ex.path = normalise_path(raw_path, case_insensitive=self.case_insensitive)
+        except BadPath as exc:
+            log.warning(
+                "request.bad_path",
+                request_id=ex.request_id,
+                client_ip=str(ex.client_ip),
+                peer_ip=str(ex.peer_ip),
+                method=ex.request.method,
+                error=str(exc),
+            )
+            return denial(
+                status=400,
+                reason="bad_request",
+                client_ip=str(ex.client_ip),
+                request_id=ex.request_id,
+                as_json=ex.wants_json,
+            )
+        return None

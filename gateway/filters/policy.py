@@ -1,0 +1,88 @@
+"""Judge the request against the compiled policy (DESIGN.md §3.3-3.5) and answer denials (§5, §6)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from gateway.exchange import Exchange
+from gateway.logs import get_logger
+from gateway.pages import denial
+from gateway.policy import Decision, Policy, RequestFacts
+from gateway.sessions import SessionStore, save_session_later
+
+log = get_logger("policy")
+
+
+def facts_of(ex: Exchange, *, user: str | None) -> RequestFacts:
+    assert ex.path is not None
+    return RequestFacts(
+        client_ip=ex.client_ip,
+        method=ex.request.method,
+        path=ex.path.match,
+        user_agent=ex.request.headers.get("User-Agent", ""),
+        user=user,
+        at=datetime.now(UTC),
+    )
+
+
+def log_decision(ex: Exchange, decision: Decision, event: str) -> None:
+    """One structured event per denial, with the fields DESIGN.md §6 lists."""
+    assert ex.path is not None
+    log.warning(
+        event,
+        request_id=ex.request_id,
+        client_ip=str(ex.client_ip),
+        peer_ip=str(ex.peer_ip),
+        user=ex.user,
+        channel=decision.channel,
+        method=ex.request.method,
+        path=ex.path.forward,
+        functions=list(decision.functions),
+        rule_id=decision.rule_id,
+        rule_title=decision.rule_title,
+        reason=decision.reason,
+    )
+
+
+class PolicyFilter:
+    name = "policy"
+
+    def __init__(self, policy: Policy, sessions: SessionStore | None = None, *, log_allowed: bool = False) -> None:
+        self.policy = policy
+        self.sessions = sessions
+        self.log_allowed = log_allowed
+
+    async def __call__(self, ex: Exchange) -> web.StreamResponse | None:
+        decision = self.policy.decide(facts_of(ex, user=ex.user))
+        ex.decision = decision
+        ex.channel = decision.channel
+        if decision.action == "allow":
+            if self.log_allowed:
+                log.info(
+                    "access.allowed",
+                    request_id=ex.request_id,
+                    client_ip=str(ex.client_ip),
+                    user=ex.user,
+                    channel=decision.channel,
+                    method=ex.request.method,
+                    path=ex.path.forward if ex.path else None,
+                    rule_id=decision.rule_id,
+                )
+            return None
+        if not decision.enforced:
+            log_decision(ex, decision, "access.would_deny")
+            return None
+        log_decision(ex, decision, "access.denied")
+        if decision.reason == "outside_login_hours" and ex.session is not None and self.sessions is not None:
+            # Login hours ending ends a live session (DESIGN.md §3.4).
+            await self.sessions.end(ex.session)
+            save_session_later(ex, self.sessions)
+        return denial(
+            status=403,
+            reason=decision.reason or "ip_not_allowed",
+            client_ip=str(ex.client_ip),
+            request_id=ex.request_id,
+            as_json=ex.wants_json,
+        )

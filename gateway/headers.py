@@ -1,0 +1,52 @@
+"""Header names the gateway reads, writes or strips: the one place they are spelled."""
+
+from __future__ import annotations
+
+from multidict import istr
+
+REQUEST_ID = istr("X-Request-ID")
+X_FORWARDED_FOR = istr("X-Forwarded-For")
+X_REAL_IP = istr("X-Real-IP")
+X_FORWARDED_PROTO = istr("X-Forwarded-Proto")
+X_FORWARDED_HOST = istr("X-Forwarded-Host")
+FORWARDED = istr("Forwarded")
+
+# What the gateway tells the CRM about the request; a client's copies never pass.
+GATEWAY_USER = istr("X-Gateway-User")
+GATEWAY_CHANNEL = istr("X-Gateway-Channel")
+GATEWAY_WORKER = istr("X-Gateway-Worker")
+
+FORWARDING_HEADERS = (X_FORWARDED_FOR, X_REAL_IP, X_FORWARDED_PROTO, X_FORWARDED_HOST, FORWARDED)
+IDENTITY_HEADERS = (GATEWAY_USER, GATEWAY_CHANNEL, REQUEST_ID)
+
+
+def _underscored(name: str) -> str:
+    return name.replace("-", "_").lower()
+
+
+# Headers the gateway owns: removed from every client request, in either spelling.
+# CGI, WSGI and PHP back ends read X_Forwarded_For as X-Forwarded-For.
+OWNED_HEADERS: frozenset[str] = frozenset(
+    spelling
+    for name in (*FORWARDING_HEADERS, *IDENTITY_HEADERS)
+    for spelling in (name.lower(), _underscored(name))
+)
+
+# RFC 9110 §7.6.1: connection-specific headers, never forwarded in either direction
+# (plus the ones named in the Connection header itself).
+HOP_BY_HOP: frozenset[str] = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+# Never written to a log, whatever the event.
+SECRET_HEADERS: frozenset[str] = frozenset({"authorization", "cookie", "set-cookie", "proxy-authorization"})

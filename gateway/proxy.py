@@ -1,0 +1,268 @@
+"""Forwarding an allowed request to the CRM: streamed, pooled, hop-by-hop clean.
+
+Bodies are never read whole: the request body is handed to the client as a
+stream and the response body is copied chunk by chunk, so memory stays flat
+whatever the size. WebSocket upgrades are relayed frame by frame. One pooled
+``ClientSession`` serves every request of a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from http.cookies import SimpleCookie
+
+import aiohttp
+from aiohttp import ClientResponse, ClientSession, WSMsgType, web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from gateway import headers as h
+from gateway.exchange import Exchange
+from gateway.logs import get_logger
+from gateway.pages import denial
+from gateway.settings import Upstream
+
+log = get_logger("proxy")
+
+_CHUNK = 64 * 1024
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    tokens: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        tokens.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return tokens
+
+
+def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str], drop: Iterable[str] = ()) -> CIMultiDict[str]:
+    """Copy headers without RFC 9110 §7.6.1 hop-by-hop ones (and those named in Connection)."""
+    skip = h.HOP_BY_HOP | _connection_tokens(headers) | set(drop)
+    return CIMultiDict((name, value) for name, value in headers.items() if name.lower() not in skip)
+
+
+def _strip_cookies(values: list[str], names: set[str]) -> str | None:
+    """The Cookie header without the named cookies (kept byte-for-byte otherwise)."""
+    kept = []
+    for value in values:
+        for part in value.split(";"):
+            name = part.split("=", 1)[0].strip()
+            if name and name not in names:
+                kept.append(part.strip())
+    return "; ".join(kept) or None
+
+
+class Proxy:
+    """The terminal step of the chain: send the exchange upstream, stream the answer back."""
+
+    name = "proxy"
+
+    def __init__(self, upstream: Upstream, client: ClientSession) -> None:
+        self.base_text = str(URL(upstream.url)).rstrip("/")
+        self.preserve_host = upstream.preserve_host
+        self.client = client
+        self.timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=upstream.connect_timeout,
+            sock_connect=upstream.connect_timeout,
+            sock_read=upstream.read_timeout,
+        )
+
+    @staticmethod
+    def new_client(upstream: Upstream) -> ClientSession:
+        """The process-wide pooled client; opened and closed by the app's cleanup_ctx."""
+        connector = aiohttp.TCPConnector(
+            limit=0, ttl_dns_cache=300, keepalive_timeout=60, enable_cleanup_closed=True
+        )
+        return ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+        )
+
+    def upstream_url(self, ex: Exchange) -> URL:
+        """The CRM's URL for this request: its base (and any base path) plus the normalised path."""
+        assert ex.path is not None
+        target = ex.path.forward + (f"?{ex.query}" if ex.query else "")
+        return URL(self.base_text + target, encoded=True)
+
+    def upstream_headers(self, ex: Exchange, *, websocket: bool = False) -> CIMultiDict[str]:
+        request = ex.request
+        out = end_to_end(request.headers, drop=h.OWNED_HEADERS)
+        if websocket:
+            for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
+                         "Sec-WebSocket-Protocol"):
+                out.popall(name, None)
+        if ex.strip_cookies and "Cookie" in out:
+            cookie = _strip_cookies(out.getall("Cookie"), ex.strip_cookies)
+            out.popall("Cookie")
+            if cookie:
+                out["Cookie"] = cookie
+        if not self.preserve_host:
+            out.popall("Host", None)
+        client_ip = str(ex.client_ip)
+        out[h.X_FORWARDED_FOR] = client_ip
+        out[h.X_REAL_IP] = client_ip
+        out[h.X_FORWARDED_PROTO] = request.scheme
+        host = request.headers.get("Host")
+        if host:
+            out[h.X_FORWARDED_HOST] = host
+        out[h.REQUEST_ID] = ex.request_id
+        out.update(ex.upstream_headers)
+        return out
+
+    async def __call__(self, ex: Exchange) -> web.StreamResponse:
+        request = ex.request
+        if _is_websocket(request):
+            return await self._websocket(ex)
+        body = ex.body if ex.body is not None else (request.content if request.body_exists else None)
+        try:
+            upstream = await self.client.request(
+                request.method,
+                self.upstream_url(ex),
+                headers=self.upstream_headers(ex),
+                data=body,
+                allow_redirects=False,
+                timeout=self.timeout,
+                compress=False,
+                chunked=None,
+            )
+        except TimeoutError:
+            return self._failure(ex, 504, "upstream_timeout")
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError,
+                OSError) as exc:
+            if request.transport is None or request.transport.is_closing():
+                raise  # the client left; nothing to answer
+            return self._failure(ex, 502, "upstream_unavailable", error=type(exc).__name__)
+        try:
+            for hook in ex.upstream_hooks:
+                replacement = await hook(ex, upstream)
+                if replacement is not None:
+                    await ex.before_send(replacement)
+                    return replacement
+            return await self._relay(ex, upstream)
+        finally:
+            upstream.release()
+
+    async def _relay(self, ex: Exchange, upstream: ClientResponse) -> web.StreamResponse:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(end_to_end(upstream.headers))
+        response.headers[h.REQUEST_ID] = ex.request_id
+        length = upstream.headers.get("Content-Length")
+        if length is not None and length.isdigit():
+            response.content_length = int(length)
+        await ex.before_send(response)
+        await response.prepare(ex.request)
+        if ex.request.method == "HEAD":
+            return response
+        try:
+            async for chunk in upstream.content.iter_chunked(_CHUNK):
+                await response.write(chunk)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            # Status already sent: the only honest signal left is to cut the connection.
+            log.warning("upstream.broken_body", request_id=ex.request_id, error=type(exc).__name__)
+            upstream.close()
+            if ex.request.transport is not None:
+                ex.request.transport.close()
+            return response
+        except (ConnectionResetError, asyncio.CancelledError):
+            upstream.close()  # the client left: drop the upstream request too
+            raise
+        await response.write_eof()
+        return response
+
+    async def _websocket(self, ex: Exchange) -> web.StreamResponse:
+        request = ex.request
+        protocols = [
+            p.strip()
+            for value in request.headers.getall("Sec-WebSocket-Protocol", ())
+            for p in value.split(",")
+            if p.strip()
+        ]
+        try:
+            upstream_ws = await self.client.ws_connect(
+                self.upstream_url(ex),
+                headers=self.upstream_headers(ex, websocket=True),
+                protocols=protocols,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+                autoping=True,
+                max_msg_size=0,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            return web.Response(status=exc.status, headers={h.REQUEST_ID: ex.request_id})
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return self._failure(ex, 502, "upstream_unavailable")
+        client_ws = web.WebSocketResponse(
+            protocols=[upstream_ws.protocol] if upstream_ws.protocol else (), max_msg_size=0, autoping=True
+        )
+        client_ws.headers[h.REQUEST_ID] = ex.request_id
+        await ex.before_send(client_ws)
+        await client_ws.prepare(request)
+
+        async def pump(
+            source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+            sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+        ) -> None:
+            async for message in source:
+                if message.type == WSMsgType.TEXT:
+                    await sink.send_str(message.data)
+                elif message.type == WSMsgType.BINARY:
+                    await sink.send_bytes(message.data)
+                elif message.type == WSMsgType.ERROR:
+                    break
+            code = source.close_code or 1000
+            if not sink.closed:
+                await sink.close(code=code, message=b"")
+
+        tasks = [asyncio.ensure_future(pump(client_ws, upstream_ws)),
+                 asyncio.ensure_future(pump(upstream_ws, client_ws))]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            # Give the other direction a moment to deliver the close, then stop it.
+            await asyncio.wait(tasks, timeout=5)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+            await upstream_ws.close()
+        return client_ws
+
+    def _failure(self, ex: Exchange, status: int, reason: str, **extra: str) -> web.Response:
+        log.error(
+            "upstream.failed",
+            request_id=ex.request_id,
+            status=status,
+            reason=reason,
+            method=ex.request.method,
+            path=ex.path.forward if ex.path else None,
+            **extra,
+        )
+        return denial(
+            status=status,
+            reason=reason,
+            client_ip=str(ex.client_ip),
+            request_id=ex.request_id,
+            as_json=ex.wants_json,
+        )
+
+
+def _is_websocket(request: web.Request) -> bool:
+    return (
+        request.headers.get("Upgrade", "").lower() == "websocket"
+        and "upgrade" in _connection_tokens(request.headers)
+    )
+
+
+def cookie_value(set_cookie_headers: Iterable[str], name: str) -> str | None:
+    """The value a response's Set-Cookie headers give the named cookie, if any."""
+    for header in set_cookie_headers:
+        parsed: SimpleCookie = SimpleCookie()
+        with contextlib.suppress(Exception):
+            parsed.load(header)
+        if name in parsed:
+            return parsed[name].value
+    return None

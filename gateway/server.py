@@ -1,0 +1,172 @@
+"""Running the gateway: listen, reload on SIGHUP or file change, drain on SIGTERM.
+
+A reload builds a whole new Config off the event loop and swaps it in only if
+every file validates; otherwise the running policy stays and the problems are
+logged with their ``file:line``. SIGTERM stops accepting, lets in-flight
+requests finish (bounded by the drain timeout) and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.app import Gateway
+from gateway.config import Config, load_config
+from gateway.logs import get_logger
+from gateway.yamlsrc import ConfigError
+
+log = get_logger("server")
+
+WATCH_INTERVAL = 1.0
+
+
+def _signature(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int] | None, ...]:
+    """What changes when a file is edited, replaced, or swapped by a Kubernetes ConfigMap update."""
+    out: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(out)
+
+
+@dataclass
+class Server:
+    config_path: Path
+    config: Config
+    worker: int = 0
+    drain_timeout: float = 30.0
+    reuse_port: bool = False
+    watch: bool = True
+    sock: socket.socket | None = None  # for tests and pre-fork parents: an already bound socket
+
+    def __post_init__(self) -> None:
+        self.gateway = Gateway(self.config, worker=self.worker)
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._signature = _signature(self.config.files)
+        self.runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def reload(self, trigger: str) -> bool:
+        async with self._reload_lock:
+            loop = asyncio.get_running_loop()
+            self._signature = _signature(self.gateway.config.files)
+            try:
+                config = await loop.run_in_executor(None, load_config, self.config_path)
+            except ConfigError as exc:
+                log.error(
+                    "config.reload_failed",
+                    trigger=trigger,
+                    errors=[str(p) for p in exc.problems],
+                    worker=self.worker,
+                )
+                return False
+            except Exception as exc:  # never let a reload take the gateway down
+                log.error("config.reload_failed", trigger=trigger, errors=[repr(exc)], worker=self.worker)
+                return False
+            self.gateway.swap(config)
+            self._signature = _signature(config.files)
+            log.info(
+                "config.reloaded",
+                trigger=trigger,
+                rules=config.policy.rule_count,
+                files=[str(f) for f in config.files],
+                worker=self.worker,
+            )
+            for line in config.policy.expired_at_load:
+                log.info("config.expired_entry", detail=line)
+            return True
+
+    async def _watch(self) -> None:
+        while not self._stop.is_set():
+            await asyncio.sleep(WATCH_INTERVAL)
+            if _signature(self.gateway.config.files) != self._signature:
+                await asyncio.sleep(0.2)  # let a writer finish the file
+                await self.reload("file_change")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def start(self) -> None:
+        settings = self.config.settings
+        self.runner = web.AppRunner(
+            self.gateway.app,
+            handle_signals=False,
+            shutdown_timeout=self.drain_timeout,
+            handler_cancellation=True,
+            access_log=None,
+        )
+        await self.runner.setup()
+        ssl_context = None
+        if settings.listen.tls_cert and settings.listen.tls_key:
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(settings.listen.tls_cert, settings.listen.tls_key)
+        site: web.BaseSite
+        if self.sock is not None:
+            site = web.SockSite(self.runner, self.sock, ssl_context=ssl_context, backlog=1024)
+        else:
+            site = web.TCPSite(
+                self.runner,
+                settings.listen.host,
+                settings.listen.port,
+                ssl_context=ssl_context,
+                backlog=1024,
+                reuse_port=self.reuse_port or None,
+            )
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+        log.info(
+            "gateway.started",
+            listen=f"{settings.listen.host}:{self.port}",
+            upstream=settings.upstream.url,
+            mode=settings.mode,
+            rules=self.config.policy.rule_count,
+            worker=self.worker,
+            pid=os.getpid(),
+        )
+        for line in self.config.policy.expired_at_load:
+            log.info("config.expired_entry", detail=line)
+
+    async def run(self) -> int:
+        await self.start()
+        return await self.serve_until_stopped()
+
+    async def serve_until_stopped(self) -> int:
+        """Handle signals and file changes until SIGTERM/SIGINT, then drain and exit 0."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("sighup")))
+        watcher = asyncio.ensure_future(self._watch()) if self.watch else None
+        await self._stop.wait()
+        log.info("gateway.draining", timeout=self.drain_timeout, worker=self.worker)
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        assert self.runner is not None
+        await self.runner.cleanup()
+        log.info("gateway.stopped", worker=self.worker)
+        return 0
+
+
+def install_event_loop_policy() -> None:
+    """uvloop when installed: same semantics, faster I/O."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

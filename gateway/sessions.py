@@ -1,0 +1,170 @@
+"""The gateway's own session (aiohttp-session): who logged in, when, and which CRM session is theirs.
+
+Two storages, chosen by ``session.store``: an encrypted cookie (Fernet, the
+embedded default) or Redis (shared by workers and replicas). Either way the
+session holds only what the gateway needs:
+
+- ``sid``: a random id, so a logout can revoke even a stateless cookie;
+- ``user``, ``login_at``, ``seen``: identity and the idle/absolute clocks;
+- ``crm``: SHA-256 of the CRM session cookie bound to this gateway session;
+- ``mfa``: whether the second factor was given; ``pending``: the CRM's held
+  login response while it was not; ``csrf``: the 2FA form's token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as redis
+from aiohttp import web
+from aiohttp_session import AbstractStorage, Session
+from aiohttp_session.cookie_storage import EncryptedCookieStorage
+from aiohttp_session.redis_storage import RedisStorage
+from cryptography.fernet import Fernet
+
+from gateway.logs import get_logger
+from gateway.settings import SessionSettings
+from gateway.state import SharedState, StateUnavailable
+
+if TYPE_CHECKING:
+    from gateway.exchange import Exchange
+
+log = get_logger("sessions")
+
+KEY_ENV = "CRMGW_SECRET_KEY"
+SEEN_RESOLUTION = 60.0  # refresh the idle clock at most once a minute: no Set-Cookie on every response
+
+
+def load_secret_key(settings: SessionSettings) -> bytes:
+    """The 32-byte session key: $CRMGW_SECRET_KEY, else the key file, else a new key saved 0600."""
+    text = os.environ.get(KEY_ENV)
+    source = KEY_ENV
+    if text is None and settings.secret_key_file.exists():
+        text = settings.secret_key_file.read_text(encoding="ascii").strip()
+        source = str(settings.secret_key_file)
+    if text is not None:
+        try:
+            key = base64.urlsafe_b64decode(text.strip().encode("ascii"))
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            raise ValueError(f"{source}: session key is not urlsafe-base64") from None
+        if len(key) != 32:
+            raise ValueError(f"{source}: session key must be 32 bytes, got {len(key)}")
+        return key
+    key = os.urandom(32)
+    path = settings.secret_key_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(base64.urlsafe_b64encode(key).decode("ascii") + "\n")
+    log.warning("session.key_generated", path=str(path),
+                hint="replicas must share one key: set CRMGW_SECRET_KEY or copy this file")
+    return key
+
+
+def fingerprint(value: str) -> str:
+    """What the session stores of the CRM's cookie: never the cookie itself."""
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class SessionStore:
+    """Loads and saves gateway sessions; storage failures become StateUnavailable."""
+
+    def __init__(self, settings: SessionSettings, state: SharedState, *, redis_client: Any = None) -> None:
+        self.settings = settings
+        self.state = state
+        params: dict[str, Any] = {
+            "cookie_name": settings.cookie_name,
+            "max_age": int(settings.max_age),
+            "secure": settings.cookie_secure,
+            "httponly": True,
+            "samesite": "Lax",
+            "path": "/",
+        }
+        self.storage: AbstractStorage
+        if settings.store == "redis":
+            client = redis_client or redis.from_url(settings.redis_url, socket_timeout=0.5,
+                                                    socket_connect_timeout=0.5)
+            self.storage = RedisStorage(client, key_factory=lambda: os.urandom(24).hex(), **params)
+        else:
+            self.storage = EncryptedCookieStorage(Fernet(base64.urlsafe_b64encode(load_secret_key(settings))),
+                                                  **params)
+        self.cookie_name = settings.cookie_name
+
+    def has_cookie(self, request: web.Request) -> bool:
+        return self.cookie_name in request.cookies
+
+    async def load(self, request: web.Request) -> Session:
+        """The request's live session, or a new empty one if absent, expired or revoked."""
+        try:
+            session = await self.storage.load_session(request)
+        except (redis.RedisError, OSError) as exc:
+            raise StateUnavailable(str(exc)) from exc
+        if session.new or "user" not in session:
+            return session
+        now = time.time()
+        expired = (
+            now - float(session.get("login_at", 0)) > self.settings.max_age
+            or now - float(session.get("seen", 0)) > self.settings.idle_timeout
+        )
+        if expired or await self.state.flagged(f"session:revoked:{session.get('sid', '')}") is not None:
+            session.invalidate()
+        return session
+
+    @staticmethod
+    def touch(session: Session) -> bool:
+        """Move the idle clock on; True when the session must be saved for it."""
+        now = time.time()
+        if "user" in session and now - float(session.get("seen", 0)) > SEEN_RESOLUTION:
+            session["seen"] = now
+            return True
+        return False
+
+    async def begin(self, request: web.Request, old: Session, user: str) -> Session:
+        """A fresh session for a user who just logged in (never reuse an id: session fixation)."""
+        if not old.new:
+            await self.end(old)
+        session = await self.storage.new_session()
+        now = time.time()
+        session.update({"sid": os.urandom(16).hex(), "user": user, "login_at": now, "seen": now})
+        return session
+
+    async def end(self, session: Session) -> None:
+        """Log out: revoke the id (a copied cookie stops working) and empty the session."""
+        sid = session.get("sid")
+        if sid:
+            await self.state.flag(f"session:revoked:{sid}", self.settings.max_age)
+        session.invalidate()
+
+    async def save(self, request: web.Request, response: web.StreamResponse, session: Session) -> None:
+        if session.new and session.empty:
+            return  # nothing to say; do not hand anonymous clients a cookie
+        try:
+            await self.storage.save_session(request, response, session)
+        except (redis.RedisError, OSError) as exc:
+            raise StateUnavailable(str(exc)) from exc
+
+    async def ping(self) -> bool:
+        if isinstance(self.storage, RedisStorage):
+            try:
+                return bool(await self.storage._redis.ping())
+            except (redis.RedisError, OSError):
+                return False
+        return True
+
+
+def save_session_later(ex: Exchange, store: SessionStore) -> None:
+    """Save ex.session (whichever it is by then) just before the response goes out; once."""
+    if ex.state.get("session_save"):
+        return
+    ex.state["session_save"] = True
+
+    async def save(ex: Exchange, response: web.StreamResponse) -> None:
+        if ex.session is not None:
+            await store.save(ex.request, response, ex.session)
+
+    ex.send_hooks.append(save)

@@ -1,0 +1,71 @@
+"""``serve --workers N``: a small parent that runs N gateway processes on one port.
+
+Each worker binds the port with SO_REUSEPORT, so the kernel spreads connections
+across them. The parent forwards SIGHUP (reload) and SIGTERM/SIGINT (drain) to
+every worker, restarts a worker that dies unexpectedly, and exits 0 once all
+have drained.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from types import FrameType
+
+from gateway.logs import get_logger
+
+log = get_logger("workers")
+
+
+def _spawn(config: str, index: int, drain_timeout: float, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "gateway", "serve", "-c", config, "--reuse-port",
+         "--worker-index", str(index), "--drain-timeout", str(drain_timeout)],
+        env=env,
+    )
+
+
+def run_workers(config: str, *, workers: int, drain_timeout: float) -> int:
+    env = dict(os.environ)
+    metrics_dir = tempfile.mkdtemp(prefix="crmgw-metrics-")
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
+    children = {i: _spawn(config, i, drain_timeout, env) for i in range(workers)}
+    stopping = False
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    log.info("workers.started", workers=workers, pids=[c.pid for c in children.values()])
+    restarts: list[float] = []
+    while True:
+        time.sleep(0.2)
+        alive = {i: c for i, c in children.items() if c.poll() is None}
+        if stopping:
+            if not alive:
+                break
+            continue
+        for index, child in children.items():
+            if child.poll() is None:
+                continue
+            log.error("workers.died", worker=index, pid=child.pid, returncode=child.returncode)
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < 60] + [now]
+            if len(restarts) > 5 * workers:
+                log.error("workers.giving_up", reason="workers keep dying")
+                forward(signal.SIGTERM, None)
+                stopping = True
+                break
+            children[index] = _spawn(config, index, drain_timeout, env)
+    log.info("workers.stopped")
+    return 0
