@@ -589,6 +589,8 @@ async def test_record_holds_forwarding_headers_and_cookie_names_never_secrets(
             "X-Forwarded-Proto": "https",
             "X-Forwarded-Host": "crm.example.com",
             "X_Forwarded_For": "6.6.6.6",
+            "X-Gateway-User": "jim",
+            "Accept-Language": "en-GB",
             "Authorization": "Bearer very-secret",
             "Cookie": f"crm_session={token}; crmgw_session=gw-secret-value",
         },
@@ -601,6 +603,8 @@ async def test_record_holds_forwarding_headers_and_cookie_names_never_secrets(
     assert contacts.header("X-Real-IP") == ["203.0.113.9"]
     assert contacts.header("x-forwarded-proto") == ["https"]
     assert contacts.header("x-forwarded-host") == ["crm.example.com"]
+    assert contacts.header("x-gateway-user") == ["jim"]
+    assert contacts.header("accept-language") == []  # not a header of interest
     assert set(contacts.cookies) == {"crm_session", "crmgw_session"}
     [login_seen] = record.requests_to("/login")
     assert login_seen.header("x-request-id") == ["req-1"]

@@ -18,21 +18,16 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.headers import FORWARDING_HEADERS, GATEWAY_WORKER, IDENTITY_HEADERS
+
 DEFAULT_LIMIT = 10_000
 
-# Request headers worth recording: what the gateway adds or must rewrite (DESIGN.md §3.1).
+# Request headers worth recording: what the gateway adds, rewrites or must strip
+# (DESIGN.md §3.1), plus Host and User-Agent (the channel). The names are the
+# gateway's own constants: the CRM does not act on them, it only reports them.
 # Compared after lower-casing and mapping "_" to "-", so X_Forwarded_For is caught too.
 HEADERS_OF_INTEREST = frozenset(
-    {
-        "x-forwarded-for",
-        "x-real-ip",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "forwarded",
-        "x-request-id",
-        "host",
-        "user-agent",
-    }
+    name.lower() for name in (*FORWARDING_HEADERS, *IDENTITY_HEADERS, GATEWAY_WORKER, "Host", "User-Agent")
 )
 
 
