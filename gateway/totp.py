@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import fcntl
 import hmac
 import os
 import re
@@ -180,15 +181,25 @@ class SecretStore:
                 raise ValueError(f"user name must be non-empty, no spaces or control characters: {user!r}")
             if not _valid_secret(secret):
                 raise ValueError(f"secret for {user!r} is not base32 of at least 80 bits")
-        data = self._read_raw()
-        now = datetime.now(UTC).replace(microsecond=0).isoformat()
-        for user, secret in entries.items():
-            data[user] = {"secret": secret, "enrolled": now}
-        text = (
-            "# TOTP secrets, written by `crm-gateway totp enroll`. Keep this file mode 0600.\n"
-            + yaml.safe_dump(data, sort_keys=True, default_flow_style=False, allow_unicode=True)
-        )
-        self._write_atomic(text)
+        folder = self.path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        # Two enrolments at once must not lose one another's entry: hold an
+        # advisory lock on the folder across read-modify-write (readers never lock).
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(dir_fd, fcntl.LOCK_EX)
+            data = self._read_raw()
+            now = datetime.now(UTC).replace(microsecond=0).isoformat()
+            for user, secret in entries.items():
+                data[user] = {"secret": secret, "enrolled": now}
+            text = (
+                "# TOTP secrets, written by `crm-gateway totp enroll`. Keep this file mode 0600.\n"
+                + yaml.safe_dump(data, sort_keys=True, default_flow_style=False, allow_unicode=True)
+            )
+            self._write_atomic(text)
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)  # also releases the lock
         self._snapshot = None
 
     def _read_raw(self) -> dict[str, Any]:
@@ -203,9 +214,7 @@ class SecretStore:
         return dict(data) if isinstance(data, dict) else {}
 
     def _write_atomic(self, text: str) -> None:
-        folder = self.path.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = _create_private_temp(folder, self.path.name)
+        fd, tmp_name = _create_private_temp(self.path.parent, self.path.name)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
@@ -216,12 +225,6 @@ class SecretStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
             raise
-        # Make the rename itself durable.
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def _create_private_temp(folder: Path, name: str) -> tuple[int, str]:
