@@ -27,6 +27,7 @@ from gateway.filters.paths import PathFilter
 from gateway.filters.policy import PolicyFilter, facts_of
 from gateway.filters.two_factor import MFAGate, TwoFactorEndpoint
 from gateway.logs import get_logger
+from gateway.metrics import MetricsEndpoint
 from gateway.proxy import Proxy
 from gateway.sessions import SessionStore
 from gateway.state import SharedState, open_state
@@ -79,6 +80,7 @@ class Gateway:
             OpsEndpoints(
                 probes={"upstream": lambda: tcp_probe(settings.upstream.url), "session_store": state.ping},
                 info={"worker": self.worker, "pid": os.getpid()},
+                metrics=MetricsEndpoint(settings.metrics.allow),
             ),
             IdentityFilter(sessions, config.policy, settings.login,
                            case_insensitive=settings.case_insensitive_paths),

@@ -13,6 +13,7 @@ from gateway.exchange import Exchange
 from gateway.filters import Filter
 from gateway.headers import REQUEST_ID
 from gateway.logs import get_logger
+from gateway.metrics import record_request
 from gateway.pages import denial
 
 log = get_logger("chain")
@@ -62,4 +63,5 @@ class Chain:
         if not response.prepared:
             response.headers[REQUEST_ID] = request_id
             await ex.before_send(response)
+        record_request(ex, response.status)
         return response

@@ -68,4 +68,6 @@ def configure(*, level: str = "info", fmt: str = "json", stream: Any = None) -> 
 
 def get_logger(name: str) -> Any:
     """A logger whose every line names the part of the gateway that wrote it."""
-    return structlog.get_logger().bind(component=name)
+    # Initial values, not bind(): bind() would assemble the logger now, with whatever
+    # configuration exists at import time, instead of at each use.
+    return structlog.get_logger(component=name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterable
 from http.cookies import SimpleCookie
 
@@ -21,6 +22,7 @@ from yarl import URL
 from gateway import headers as h
 from gateway.exchange import Exchange
 from gateway.logs import get_logger
+from gateway.metrics import UPSTREAM_ERRORS, UPSTREAM_LATENCY
 from gateway.pages import denial
 from gateway.settings import Upstream
 
@@ -118,6 +120,7 @@ class Proxy:
         if _is_websocket(request):
             return await self._websocket(ex)
         body = ex.body if ex.body is not None else (request.content if request.body_exists else None)
+        started = time.perf_counter()
         try:
             upstream = await self.client.request(
                 request.method,
@@ -136,6 +139,7 @@ class Proxy:
             if request.transport is None or request.transport.is_closing():
                 raise  # the client left; nothing to answer
             return self._failure(ex, 502, "upstream_unavailable", error=type(exc).__name__)
+        UPSTREAM_LATENCY.observe(time.perf_counter() - started)
         try:
             for hook in ex.upstream_hooks:
                 replacement = await hook(ex, upstream)
@@ -232,6 +236,7 @@ class Proxy:
         return client_ws
 
     def _failure(self, ex: Exchange, status: int, reason: str, **extra: str) -> web.Response:
+        UPSTREAM_ERRORS.labels(str(status)).inc()
         log.error(
             "upstream.failed",
             request_id=ex.request_id,

@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.app import Gateway
 from gateway.config import Config, load_config
 from gateway.logs import get_logger
+from gateway.metrics import RELOADS
 from gateway.yamlsrc import ConfigError
 
 log = get_logger("server")
@@ -67,6 +68,7 @@ class Server:
             try:
                 config = await loop.run_in_executor(None, load_config, self.config_path)
             except ConfigError as exc:
+                RELOADS.labels("failed").inc()
                 log.error(
                     "config.reload_failed",
                     trigger=trigger,
@@ -75,9 +77,11 @@ class Server:
                 )
                 return False
             except Exception as exc:  # never let a reload take the gateway down
+                RELOADS.labels("failed").inc()
                 log.error("config.reload_failed", trigger=trigger, errors=[repr(exc)], worker=self.worker)
                 return False
             self.gateway.swap(config)
+            RELOADS.labels("ok").inc()
             self._signature = _signature(config.files)
             log.info(
                 "config.reloaded",

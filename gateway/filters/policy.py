@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from aiohttp import web
 
 from gateway.exchange import Exchange
 from gateway.logs import get_logger
+from gateway.metrics import DECISION_TIME
 from gateway.pages import denial
 from gateway.policy import Decision, Policy, RequestFacts
 from gateway.sessions import SessionStore, save_session_later
@@ -55,7 +57,9 @@ class PolicyFilter:
         self.log_allowed = log_allowed
 
     async def __call__(self, ex: Exchange) -> web.StreamResponse | None:
+        started = time.perf_counter()
         decision = self.policy.decide(facts_of(ex, user=ex.user))
+        DECISION_TIME.observe(time.perf_counter() - started)
         ex.decision = decision
         ex.channel = decision.channel
         if decision.action == "allow":

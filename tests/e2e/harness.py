@@ -140,7 +140,7 @@ class Stack:
     directory: Path
     config_path: Path
     crm_port: int
-    crm_app: web.Application
+    crm_runner: web.AppRunner
     server: Server
     logs: LogBuffer
     _clients: list[aiohttp.ClientSession] = field(default_factory=list)
@@ -199,8 +199,7 @@ async def stack(
     config = load_config(path)
     server = Server(config_path=path, config=config, watch=False, drain_timeout=2.0)
     await server.start()
-    assert crm_runner.app is not None
-    result = Stack(directory, path, crm_port, crm_runner.app, server, buffer)
+    result = Stack(directory, path, crm_port, crm_runner, server, buffer)
     try:
         yield result
     finally:
