@@ -31,12 +31,12 @@ def json_response(ex: Exchange, body: dict[str, object], status: int = 200) -> w
     )
 
 
-async def tcp_probe(url: str, timeout: float = 2.0) -> bool:
+async def tcp_probe(url: str, limit: float = 2.0) -> bool:
     """Can a TCP connection be opened to the URL's host and port?"""
     parsed = URL(url)
     try:
         _reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(parsed.host, parsed.port), timeout=timeout
+            asyncio.open_connection(parsed.host, parsed.port), timeout=limit
         )
     except (OSError, TimeoutError):
         return False

@@ -89,7 +89,7 @@ class LoginFilter:
             log.warning("login.unidentified", request_id=ex.request_id, client_ip=str(ex.client_ip))
             return None
         await self.state.clear(f"login:fail:user:{user}")
-        set_cookies = upstream.headers.getall("Set-Cookie", ())
+        set_cookies = list(upstream.headers.getall("Set-Cookie", ()))
         crm_value = _cookie(set_cookies, self.login.upstream_session_cookie)
         session = await self.store.begin(ex.request, ex.session, user)
         session["crm"] = fingerprint(crm_value) if crm_value is not None else None

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import pyotp
+from yarl import URL
 
 from gateway.totp import SecretStore
 from tests.e2e.harness import HOME, OFFICE, POLICY, Stack, stack
@@ -43,7 +44,7 @@ def set_cookie_names(resp: aiohttp.ClientResponse) -> set[str]:
 
 
 def cookie_header(client: aiohttp.ClientSession, s: Stack) -> str:
-    cookies = client.cookie_jar.filter_cookies(s.url("/"))  # type: ignore[arg-type]
+    cookies = client.cookie_jar.filter_cookies(URL(s.url("/")))
     return "; ".join(f"{name}={morsel.value}" for name, morsel in cookies.items())
 
 

@@ -6,11 +6,7 @@ import asyncio
 import copy
 import hashlib
 import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +17,6 @@ import yaml
 from tests.e2e.harness import HOME, OFFICE, POLICY, GatewayProcess, free_port, main_config, stack, write_config
 
 GiB = 1024**3
-
-
-@pytest.fixture
-def crm_port() -> Iterator[int]:
-    """The demo CRM in a process of its own."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.demo_crm", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("demo CRM did not start") from None
-            time.sleep(0.05)
-    yield port
-    proc.terminate()
-    proc.wait(10)
 
 
 def gateway(tmp_path: Path, crm_port: int, policy: dict[str, Any] | None = None,

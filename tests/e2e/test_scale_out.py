@@ -1,0 +1,182 @@
+"""Several gateway processes sharing state in a real Redis, and ``serve --workers N`` (issue 7)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pyotp
+import pytest
+import yaml
+from yarl import URL
+
+from gateway.totp import SecretStore
+from tests.e2e.harness import POLICY, GatewayProcess, free_port, main_config, write_config
+from tests.support.redis_server import RedisServer
+
+SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+def two_fa_policy() -> dict[str, Any]:
+    policy = copy.deepcopy(POLICY)
+    policy["defaults"]["require_2fa"] = True
+    return policy
+
+
+def start_replicas(tmp_path: Path, crm: int, redis_url: str, count: int = 2) -> list[GatewayProcess]:
+    SecretStore(tmp_path / "totp-secrets.yaml").set("jim", SECRET)
+    key = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    replicas = []
+    for index in range(count):
+        port = free_port()
+        directory = tmp_path / f"replica{index}"
+        main = main_config(
+            crm,
+            listen={"host": "127.0.0.1", "port": port},
+            session={"store": "redis", "redis_url": redis_url, "cookie_secure": False},
+            totp={"secrets_file": str(tmp_path / "totp-secrets.yaml"), "max_failures": 4},
+        )
+        path = write_config(directory, main, two_fa_policy())
+        replica = GatewayProcess(path, env={"CRMGW_SECRET_KEY": key})
+        replica.start(port)
+        replicas.append(replica)
+    return replicas
+
+
+def url(replica: GatewayProcess, path: str) -> str:
+    return f"http://127.0.0.1:{replica.port}{path}"
+
+
+async def login(client: aiohttp.ClientSession, replica: GatewayProcess) -> None:
+    async with client.post(url(replica, "/login"), data={"username": "jim", "password": "demo"},
+                           allow_redirects=False) as resp:
+        assert resp.status == 303, await resp.text()
+
+
+def cookies_for(client: aiohttp.ClientSession, replica: GatewayProcess) -> str:
+    jar = client.cookie_jar.filter_cookies(URL(url(replica, "/")))
+    return "; ".join(f"{k}={v.value}" for k, v in jar.items())
+
+
+async def test_replicas_share_sessions_codes_and_failure_counters_through_redis(
+    tmp_path: Path, crm_port: int, redis_server: RedisServer
+) -> None:
+    a, b = start_replicas(tmp_path, crm_port, redis_server.url)
+    try:
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar) as client:
+            # Log in through A; the pending 2FA session is visible on B.
+            await login(client, a)
+            cookie = cookies_for(client, a)
+            async with client.get(url(b, "/_gateway/whoami"), headers={"Cookie": cookie}) as resp:
+                assert (await resp.json())["user"] == "jim"
+            # Complete 2FA on B with a code...
+            code = pyotp.TOTP(SECRET).now()
+            async with client.post(url(b, "/_gateway/2fa"), json={"code": code},
+                                   headers={"Cookie": cookie}) as resp:
+                assert resp.status == 200
+        # ...and that code, replayed on A in a new login, is rejected.
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as other:
+            await login(other, a)
+            async with other.post(url(a, "/_gateway/2fa"), json={"code": code}) as resp:
+                assert resp.status == 401
+            # Failures spread across both replicas add up to one lock-out (max_failures 4, one used above).
+            statuses = []
+            for replica in (b, a, b, a):
+                cookie = cookies_for(other, a)
+                async with other.post(url(replica, "/_gateway/2fa"), json={"code": "000000"},
+                                      headers={"Cookie": cookie}) as resp:
+                    statuses.append(resp.status)
+            assert statuses[:2] == [401, 401] and statuses[2] == 429 and statuses[3] == 429, statuses
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_redis_outage_fails_closed_and_recovers(
+    tmp_path: Path, crm_port: int, redis_server: RedisServer
+) -> None:
+    (gw,) = start_replicas(tmp_path, crm_port, redis_server.url, count=1)
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+            await login(client, gw)
+            redis_server.stop()
+            async with client.get(url(gw, "/dashboard"), allow_redirects=False) as resp:
+                assert resp.status == 503
+                assert "session store" in (await resp.text())
+            async with client.get(url(gw, "/dashboard"), headers={"Accept": "application/json"}) as resp:
+                assert (await resp.json())["reason"] == "session_store_unavailable"
+            async with client.get(url(gw, "/login")) as resp:  # public: still served
+                assert resp.status == 200
+            async with client.get(url(gw, "/_gateway/health")) as resp:
+                assert resp.status == 200
+            async with client.get(url(gw, "/_gateway/ready")) as resp:
+                assert resp.status == 503
+            assert gw.events("session.store_unavailable")
+            redis_server.start()
+            deadline = time.monotonic() + 10
+            while True:
+                async with client.get(url(gw, "/_gateway/ready")) as resp:
+                    if resp.status == 200:
+                        break
+                assert time.monotonic() < deadline, "never became ready again"
+                await asyncio.sleep(0.2)
+            async with client.get(url(gw, "/_gateway/2fa")) as resp:
+                assert resp.status == 200  # the pending login survived the outage
+    finally:
+        gw.stop()
+
+
+async def test_workers_share_a_port_reload_together_and_drain(tmp_path: Path, crm_port: int) -> None:
+    port = free_port()
+    main = main_config(crm_port, listen={"host": "127.0.0.1", "port": port})
+    path = write_config(tmp_path, main, POLICY)
+    gw = GatewayProcess(path, extra_args=("--workers", "2"))
+    gw.start(port)
+    try:
+        pids: set[int] = set()
+        deadline = time.monotonic() + 15
+        while len(pids) < 2 and time.monotonic() < deadline:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as client:
+                async with client.get(f"http://127.0.0.1:{port}/_gateway/health") as resp:
+                    pids.add((await resp.json())["pid"])
+        assert len(pids) == 2, "both workers should answer"
+
+        blocked = copy.deepcopy(POLICY)
+        blocked["functions"]["projects"] = {"paths": ["/projects"]}
+        blocked["rules"].append({"title": "Projects frozen", "action": "block", "function": "projects"})
+        (tmp_path / "policy.yaml").write_text(yaml.safe_dump(blocked))
+        gw.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while len(gw.events("config.reloaded")) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert {e["worker"] for e in gw.events("config.reloaded")} == {0, 1}
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as client:
+            for _ in range(20):
+                async with client.get(f"http://127.0.0.1:{port}/projects", allow_redirects=False) as resp:
+                    assert resp.status == 403
+
+            slow = asyncio.ensure_future(client.get(f"http://127.0.0.1:{port}/slow?seconds=2"))
+            await asyncio.sleep(0.5)
+            gw.signal(signal.SIGTERM)
+            resp = await slow
+            assert resp.status in (200, 302)  # completed, not cut
+            resp.release()
+        assert gw.proc is not None
+        assert await asyncio.get_running_loop().run_in_executor(None, gw.proc.wait, 15) == 0
+    finally:
+        gw.stop()
