@@ -11,8 +11,10 @@ import asyncio
 import shutil
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import yaml
 from yarl import URL
@@ -84,8 +86,23 @@ async def _run(main: Path, config: Any, crm_port: int) -> int:
     if enrolled:
         banner.append("  2FA secrets for the demo users (add one to an authenticator app, or use oathtool):")
         banner.extend(f"    {user}: oathtool --totp -b {secret}" for user, secret in enrolled.items())
+    banner.extend(_hours_note(config))
     print("\n".join(banner), file=sys.stderr, flush=True)
     try:
         return await server.serve_until_stopped()
     finally:
         await crm_runner.cleanup()
+
+
+def _hours_note(config: Any) -> list[str]:
+    """Say so when the demo starts outside the office's login hours: logins will be refused."""
+    now = datetime.now(UTC)
+    settings = config.policy.settings_for(None, now)
+    hours = settings.login_hours
+    if hours is None or hours.contains(now, ZoneInfo(settings.timezone)):
+        return []
+    return [
+        f"  note: it is outside the office's login hours ({hours.describe()}), so logins are denied",
+        "        with outside_login_hours: the policy at work. To try everything now, change",
+        f"        defaults.login_hours in {config.settings.policy_files[0]} (the gateway reloads by itself).",
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -92,7 +93,41 @@ class WhoAmI:
                 "time": datetime.now(UTC).isoformat(timespec="seconds"),
             }
             body.update(self.decide(ex))
+            if "text/html" in ex.request.headers.get("Accept", ""):
+                return _whoami_page(body)
             return json_response(ex, body)
         # Anything else under /_gateway/ is the gateway's, and unknown.
         return denial(status=404, reason="not_found", client_ip=str(ex.client_ip),
                       request_id=ex.request_id, as_json=ex.wants_json)
+
+
+_WHOAMI = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Your connection</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem}}
+dl{{display:grid;grid-template-columns:max-content 1fr;gap:.3rem 1rem}} dt{{font-weight:600}}</style></head>
+<body><main><h1>Your connection, as the gateway sees it</h1>
+<p>Send these details to your administrator if you cannot reach the CRM.</p>
+<dl>{rows}</dl></main></body></html>
+"""
+
+
+def _whoami_page(body: dict[str, object]) -> web.Response:
+    settings = body.get("settings")
+    shown: dict[str, object] = {
+        "Your IP address": body["client_ip"],
+        "Connected from": body["peer_ip"],
+        "Channel": body.get("channel"),
+        "User": body.get("user") or "(not logged in)",
+        "Allowed now": "yes" if body.get("allowed") else f"no ({body.get('reason')})",
+        "Time": body["time"],
+        "Request id": body["request_id"],
+    }
+    if isinstance(settings, dict):
+        shown.update({f"Setting: {key}": value for key, value in settings.items()})
+    rows = "".join(
+        f"<dt>{html.escape(str(key))}</dt><dd><code>{html.escape(str(value))}</code></dd>"
+        for key, value in shown.items()
+    )
+    return web.Response(text=_WHOAMI.format(rows=rows), content_type="text/html",
+                        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
+                                 "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"})

@@ -1,0 +1,93 @@
+"""The command line (DESIGN.md §1): check, explain, overrides, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "config" / "gateway.yaml"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=60, check=False)
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Path:
+    """A copy of config/ (check may write nothing, but a copy keeps the tree clean regardless)."""
+    target = tmp_path / "config"
+    shutil.copytree(REPO / "config", target)
+    return target / "gateway.yaml"
+
+
+def test_check_passes_on_the_example_config(example: Path) -> None:
+    result = run("check", "-c", str(example))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: ")
+
+
+def test_check_reports_every_error_with_file_and_line_and_exits_1(example: Path) -> None:
+    rules = example.parent / "rules.yaml"
+    lines = rules.read_text().splitlines()
+    lines.append("  - title: Broken rule")
+    lines.append("    action: maybe")
+    lines.append("    function: no-such-function")
+    rules.write_text("\n".join(lines) + "\n")
+    result = run("check", "-c", str(example))
+    assert result.returncode == 1
+    errors = result.stderr.strip().splitlines()
+    assert any(e.startswith(f"{rules}:{len(lines) - 1}:") and "action" in e for e in errors), errors
+    assert any(e.startswith(f"{rules}:{len(lines)}:") and "no-such-function" in e for e in errors), errors
+
+
+def test_check_warns_about_several_workers_with_the_cookie_store(example: Path) -> None:
+    result = run("check", "-c", str(example), "--workers", "4")
+    assert result.returncode == 0
+    assert "session.store is 'cookie' with 4 workers" in result.stderr
+
+
+def test_explain_json_for_pat_and_billing(example: Path) -> None:
+    result = run("explain", "-c", str(example), "--ip", "127.0.0.1", "--user", "pat", "--path", "/billing/7",
+                 "--at", "2026-11-24T10:00:00+00:00", "--json")
+    assert result.returncode == 0, result.stderr
+    decision = json.loads(result.stdout)
+    assert decision["decision"] == "deny"
+    assert decision["reason"] == "function_blocked"
+    assert decision["channel"] == "web"
+    assert decision["functions"] == ["billing"]
+    deciding = [entry for entry in decision["trace"] if entry["deciding"]]
+    assert len(deciding) == 1 and deciding[0]["rule_id"] == decision["rule_id"]
+
+
+def test_explain_text_marks_the_deciding_rule(example: Path) -> None:
+    result = run("explain", "-c", str(example), "--ip", "127.0.0.9", "--path", "/dashboard",
+                 "--at", "2026-11-24T10:00:00+00:00")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("DENY (ip_not_allowed)")
+    assert "* defaults.ip_lockdown" in result.stdout
+
+
+def test_explain_rejects_a_path_the_gateway_would_answer_400(example: Path) -> None:
+    result = run("explain", "-c", str(example), "--ip", "127.0.0.1", "--path", "/billing%2Fx")
+    assert result.returncode == 2
+    assert "400" in result.stderr
+
+
+def test_overrides_lists_alices_with_reasons(example: Path) -> None:
+    result = run("overrides", "-c", str(example))
+    assert result.returncode == 0, result.stderr
+    assert "alice" in result.stdout
+    assert "Travels to client sites" in result.stdout
+
+
+def test_a_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = run("check", "-c", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"{tmp_path / 'nope.yaml'}:1: file not found"
