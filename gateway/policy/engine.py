@@ -1,0 +1,672 @@
+"""The compiled policy and its decision function (DESIGN.md §3).
+
+A request is judged in this order: channel, functions, the rule decision
+(§3.3), then login hours (§3.4); 2FA is the caller's, from
+``decision.settings.require_2fa``.
+
+Finding the deciding rule walks an index, not the rule list (STYLE.md rule 4).
+Rules are bucketed by priority, then function (a named one or ``*``), then
+subject (one user, one group, or everyone). A request looks only at the buckets
+of its functions and of its user and the user's groups. Within a bucket, rules
+that name networks sit in a prefix table (one dict probe per prefix length
+present), rules that name countries in a dict by country, and the rest in a
+short list sorted by key. Buckets are visited from the most specific level
+down; the first level that yields a match decides, so the work per request does
+not grow with the number of rules.
+
+Report-only rules never change what is enforced: the enforced verdict is the
+one the rules give as if report-only rules did not exist; when a more specific
+report-only ``block`` would have denied a request that is allowed, the decision
+is ``deny`` with ``enforced=False`` and that rule (logged as ``would_deny``). A
+report-only rule can therefore neither open a hole (the example's
+``Office only for EU staff`` rule does not lift the lock-down) nor close one.
+``mode: report-only`` makes every deny ``enforced=False``.
+
+Anonymous requests match only everyone rules, except that a request whose
+functions are all ``public`` is allowed outright (the login page must load for
+an exempt user abroad); one that is also in a non-public function is judged
+normally (fail closed). Login hours apply only to requests with a user.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from gateway.policy.geoip import GeoIP, GeoIPError
+from gateway.policy.loader import read_policy_files
+from gateway.policy.model import Decision, EffectiveSettings, IPAddress, RequestFacts, TraceEntry
+from gateway.policy.networks import PrefixTable, entry_contains, v6_prefix
+from gateway.policy.patterns import PathMatcher
+from gateway.policy.rules import (
+    NO_NETWORK,
+    Rule,
+    SettingsSegment,
+    SettingsTimeline,
+    compile_rules,
+    expiry_instant,
+    office_zone_name,
+    settings_timeline,
+)
+from gateway.policy.spec import DEFAULT_CHANNEL, PolicySpec, UserSpec, canonical_user
+from gateway.settings import Settings
+from gateway.yamlsrc import ConfigError, Mapping, Problems, Where, load_yaml
+
+Key = tuple[int, ...]
+Candidate = tuple[Rule, Key]
+_STAR = ("*",)
+_CACHE_SIZE = 65536
+_UNSET: object = object()
+
+PUBLIC_RULE = "functions.{}.public"
+PUBLIC_TITLE = "Public function: anonymous requests may reach it"
+DEFAULT_RULE = "default_action"
+_NO_GROUPS: frozenset[str] = frozenset()
+
+
+class _Bucket:
+    """Rules of one (priority, function, subject): by network, by country, and the rest."""
+
+    __slots__ = ("by_country", "nets", "plain")
+
+    def __init__(self) -> None:
+        self.nets: PrefixTable[Candidate] = PrefixTable()
+        self.by_country: dict[str, list[Candidate]] = {}
+        self.plain: list[Candidate] = []
+
+    def add(self, rule: Rule) -> None:
+        if rule.networks is not None:
+            for entry in rule.networks:
+                for cidr in entry.cidrs:
+                    self.nets.add(cidr, (rule, rule.key(cidr[1])))
+        elif rule.countries is not None and not rule.countries_negated:
+            for code in rule.countries:
+                self.by_country.setdefault(code, []).append((rule, rule.key(NO_NETWORK)))
+        else:
+            self.plain.append((rule, rule.key(NO_NETWORK)))
+
+    def seal(self) -> None:
+        """Sort every list most specific first, so scans can stop early."""
+        self.nets.seal()
+        for _, _, table in (*self.nets.v4, *self.nets.v6):
+            for hits in table.values():
+                hits.sort(key=lambda c: c[1], reverse=True)
+        for hits in self.by_country.values():
+            hits.sort(key=lambda c: c[1], reverse=True)
+        self.plain.sort(key=lambda c: c[1], reverse=True)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while compiling.
+
+    Compiling a big policy allocates hundreds of thousands of small objects that
+    all live as long as the policy; generational collections triggered by those
+    allocations scan them again and again for nothing (about 70% of compile
+    time at 100,000 rules). Reference counting still frees garbage meanwhile.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+Tier = dict[str, dict[str, _Bucket]]  # function ('*' or name) -> subject ('u:x', 'g:y', '*') -> bucket
+
+
+def build_index(rules: Iterable[Rule]) -> list[Tier]:
+    """Tiers by priority, highest first."""
+    tiers: dict[int, Tier] = {}
+    for rule in rules:
+        if rule.users:
+            subjects = [f"u:{user}" for user in rule.users]
+        elif rule.groups:
+            subjects = [f"g:{group}" for group in rule.groups]
+        else:
+            subjects = ["*"]
+        by_function = tiers.setdefault(rule.priority, {}).setdefault(rule.function or "*", {})
+        for subject in subjects:
+            bucket = by_function.get(subject)
+            if bucket is None:
+                bucket = by_function[subject] = _Bucket()
+            bucket.add(rule)
+    for tier in tiers.values():
+        for by_subject in tier.values():
+            for bucket in by_subject.values():
+                bucket.seal()
+    return [tiers[priority] for priority in sorted(tiers, reverse=True)]
+
+
+@dataclass(frozen=True, slots=True)
+class _PathInfo:
+    functions: tuple[str, ...]
+    public: bool  # every function is public (and there is at least one)
+    public_rule: str  # the pseudo rule id an anonymous request to it is allowed by
+
+
+@dataclass(frozen=True, slots=True)
+class _UserInfo:
+    groups: frozenset[str]
+    levels: tuple[tuple[str, ...], ...]  # subject keys to visit, most specific level first
+    timeline: SettingsTimeline
+
+
+# The rule phase's answer: the enforced winner, and the winner counting report-only rules.
+_RuleVerdict = tuple[Rule | None, Rule | None]
+
+
+class Policy:
+    """The compiled policy: immutable after load, safe to share, cheap to swap on reload."""
+
+    def __init__(
+        self,
+        spec: PolicySpec,
+        *,
+        default_action: str = "allow",
+        mode: str = "enforce",
+        case_insensitive_paths: bool = False,
+        geoip: GeoIP | None = None,
+        totp_secrets_file: Path | None = None,
+        totp_configured: bool = False,
+        now: datetime | None = None,
+    ) -> None:
+        self.spec = spec
+        self.default_action = default_action
+        self.mode = mode
+        self.report_only = mode == "report-only"
+        self.geoip = geoip
+        self.totp_secrets_file = totp_secrets_file
+        self.totp_configured = totp_configured
+        self.office = ZoneInfo(office_zone_name(spec.defaults))
+        with _gc_paused():
+            self._compile(spec, case_insensitive_paths, now)
+
+    def _compile(self, spec: PolicySpec, case_insensitive_paths: bool, now: datetime | None) -> None:
+        self.rules: tuple[Rule, ...] = tuple(compile_rules(spec))
+        self.rule_count = len(self.rules)
+        self._tiers = build_index(self.rules)
+
+        # channels: first match wins, in file order
+        self._channel_names = tuple(c.name for c in spec.channels)
+        self._channel_agents = tuple(
+            tuple(re.compile(p, re.IGNORECASE) for p in c.user_agents) for c in spec.channels
+        )
+        self._channel_paths = tuple(
+            PathMatcher(((0, p) for p in c.paths), lower=case_insensitive_paths) if c.paths else None
+            for c in spec.channels
+        )
+        self._agent_cache = lru_cache(maxsize=_CACHE_SIZE)(self._agents_uncached)
+        self._channel_cache = lru_cache(maxsize=_CACHE_SIZE)(self._channel_uncached)
+
+        # functions
+        self._functions = spec.functions
+        self._function_paths = PathMatcher(
+            ((index, pattern) for index, f in enumerate(spec.functions) for pattern in f.paths),
+            lower=case_insensitive_paths,
+        )
+        self._path_cache = lru_cache(maxsize=_CACHE_SIZE)(self._path_info)
+        self._plan_cache = lru_cache(maxsize=_CACHE_SIZE)(self._plan)
+        self._default_title = f"No rule matched: default_action {self.default_action}"
+
+        # people
+        self._user_specs: dict[str, UserSpec] = {u.name: u for u in spec.users}
+        group_sets: dict[str, set[str]] = {}
+        for group in spec.groups:
+            for member in group.members:
+                group_sets.setdefault(member, set()).add(group.name)
+        known = set(self._user_specs) | set(group_sets)
+        self._nobody = settings_timeline(spec.defaults, None, self.office)
+        self._users: dict[str, _UserInfo] = {}
+        for name in sorted(known):
+            groups = frozenset(group_sets.get(name, ()))
+            levels: list[tuple[str, ...]] = [(f"u:{name}",)]
+            if groups:
+                levels.append(tuple(f"g:{g}" for g in sorted(groups)))
+            levels.append(_STAR)
+            user_spec = self._user_specs.get(name)
+            timeline = self._nobody  # most people simply have the defaults
+            if user_spec is not None and (user_spec.overrides or user_spec.timezone):
+                timeline = settings_timeline(spec.defaults, user_spec, self.office)
+            self._users[name] = _UserInfo(groups, tuple(levels), timeline)
+        self._anonymous_levels: tuple[tuple[str, ...], ...] = (_STAR,)
+
+        moment = now if now is not None else datetime.now(self.office)
+        self.expired_at_load: list[str] = self._expired(moment)
+
+    # -- small public questions ----------------------------------------------------------------
+    def channel_of(self, user_agent: str, path: str) -> str:
+        """The request's channel: the first channel whose user_agents and paths match, else web."""
+        return self._channel_cache(user_agent, path)
+
+    def functions_of(self, method: str, path: str) -> tuple[str, ...]:
+        """The functions the (match-form) path and method belong to, in file order."""
+        return self._path_cache(method, path).functions
+
+    def known_user(self, user: str) -> bool:
+        return canonical_user(user) in self._users
+
+    def groups_of(self, user: str) -> frozenset[str]:
+        info = self._users.get(canonical_user(user))
+        return info.groups if info is not None else frozenset()
+
+    def settings_for(self, user: str | None, at: datetime) -> EffectiveSettings:
+        """The user's effective settings at ``at`` (the defaults when anonymous or unknown)."""
+        return self._segment(None if user is None else canonical_user(user), at).settings
+
+    @property
+    def users(self) -> tuple[str, ...]:
+        """Every user the policy names (canonical form), sorted."""
+        return tuple(self._users)
+
+    def warnings(self, now: datetime) -> list[str]:
+        """Lock-out risks (DESIGN.md §6), each ``file:line: message``."""
+        from gateway.policy.checks import policy_warnings
+
+        return policy_warnings(self, now)
+
+    def overrides_report(self, now: datetime, review_days: int = 90) -> str:
+        """Text for ``crm-gateway overrides``."""
+        from gateway.policy.checks import overrides_text
+
+        return overrides_text(self, now, review_days)
+
+    def overrides_report_json(self, now: datetime, review_days: int = 90) -> dict[str, object]:
+        """The same as :meth:`overrides_report`, as one JSON-ready object."""
+        from gateway.policy.checks import overrides_json
+
+        return overrides_json(self, now, review_days)
+
+    def rules_allow(
+        self, ip: IPAddress, channel: str, functions: tuple[str, ...], user: str | None, at: datetime
+    ) -> tuple[bool, Rule | None]:
+        """The rule phase alone, as enforced (for ``check``'s simulations).
+
+        No public-function exemption, no login hours, report-only rules ignored,
+        ``mode`` ignored: what the rules themselves would do once enforced.
+        """
+        canonical = None if user is None else canonical_user(user)
+        info = self._users.get(canonical) if canonical is not None else None
+        country = self.geoip.country(ip) if self.geoip is not None else None
+        plan = self._plan(functions, canonical if canonical is not None and info is not None else "")
+        groups = info.groups if info is not None else _NO_GROUPS
+        rule = self._match(ip.version == 4, int(ip), country, channel, plan, groups, at)[0]
+        if rule is None:
+            return self.default_action == "allow", None
+        return not rule.block, rule
+
+    def segment_for(self, user: str | None, at: datetime) -> SettingsSegment:
+        """Effective settings with the zone and the source of the login hours."""
+        return self._segment(None if user is None else canonical_user(user), at)
+
+    # -- the decision --------------------------------------------------------------------------
+    def decide(self, facts: RequestFacts, *, explain: bool = False) -> Decision:
+        """Judge one request (DESIGN.md §3): channel, functions, rules, then login hours.
+
+        This is the hot path: everything that does not depend on the request was
+        done at load, and what depends only on its path, User-Agent or user is
+        cached.
+        """
+        path = self._path_cache(facts.method, facts.path)
+        channel = self._channel_cache(facts.user_agent, facts.path)
+        user = facts.user
+        info = None
+        if user is not None:
+            user = canonical_user(user)
+            info = self._users.get(user)
+        at = facts.at
+        segment = (info.timeline if info is not None else self._nobody).at(at)
+        ip = facts.client_ip
+        number = int(ip)
+        v4 = ip.version == 4
+        geoip = self.geoip
+        country = geoip.country_by_number(number, v4, ip) if geoip is not None else None
+
+        verdict: _RuleVerdict | None = None
+        rule_id: str | None
+        title: str | None
+        if user is None and path.public:
+            action: Literal["allow", "deny"] = "allow"
+            enforced, reason, rule_id, title = True, None, path.public_rule, PUBLIC_TITLE
+        else:
+            verdict = self._match(
+                v4, number, country, channel, self._plan_cache(path.functions, user if info is not None else ""),
+                info.groups if info is not None else _NO_GROUPS, at,
+            )  # fmt: skip
+            rule = verdict[0]
+            if rule is None:
+                allows = self.default_action == "allow"
+                rule_id, title = DEFAULT_RULE, self._default_title
+                reason = None if allows else "ip_not_allowed"
+            else:
+                allows = not rule.block
+                rule_id, title = rule.id, rule.title
+                reason = None if allows else rule.deny_reason
+            top = verdict[1]
+            hours = segment.settings.login_hours
+            if not allows:
+                action, enforced = "deny", not self.report_only
+            elif user is not None and hours is not None and not hours.contains(at, segment.zone):
+                action, enforced, reason = "deny", not self.report_only, "outside_login_hours"
+                rule_id, title = segment.hours_source, segment.hours_title
+            elif top is not None and top is not rule and top.report_only and top.block:
+                action, enforced, reason, rule_id, title = "deny", False, top.deny_reason, top.id, top.title
+            else:
+                action, enforced = "allow", True
+        decision = Decision(
+            action=action,
+            enforced=enforced,
+            reason=reason,
+            rule_id=rule_id,
+            rule_title=title,
+            channel=channel,
+            functions=path.functions,
+            public=path.public,
+            country=country,
+            settings=segment.settings,
+            trace=(),
+        )
+        if explain:
+            return self._explained(decision, facts, path, user, info, segment, verdict)
+        return decision
+
+    def _plan(self, functions: tuple[str, ...], user: str) -> tuple[tuple[_Bucket, ...], ...]:
+        """The buckets a request visits, most specific level first; empty levels left out.
+
+        A level is (tier, function rank, subject rank): all buckets in one level
+        tie on the first three components of the key, so the first level with a
+        match holds the winner.
+        """
+        info = self._users.get(user) if user else None
+        subject_levels = info.levels if info is not None else self._anonymous_levels
+        function_levels = (functions, _STAR) if functions else (_STAR,)
+        plan: list[tuple[_Bucket, ...]] = []
+        for tier in self._tiers:
+            for function_keys in function_levels:
+                for subject_keys in subject_levels:
+                    level = tuple(
+                        bucket
+                        for function_key in function_keys
+                        for subject_key in subject_keys
+                        if (bucket := tier.get(function_key, {}).get(subject_key)) is not None
+                    )
+                    if level:
+                        plan.append(level)
+        return tuple(plan)
+
+    def _match(
+        self,
+        v4: bool,
+        number: int,
+        country: str | None,
+        channel: str,
+        plan: tuple[tuple[_Bucket, ...], ...],
+        groups: frozenset[str],
+        at: datetime,
+    ) -> _RuleVerdict:
+        """Walk the plan; the first level with an enforced match decides (see :meth:`_plan`).
+
+        Returns the enforced winner and the winner counting report-only rules.
+        """
+        best: Rule | None = None
+        best_key: Key | None = None
+        top: Rule | None = None
+        top_key: Key | None = None
+        for level in plan:
+            for bucket in level:
+                candidates: list[list[Candidate]] = []
+                for prefix, mask, table in bucket.nets.v4 if v4 else bucket.nets.v6:
+                    if best_key is not None and best_key[3] > prefix:
+                        break  # shorter prefixes cannot beat what this level already has
+                    hits = table.get(number & mask)
+                    if hits is not None:
+                        candidates.append(hits)
+                if country is not None and bucket.by_country:
+                    hits = bucket.by_country.get(country)
+                    if hits is not None:
+                        candidates.append(hits)
+                if bucket.plain:
+                    candidates.append(bucket.plain)
+                for hits in candidates:
+                    for rule, key in hits:
+                        if best_key is not None and key < best_key:
+                            break  # sorted: nothing further in this list can win
+                        expires = rule.expires_at
+                        if expires is not None and at >= expires:
+                            continue
+                        wanted = rule.channel
+                        if wanted is not None and wanted != channel:
+                            continue
+                        codes = rule.countries
+                        if codes is not None and (country in codes) is rule.countries_negated:
+                            continue
+                        also = rule.also_groups
+                        if also is not None and also.isdisjoint(groups):
+                            continue
+                        if top_key is None or key > top_key:
+                            top, top_key = rule, key
+                        if not rule.report_only and (best_key is None or key > best_key):
+                            best, best_key = rule, key
+            if best is not None:
+                break
+        return best, top
+
+    # -- explain -------------------------------------------------------------------------------
+    def _explained(
+        self,
+        decision: Decision,
+        facts: RequestFacts,
+        path: _PathInfo,
+        user: str | None,
+        info: _UserInfo | None,
+        segment: SettingsSegment,
+        verdict: _RuleVerdict | None,
+    ) -> Decision:
+        """The same decision, with the rule-by-rule trace (found the slow, obvious way).
+
+        Order: the gateway's own steps that took part (public function, default
+        action, login hours), then the matching rules most specific first, then
+        rules about this request's functions or user that did not match, with why.
+        """
+        groups = info.groups if info is not None else frozenset()
+        country = self.geoip.country(facts.client_ip) if self.geoip is not None else None
+        enforced_id = verdict[0].id if verdict is not None and verdict[0] is not None else None
+        matched: list[tuple[Key, TraceEntry]] = []
+        unmatched: list[TraceEntry] = []
+        for rule in self.rules:
+            result = self._check(rule, facts, decision.channel, path.functions, user, groups, country)
+            if result is None:
+                continue
+            ok, key, why = result
+            deciding = ok and rule.id == decision.rule_id
+            if ok and rule.id == enforced_id and not deciding:
+                if decision.reason == "outside_login_hours":
+                    why += "; the rules allow this, but login hours deny it"
+                else:
+                    why += "; the enforced verdict: the deciding rule is report-only, so this one's allow holds"
+            entry = TraceEntry(rule.id, rule.title, rule.action, key[:7], ok, deciding, why)
+            if ok:
+                matched.append((key, entry))
+            else:
+                unmatched.append(entry)
+        matched.sort(key=lambda item: item[0], reverse=True)
+        steps: list[TraceEntry] = []
+        if user is None and path.public:
+            steps.append(
+                TraceEntry(
+                    decision.rule_id or "", decision.rule_title or "", "allow", (), True, True,
+                    f"anonymous request to public function(s) {', '.join(path.functions)}: "
+                    "rules below are listed for information only",
+                )
+            )  # fmt: skip
+        elif decision.rule_id == DEFAULT_RULE or enforced_id is None:
+            steps.append(
+                TraceEntry(
+                    DEFAULT_RULE, f"No rule matched: default_action {self.default_action}",
+                    "allow" if self.default_action == "allow" else "block", (), True,
+                    decision.rule_id == DEFAULT_RULE, "no enforced rule matches this request",
+                )
+            )  # fmt: skip
+        hours = segment.settings.login_hours
+        if user is not None and hours is not None:
+            inside = hours.contains(facts.at, segment.zone)
+            local = facts.at.astimezone(segment.zone)
+            steps.append(
+                TraceEntry(
+                    segment.hours_source or "login_hours",
+                    f"Login hours {hours.describe()} in {segment.settings.timezone}",
+                    "allow" if inside else "block", (), True, decision.reason == "outside_login_hours",
+                    f"{local:%a %Y-%m-%d %H:%M %Z} is {'inside' if inside else 'outside'} the window",
+                )
+            )  # fmt: skip
+        return Decision(
+            action=decision.action,
+            enforced=decision.enforced,
+            reason=decision.reason,
+            rule_id=decision.rule_id,
+            rule_title=decision.rule_title,
+            channel=decision.channel,
+            functions=decision.functions,
+            public=decision.public,
+            country=decision.country,
+            settings=decision.settings,
+            trace=(*steps, *(entry for _, entry in matched), *unmatched),
+        )
+
+    def _check(
+        self,
+        rule: Rule,
+        facts: RequestFacts,
+        channel: str,
+        functions: tuple[str, ...],
+        user: str | None,
+        groups: frozenset[str],
+        country: str | None,
+    ) -> tuple[bool, Key, str] | None:
+        """Does ``rule`` match, with which key, and why (not)? None: not about this request."""
+        if rule.function is not None and rule.function not in functions:
+            return None
+        misses: list[str] = []
+        who = user if user is not None else "an anonymous request"
+        if rule.users is not None and (user is None or user not in rule.users):
+            misses.append(f"{who} is not one of users {', '.join(sorted(rule.users))}")
+        if rule.groups is not None and (user is None or rule.groups.isdisjoint(groups)):
+            misses.append(f"{who} is not in groups {', '.join(sorted(rule.groups))}")
+        if misses and rule.function is None:
+            return None  # a `*` rule about other people: noise in a trace
+        network = NO_NETWORK
+        shown = rule.describe()
+        if rule.networks is not None:
+            blocks = [b for b in (entry_contains(e, facts.client_ip) for e in rule.networks) if b is not None]
+            if blocks:
+                block = max(blocks, key=v6_prefix)
+                network = v6_prefix(block)
+                shown += f" (matched {block}: /{network} in IPv6 terms)"
+            else:
+                misses.append(f"{facts.client_ip} is in none of its networks")
+                network = rule.best_key()[3]
+        if rule.countries is not None:
+            inside = country in rule.countries
+            if inside == rule.countries_negated:
+                misses.append(f"country {country or 'unknown'} does not match")
+        if rule.channel is not None and rule.channel != channel:
+            misses.append(f"channel is {channel}, not {rule.channel}")
+        if not rule.active(facts.at):
+            misses.append(f"expired ({rule.expires_text})")
+        if rule.report_only and not misses:
+            shown += "; report-only: logged as would_deny, never enforced"
+        if misses:
+            return False, rule.key(network), "not matched: " + "; ".join(misses)
+        return True, rule.key(network), shown
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _segment(self, user: str | None, at: datetime) -> SettingsSegment:
+        info = self._users.get(user) if user is not None else None
+        return (info.timeline if info is not None else self._nobody).at(at)
+
+    def _agents_uncached(self, user_agent: str) -> tuple[int, ...]:
+        return tuple(
+            index
+            for index, agents in enumerate(self._channel_agents)
+            if not agents or any(agent.search(user_agent) for agent in agents)
+        )
+
+    def _channel_uncached(self, user_agent: str, path: str) -> str:
+        for index in self._agent_cache(user_agent):
+            matcher = self._channel_paths[index]
+            if matcher is None or matcher.owners(path):
+                return self._channel_names[index]
+        return DEFAULT_CHANNEL
+
+    def _path_info(self, method: str, path: str) -> _PathInfo:
+        owners = self._function_paths.owners(path)
+        chosen = [
+            f for index, f in enumerate(self._functions) if index in owners and (not f.methods or method in f.methods)
+        ]
+        names = tuple(f.name for f in chosen)
+        public = bool(chosen) and all(f.public for f in chosen)
+        return _PathInfo(names, public, PUBLIC_RULE.format(names[0]) if public else "")
+
+    def _expired(self, now: datetime) -> list[str]:
+        out: list[str] = []
+        for rule in self.rules:
+            if rule.expires_at is not None and rule.expires_at <= now and not rule.id.startswith("users."):
+                out.append(f"{rule.where}: rule {rule.id} ({rule.title}) expired on {rule.expires_text}")
+        for user in self.spec.users:
+            for override in user.overrides:
+                if override.expires is not None and expiry_instant(override.expires, self.office) <= now:
+                    out.append(
+                        f"{override.where}: override {override.id} ({override.reason}) "
+                        f"expired on {override.expires.text}"
+                    )
+        return out
+
+
+def _main_file_where(settings: Settings, key: str) -> Where:
+    """Where ``key`` is in the main file (Settings keep values, not lines)."""
+    try:
+        data = load_yaml(settings.path)
+    except ConfigError:
+        return Where(str(settings.path), 1)
+    if isinstance(data, Mapping):
+        return data.where(key)
+    return Where(str(settings.path), 1)
+
+
+def load_policy(settings: Settings, problems: Problems, *, now: datetime | None = None) -> Policy:
+    """Read, validate and compile the policy files that ``settings`` names.
+
+    Every problem goes to ``problems`` (the caller raises); when there are any,
+    an empty policy is returned so that nothing half-checked is ever compiled.
+    ``now`` is when "already expired" is judged for ``expired_at_load``.
+    """
+    before = len(problems.items)
+    geoip = None
+    if settings.geoip_database is not None:
+        try:
+            geoip = GeoIP(settings.geoip_database)
+        except GeoIPError as exc:
+            problems.add(_main_file_where(settings, "geoip"), f"geoip.database: {exc}")
+    spec = read_policy_files(settings.policy_files, problems, geoip=settings.geoip_database is not None)
+    if len(problems.items) > before:
+        spec = PolicySpec()
+    return Policy(
+        spec,
+        default_action=settings.default_action,
+        mode=settings.mode,
+        case_insensitive_paths=settings.case_insensitive_paths,
+        geoip=geoip,
+        totp_secrets_file=settings.totp.secrets_file if settings.totp is not None else None,
+        totp_configured=settings.totp is not None,
+        now=now,
+    )

@@ -1,0 +1,119 @@
+"""Network entries of rules: addresses, CIDRs and ranges, and the prefix index.
+
+Every entry becomes one or more CIDR blocks. A range ``a-b`` is split into the
+smallest set of CIDR blocks that covers it exactly; the block that contains the
+client's address is what matched, so its prefix length is the entry's
+specificity for that address (DESIGN.md §3.3 point 4). A range that is one
+CIDR block therefore ranks exactly like that CIDR, and an address near the edge
+of a ragged range ranks like the small block it falls in.
+
+Specificity is counted in IPv6 terms: an IPv4 /p is /96+p, a single IPv4
+address /128, like a single IPv6 address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from gateway.policy.model import IPAddress
+from gateway.schema import IPNetwork, parse_network
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class NetEntry:
+    """One item of a ``networks`` list, as written and as CIDR blocks."""
+
+    text: str
+    blocks: tuple[IPNetwork, ...]
+    # per block: (version, prefix length in v6 terms, mask, network as int), for indexing
+    cidrs: tuple[tuple[int, int, int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.cidrs:
+            cidrs = tuple(
+                (b.version, v6_prefix(b), int(b.netmask), int(b.network_address)) for b in self.blocks
+            )
+            object.__setattr__(self, "cidrs", cidrs)
+
+
+def v6_prefix(network: IPNetwork) -> int:
+    """The prefix length in IPv6 terms (IPv4 /p counts as /96+p)."""
+    return network.prefixlen + 96 if network.version == 4 else network.prefixlen
+
+
+def _address(text: str) -> IPAddress:
+    address = ipaddress.ip_address(text.strip())
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def parse_entry(value: object) -> NetEntry:
+    """An address, CIDR or ``a-b`` range; raises ValueError with an admin-facing message."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected an address, CIDR or range a-b, got {value!r}")
+    text = value.strip()
+    if "-" in text and "/" not in text:
+        first_text, _, last_text = text.partition("-")
+        try:
+            first, last = _address(first_text), _address(last_text)
+        except ValueError:
+            raise ValueError(f"not an address range a-b: {value!r}") from None
+        blocks: tuple[IPNetwork, ...]
+        # two branches, not one `or`: each narrows both ends to one version for the type checker
+        if isinstance(first, ipaddress.IPv4Address) and isinstance(last, ipaddress.IPv4Address):  # noqa: SIM114
+            blocks = tuple(ipaddress.summarize_address_range(first, last)) if first <= last else ()
+        elif isinstance(first, ipaddress.IPv6Address) and isinstance(last, ipaddress.IPv6Address):
+            blocks = tuple(ipaddress.summarize_address_range(first, last)) if first <= last else ()
+        else:
+            raise ValueError(f"a range must not mix IPv4 and IPv6: {value!r}")
+        if not blocks:
+            raise ValueError(f"range end is before its start: {value!r}")
+        return NetEntry(text, blocks)
+    return NetEntry(text, (parse_network(text),))
+
+
+def entry_contains(entry: NetEntry, address: IPAddress) -> IPNetwork | None:
+    """The block of ``entry`` holding ``address`` (the slow, obvious way: for explain)."""
+    for block in entry.blocks:
+        if block.version == address.version and address in block:
+            return block
+    return None
+
+
+class PrefixTable(Generic[T]):
+    """CIDR blocks -> payloads, searched by masking the address once per prefix length present.
+
+    A lookup costs one dict probe per distinct prefix length in the table (at most
+    33 for IPv4, 129 for IPv6; a handful in practice), whatever the number of
+    blocks. Lengths are walked longest first, so the first hit is the most specific.
+    """
+
+    __slots__ = ("_building", "v4", "v6")
+
+    def __init__(self) -> None:
+        # per version: [(prefix length in v6 terms, mask, {network int: [payload, ...]})], longest first
+        self.v4: list[tuple[int, int, dict[int, list[T]]]] = []
+        self.v6: list[tuple[int, int, dict[int, list[T]]]] = []
+        self._building: dict[tuple[int, int], tuple[int, dict[int, list[T]]]] = {}
+
+    def add(self, cidr: tuple[int, int, int, int], payload: T) -> None:
+        """Add a payload under one of :attr:`NetEntry.cidrs`; call :meth:`seal` when done."""
+        version, prefix, mask, network = cidr
+        level = self._building.get((version, prefix))
+        if level is None:
+            level = self._building[(version, prefix)] = (mask, {})
+        level[1].setdefault(network, []).append(payload)
+
+    def seal(self) -> None:
+        """Freeze the levels added so far into the longest-first lists lookups walk."""
+        levels = sorted(self._building.items(), key=lambda item: -item[0][1])
+        self.v4 = [(prefix, mask, table) for (version, prefix), (mask, table) in levels if version == 4]
+        self.v6 = [(prefix, mask, table) for (version, prefix), (mask, table) in levels if version == 6]
+
+    def __bool__(self) -> bool:
+        return bool(self.v4 or self.v6)
