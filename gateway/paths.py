@@ -34,9 +34,10 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Escapes refused outright: encoded '/' and '\' would hide a segment boundary from the
 # gateway that a back end may honour; encoded NUL truncates paths in C-based back ends.
 _FORBIDDEN_ESCAPES = frozenset({"2F", "5C", "00"})
-# The same characters (and '.') encoded twice: a back end that decodes twice would see a
-# slash or a dot segment the gateway did not.
-_DOUBLE_ENCODED = re.compile(r"%25(?:2[fFeE]|5[cC]|00)")
+# Anything encoded twice (%25 followed by two hex digits): a back end that decodes twice
+# would see a slash, a dot segment or a route name (/%2562illing is /billing) that the
+# gateway did not. A lone %25 (a literal '%') is fine.
+_DOUBLE_ENCODED = re.compile(r"%25[0-9A-Fa-f]{2}")
 _ABSOLUTE = re.compile(r"(?i)https?://")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -104,10 +105,10 @@ def normalise_path(raw_path: str, *, case_insensitive: bool = False) -> Normalis
     """Canonicalise ``raw_path`` (the path part of the target, still percent-encoded).
 
     Raises :class:`BadPath` for: a path not starting with ``/``; an encoded
-    slash or backslash (``%2F``, ``%5C``), or one of them, NUL or ``.`` encoded
-    twice (``%252F``); a raw backslash; NUL or any other control character, raw
-    or encoded (C0, DEL, C1); ``?`` or ``#`` (the caller should have split
-    them off); invalid percent-encoding (``%``, ``%G1``, ``%4``); bytes that are
+    slash or backslash (``%2F``, ``%5C``); anything encoded twice (``%252F``,
+    ``%2562``: ``%25`` followed by two hex digits); a raw backslash; NUL or any
+    other control character, raw or encoded (C0, DEL, C1); ``?`` or ``#`` (the
+    caller should have split them off); invalid percent-encoding (``%``, ``%G1``, ``%4``); bytes that are
     not valid UTF-8 once fully decoded (overlong ``%C0%AE`` included); lone
     surrogates. Other raw characters outside RFC 3986 ``pchar`` (``|``, ``"``,
     non-ASCII) are percent-encoded, so a raw and an encoded spelling of the
@@ -127,7 +128,7 @@ def _canonical_escapes(raw_path: str) -> str:
     if _RAW_ONLY.fullmatch(raw_path):  # e.g. only ';params' or '//': nothing to decode
         return raw_path
     if _DOUBLE_ENCODED.search(raw_path):
-        raise BadPath(f"path contains a double-encoded '/', '\\', '.' or NUL: {_echo(raw_path)}")
+        raise BadPath(f"path contains a double-encoded character (%25 and two hex digits): {_echo(raw_path)}")
     if _BAD_ESCAPE.search(raw_path):
         raise BadPath(f"invalid percent-encoding in path: {_echo(raw_path)}")
 

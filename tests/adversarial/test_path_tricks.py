@@ -1,0 +1,227 @@
+"""Path tricks against blocked functions, over raw sockets (DESIGN.md §3.2, issue 5 item 1).
+
+The harness policy blocks ``billing`` for pat's group, ``export`` on the mobile
+channel and ``clock-in`` outside the warehouse. Every trick below is a spelling of
+one of those routes that a naive matcher would miss, or that some back end reads
+differently from the gateway. Each is sent byte for byte as the logged-in victim
+of the rule, and the assertion is the CRM's own record: no request that reached
+it is one the CRM routes (or, for the case-insensitive and double-decoding
+variants, would route) to a blocked handler. The status code is checked too, so
+a trick that starts being answered differently is noticed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.adversarial.support import (
+    MOBILE_UA,
+    app_login,
+    browser_login,
+    cookie_header,
+    crm_actions,
+    raw_request,
+    reached_blocked,
+    send_raw,
+    status_of,
+)
+from tests.e2e.harness import HOME, OFFICE, WAREHOUSE, stack
+
+
+@dataclass(frozen=True)
+class Trick:
+    description: str
+    target: str
+    status: int  # what the client gets: 400 (refused), 403 (judged and blocked), 404 (the CRM: no such route)
+
+    @property
+    def forwarded(self) -> bool:
+        return self.status not in (400, 403)
+
+
+BILLING_TRICKS = [
+    Trick("percent-encoded first letter", "/%62illing", 403),
+    Trick("percent-encoded letters, lower-case hex", "/bi%6c%6Cing/settings", 403),
+    Trick("encoded slash %2F", "/billing%2Fsettings", 400),
+    Trick("encoded slash %2f (lower-case hex)", "/billing%2fsettings", 400),
+    Trick("encoded slash as the first character", "/%2Fbilling", 400),
+    Trick("double-encoded slash %252F", "/billing%252Fsettings", 400),
+    Trick("double-encoded letter %2562", "/%2562illing", 400),
+    Trick("double-encoded letter in the middle", "/bil%256Cing/settings", 400),
+    Trick("double slash", "//billing", 403),
+    Trick("dot segment", "/./billing", 403),
+    Trick("dot-dot segment", "/x/../billing", 403),
+    Trick("encoded dot-dot", "/x/%2e%2e/billing", 403),
+    Trick("half-encoded dot-dot", "/x/.%2E/billing", 403),
+    Trick("Tomcat's '..;' up from billing lands on root", "/billing/..;/", 302),
+    Trick("Tomcat's '..;' back into billing", "/billing/..;/billing", 403),
+    Trick("trailing dot (the CRM routes it nowhere)", "/billing.", 404),
+    Trick("trailing dot and slash", "/billing./", 404),
+    Trick("trailing slash", "/billing/", 403),
+    Trick(";params then slash", "/billing;x=1/", 403),
+    Trick(";params on the last segment", "/billing;jsessionid=1", 403),
+    Trick("upper case on a case-sensitive CRM is another route", "/BILLING", 404),
+    Trick("raw backslash", "/billing\\settings", 400),
+    Trick("leading raw backslash", "\\billing", 400),
+    Trick("encoded backslash %5C", "/billing%5Csettings", 400),
+    Trick("encoded backslash %5c", "/billing%5csettings", 400),
+    Trick("overlong UTF-8 dots", "/%C0%AE%C0%AE/billing", 400),
+    Trick("overlong UTF-8 dot glued to the name", "/%C0%AEbilling", 400),
+    Trick("encoded NUL", "/billing%00", 400),
+    Trick("encoded NUL before an extension", "/billing%00.html", 400),
+    Trick("encoded tab", "/billing%09", 400),
+    Trick("fragment", "/billing#x", 400),
+    Trick("empty query then fragment", "/billing?#", 400),
+    Trick("absolute-form with another host", "http://evil.example/billing", 403),
+    Trick("absolute-form, upper-case scheme", "HTTP://crm.example/billing", 403),
+    Trick("absolute-form https with a port", "https://crm.example:8443/billing/settings", 403),
+    Trick("asterisk-form", "*", 400),
+    Trick("a target without a leading slash", "billing", 400),
+    Trick("up from the gateway's own prefix", "/_gateway/../billing", 403),
+    Trick("up from the gateway's prefix, encoded slash", "/_gateway/..%2Fbilling", 400),
+    Trick("up from a public function", "/login/../billing", 403),
+    Trick("up from a public static path", "/static/../billing", 403),
+    Trick("invoices, encoded letter", "/%69nvoices/1", 403),
+    Trick("invoices, doubled slash before the id", "/invoices//1", 403),
+    Trick("encoded dot segment at the end", "/billing/%2e", 403),
+    Trick("encoded space after the name", "/billing%20", 404),
+]
+
+
+async def test_tricks_table_is_sent_as_written() -> None:
+    """The tricks must reach the gateway as written: the raw request is not normalised on the way."""
+    data = raw_request("GET", "/x/%2e%2e//billing;a", [("Cookie", "a=b")])
+    assert data.startswith(b"GET /x/%2e%2e//billing;a HTTP/1.1\r\n")
+
+
+@pytest.mark.parametrize("trick", BILLING_TRICKS, ids=[t.description for t in BILLING_TRICKS])
+async def test_billing_stays_blocked_for_pat(tmp_path: Path, trick: Trick) -> None:
+    async with stack(tmp_path) as s:
+        pat = await browser_login(s, "pat")
+        await s.reset_crm()
+        response = await send_raw(s.port, raw_request("GET", trick.target, [("Cookie", cookie_header(pat, s))]))
+        assert status_of(response) == trick.status
+        assert await reached_blocked(s, "billing") == []
+        if not trick.forwarded:
+            assert await s.crm_requests() == [], "a refused or blocked request reached the CRM"
+
+
+@pytest.mark.parametrize("trick", BILLING_TRICKS, ids=[t.description for t in BILLING_TRICKS])
+async def test_no_billing_trick_would_reach_billing_on_a_crm_that_decodes_twice(tmp_path: Path,
+                                                                             trick: Trick) -> None:
+    """What the gateway forwards, decoded once more, must not route to billing either."""
+    async with stack(tmp_path) as s:
+        pat = await browser_login(s, "pat")
+        await s.reset_crm()
+        await send_raw(s.port, raw_request("GET", trick.target, [("Cookie", cookie_header(pat, s))]))
+        assert await reached_blocked(s, "billing", decode_twice=True) == []
+
+
+CASE_TRICKS = [
+    Trick("upper case", "/BILLING", 403),
+    Trick("mixed case with a sub-page", "/Billing/Settings", 403),
+    Trick("encoded upper-case letter", "/%42ILLING", 403),
+    Trick("upper-case invoices", "/INVOICES/7", 403),
+    Trick("mixed case with ;params", "/bIlLiNg;X=1/", 403),
+    Trick("upper case after a dot-dot", "/x/../BiLLing", 403),
+]
+
+
+@pytest.mark.parametrize("trick", CASE_TRICKS, ids=[t.description for t in CASE_TRICKS])
+async def test_case_tricks_are_blocked_when_the_crm_ignores_case(tmp_path: Path, trick: Trick) -> None:
+    async with stack(tmp_path, paths={"case_insensitive": True}) as s:
+        pat = await browser_login(s, "pat")
+        await s.reset_crm()
+        response = await send_raw(s.port, raw_request("GET", trick.target, [("Cookie", cookie_header(pat, s))]))
+        assert status_of(response) == 403
+        assert await reached_blocked(s, "billing", fold_case=True) == []
+        assert await s.crm_requests() == []
+
+
+EXPORT_TRICKS = [
+    Trick("the app's export, plainly", "/api/mobile/contacts/export", 403),
+    Trick("encoded letter", "/api/mobile/contacts/%65xport", 403),
+    Trick("double slash inside the app's API", "/api/mobile//contacts/export", 403),
+    Trick("trailing slash", "/api/mobile/contacts/export/", 403),
+    Trick(";params", "/api/mobile/contacts/export;v=2", 403),
+    Trick("dot segment", "/api/mobile/contacts/./export", 403),
+    Trick("dot-dot inside the app's API", "/api/mobile/x/../contacts/export", 403),
+    Trick("out of the app's API to the web export (locked down from home)", "/api/mobile/../contacts/export", 403),
+    Trick("web export with the app's User-Agent (locked down from home)", "/contacts/export", 403),
+    Trick("web CSV report with the app's User-Agent", "/reports/sales/csv", 403),
+    Trick("encoded slash before export", "/api/mobile/contacts%2Fexport", 400),
+    Trick("double-encoded letter", "/api/mobile/contacts/%2565xport", 400),
+    Trick("upper case is another route on this CRM", "/api/mobile/contacts/EXPORT", 404),
+    Trick("absolute-form", "http://crm.example/api/mobile/contacts/export", 403),
+]
+
+
+@pytest.mark.parametrize("trick", EXPORT_TRICKS, ids=[t.description for t in EXPORT_TRICKS])
+async def test_the_app_channel_never_exports(tmp_path: Path, trick: Trick) -> None:
+    async with stack(tmp_path) as s:
+        app = await app_login(s, "jim", source=HOME)
+        await s.reset_crm()
+        headers = [("Cookie", cookie_header(app, s)), ("User-Agent", MOBILE_UA)]
+        response = await send_raw(s.port, raw_request("GET", trick.target, headers), source=HOME)
+        assert status_of(response) == trick.status
+        assert await reached_blocked(s, "export") == []
+        if not trick.forwarded:
+            assert await s.crm_requests() == []
+
+
+CLOCK_IN_TRICKS = [
+    Trick("plain", "/timeclock/clock-in", 403),
+    Trick("encoded letter", "/timeclock/%63lock-in", 403),
+    Trick("encoded dash", "/timeclock/clock%2Din", 403),
+    Trick("double slash", "/timeclock//clock-in", 403),
+    Trick("trailing slash", "/timeclock/clock-in/", 403),
+    Trick(";params", "/timeclock/clock-in;x=1", 403),
+    Trick("dot-dot", "/timeclock/x/../clock-in", 403),
+    Trick("Tomcat '..;'", "/timeclock/x/..;/clock-in", 403),
+    Trick("the app's clock-in with a browser User-Agent", "/api/mobile/timeclock/clock-in", 403),
+    Trick("encoded slash", "/timeclock%2Fclock-in", 400),
+    Trick("upper case is another route on this CRM", "/TIMECLOCK/clock-in", 404),
+    Trick("absolute-form", "http://crm.example/timeclock/clock-in", 403),
+]
+
+
+@pytest.mark.parametrize("trick", CLOCK_IN_TRICKS, ids=[t.description for t in CLOCK_IN_TRICKS])
+async def test_nobody_clocks_in_outside_the_warehouse(tmp_path: Path, trick: Trick) -> None:
+    async with stack(tmp_path) as s:
+        jim = await browser_login(s, "jim", source=OFFICE)
+        await s.reset_crm()
+        response = await send_raw(s.port, raw_request("POST", trick.target, [("Cookie", cookie_header(jim, s))]))
+        assert status_of(response) == trick.status
+        assert await reached_blocked(s, "clock-in") == []
+        assert [a for a in await crm_actions(s) if a["kind"] == "clock-in"] == []
+
+
+@pytest.mark.parametrize("method", ["post", "Post", "POST "], ids=["lower-case", "capitalised", "trailing space"])
+async def test_method_spellings_cannot_dodge_a_method_bound_function(tmp_path: Path, method: str) -> None:
+    """clock-in is bound to POST; a method spelled otherwise must not be judged as 'not POST' and then sent as POST."""
+    async with stack(tmp_path) as s:
+        jim = await browser_login(s, "jim", source=OFFICE)
+        await s.reset_crm()
+        data = raw_request(method, "/timeclock/clock-in", [("Cookie", cookie_header(jim, s))], content_length=False)
+        response = await send_raw(s.port, data + b"")
+        assert status_of(response) in (400, 403)
+        assert await s.crm_requests() == []
+        assert [a for a in await crm_actions(s) if a["kind"] == "clock-in"] == []
+
+
+async def test_control_the_blocked_routes_are_reachable_where_the_policy_allows_them(tmp_path: Path) -> None:
+    """Without this, every table above could pass because the routes were simply broken."""
+    async with stack(tmp_path) as s:
+        jim = await browser_login(s, "jim", source=WAREHOUSE)
+        response = await send_raw(s.port, raw_request("POST", "/timeclock/clock-in",
+                                                      [("Cookie", cookie_header(jim, s))]), source=WAREHOUSE)
+        assert status_of(response) == 302
+        assert [a["user"] for a in await crm_actions(s) if a["kind"] == "clock-in"] == ["jim"]
+        response = await send_raw(s.port, raw_request("GET", "/%62illing/x", [("Cookie", cookie_header(jim, s))]),
+                                  source=WAREHOUSE)
+        assert status_of(response) == 200
+        assert len(await reached_blocked(s, "billing")) == 1
+        assert len(await reached_blocked(s, "billing", decode_twice=True)) == 1
