@@ -20,16 +20,21 @@ FORWARDING_HEADERS = (X_FORWARDED_FOR, X_REAL_IP, X_FORWARDED_PROTO, X_FORWARDED
 IDENTITY_HEADERS = (GATEWAY_USER, GATEWAY_CHANNEL, REQUEST_ID)
 
 
-def _underscored(name: str) -> str:
-    return name.replace("-", "_").lower()
+def _spellings(name: str) -> frozenset[str]:
+    """Every lower-case spelling of ``name`` with each '-' written as '-' or '_'.
+
+    CGI, WSGI and PHP back ends map both characters to '_', so X_Forwarded_For and
+    the mixed X-Forwarded_For reach them as X-Forwarded-For does: all must go.
+    """
+    spellings = [""]
+    for index, part in enumerate(name.lower().split("-")):
+        spellings = [s + sep + part for s in spellings for sep in (("-", "_") if index else ("",))]
+    return frozenset(spellings)
 
 
-# Headers the gateway owns: removed from every client request, in either spelling.
-# CGI, WSGI and PHP back ends read X_Forwarded_For as X-Forwarded-For.
+# Headers the gateway owns: removed from every client request, in every spelling.
 OWNED_HEADERS: frozenset[str] = frozenset(
-    spelling
-    for name in (*FORWARDING_HEADERS, *IDENTITY_HEADERS)
-    for spelling in (name.lower(), _underscored(name))
+    spelling for name in (*FORWARDING_HEADERS, *IDENTITY_HEADERS, GATEWAY_WORKER) for spelling in _spellings(name)
 )
 
 # RFC 9110 §7.6.1: connection-specific headers, never forwarded in either direction
