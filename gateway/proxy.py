@@ -77,12 +77,18 @@ class Proxy:
         connector = aiohttp.TCPConnector(
             limit=0, ttl_dns_cache=300, keepalive_timeout=60, enable_cleanup_closed=True
         )
-        return ClientSession(
+        client = ClientSession(
             connector=connector,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
         )
+        # aiohttp silently sends GET/PUT/DELETE a second time when the connection breaks before
+        # an answer. A legacy CRM may have acted on the first copy (many change state on GET), so
+        # one client request reaches it at most once; the failure is the client's to see (502).
+        # aiohttp's own test client turns the replay off the same way.
+        client._retry_connection = False
+        return client
 
     def upstream_url(self, ex: Exchange) -> URL:
         """The CRM's URL for this request: its base (and any base path) plus the normalised path."""
