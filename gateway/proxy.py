@@ -172,7 +172,8 @@ class Proxy:
                 await response.write(chunk)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
             # Status already sent: the only honest signal left is to cut the connection.
-            log.warning("upstream.broken_body", request_id=ex.request_id, error=type(exc).__name__)
+            log.warning("upstream.broken_body", request_id=ex.request_id, error=type(exc).__name__,
+                        method=ex.request.method, path=ex.path.forward if ex.path else None)
             upstream.close()
             if ex.request.transport is not None:
                 ex.request.transport.close()
