@@ -167,9 +167,14 @@ class Proxy:
         await response.prepare(ex.request)
         if ex.request.method == "HEAD":
             return response
+        ended_by_close = _close_delimited(upstream)
         try:
             async for chunk in upstream.content.iter_chunked(_CHUNK):
                 await response.write(chunk)
+            if ended_by_close is not None and ended_by_close.done() and ended_by_close.exception() is not None:
+                # A body without a length ends when the connection does; aiohttp reports a reset
+                # as a normal end. Relayed as complete, half an export would look like all of it.
+                raise aiohttp.ClientPayloadError("connection reset before the end of the body")
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
             # Status already sent: the only honest signal left is to cut the connection.
             log.warning("upstream.broken_body", request_id=ex.request_id, error=type(exc).__name__,
@@ -260,6 +265,20 @@ class Proxy:
             request_id=ex.request_id,
             as_json=ex.wants_json,
         )
+
+
+def _close_delimited(upstream: ClientResponse) -> asyncio.Future[None] | None:
+    """For a body that only the closing of the connection ends: the connection's closed future.
+
+    It fails when the connection was lost with an error (a reset) rather than closed cleanly.
+    """
+    if "Content-Length" in upstream.headers or "chunked" in upstream.headers.get("Transfer-Encoding", "").lower():
+        return None
+    if upstream.status in (204, 304) or upstream.status < 200:
+        return None
+    connection = upstream.connection
+    protocol = connection.protocol if connection is not None else None
+    return protocol.closed if protocol is not None else None
 
 
 def _is_websocket(request: web.Request) -> bool:
