@@ -28,6 +28,11 @@ from gateway.yamlsrc import ConfigError
 log = get_logger("server")
 
 WATCH_INTERVAL = 1.0
+# How long a connection may go without a complete request: idle between keep-alive
+# requests, or still trickling its request head (slowloris). aiohttp keeps both for an
+# hour; nginx's keepalive_timeout is 75 s, which also outlasts the 60 s idle reuse of
+# load balancers and nginx's upstream keepalive, so they never reuse a connection we close.
+IDLE_TIMEOUT = 75.0
 
 
 def _signature(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int] | None, ...]:
@@ -52,6 +57,7 @@ class Server:
     reuse_port: bool = False
     watch: bool = True
     sock: socket.socket | None = None  # for tests and pre-fork parents: an already bound socket
+    idle_timeout: float = IDLE_TIMEOUT
 
     def __post_init__(self) -> None:
         self.gateway = Gateway(self.config, worker=self.worker)
@@ -112,6 +118,7 @@ class Server:
             shutdown_timeout=self.drain_timeout,
             handler_cancellation=True,
             access_log=None,
+            keepalive_timeout=self.idle_timeout,
         )
         await self.runner.setup()
         ssl_context = None
