@@ -8,12 +8,14 @@ opened and closed through ``cleanup_ctx``; they survive reloads.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 
 from aiohttp import ClientSession, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.chain import Chain
 from gateway.config import Config
@@ -36,6 +38,37 @@ from gateway.totp import SecretStore, TotpVerifier
 log = get_logger("app")
 
 
+class _ServerLog(logging.Handler):
+    """aiohttp's server log, as structured events: one ``request.malformed`` per unparseable request.
+
+    aiohttp logs a request it cannot parse with a traceback quoting the first bytes of the
+    offending line: an oversized Cookie or Authorization header, or a token in a URL, would
+    land in the log. Only the peer, the status and the kind of error are kept. Anything else
+    aiohttp reports (a bug, not a client) keeps its traceback.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        if isinstance(exc, HttpProcessingError):
+            # aiohttp itself logs non-HTTP bytes on a fresh connection (scanners, TLS on the
+            # HTTP port) at debug, to keep them out of the logs; so does the gateway.
+            emit = log.debug if record.levelno <= logging.DEBUG else log.warning
+            emit("request.malformed", peer_ip=str(peer), status=exc.code, error=type(exc).__name__)
+        else:
+            log.error("http.server_error", detail=str(record.msg), exc_info=record.exc_info)
+
+
+def server_logger() -> logging.Logger:
+    """The logger the gateway's HTTP server reports to (instead of aiohttp's plain-text one)."""
+    logger = logging.getLogger("gateway.http")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    if not any(isinstance(handler, _ServerLog) for handler in logger.handlers):
+        logger.addHandler(_ServerLog())
+    return logger
+
+
 class Gateway:
     """One process's gateway: current config, current chain, shared resources."""
 
@@ -46,7 +79,8 @@ class Gateway:
         self.chain: Chain | None = None
         self.state: SharedState | None = None
         self.sessions: SessionStore | None = None
-        self.app = web.Application(handler_args={"max_field_size": 16384, "max_line_size": 16384})
+        self.app = web.Application(handler_args={"max_field_size": 16384, "max_line_size": 16384,
+                                                 "logger": server_logger()})
         self.app[GATEWAY] = self
         self.app.cleanup_ctx.append(self._resources_ctx)
         self.app.router.add_route("*", "/{tail:.*}", self.handle)

@@ -177,7 +177,8 @@ async def test_oversized_and_malformed_heads_are_refused_logged_once_and_never_e
             assert office.status == 200, f"after {label}: {office}"
         await baseline.assert_returned(gw, "oversized heads")
         events = gw.events("request.malformed")[seen_before:]
-        assert len(events) == 5 * len(OVERSIZED), [e.get("error") for e in events]
+        # Not HTTP at all (scanners, TLS on the HTTP port) is logged at debug only, as aiohttp does.
+        assert len(events) == 5 * (len(OVERSIZED) - 1), [e.get("error") for e in events]
         assert {e["peer_ip"] for e in events} == {HOME}
         assert all(e["status"] in (400, 431) and e["error"] for e in events)
         text = gw.log_text()
