@@ -65,17 +65,31 @@ def policy_problems(tmp_path: Path) -> Callable[..., list[str]]:
     """The problems a policy text produces, as ``rules.yaml:LINE: message`` strings."""
 
     def problems_of(
-        rules: str, *, main: str = "", geoip: bool = True, extra_files: dict[str, str] | None = None
+        rules: str,
+        *,
+        main: str = "",
+        geoip: bool = True,
+        extra_files: dict[str, str] | None = None,
+        policy_files: list[str] | None = None,
     ) -> list[str]:
-        settings, problems = _settings(tmp_path, rules, main=main, geoip=geoip, extra_files=extra_files)
+        settings, problems = _settings(
+            tmp_path, rules, main=main, geoip=geoip, extra_files=extra_files, policy_files=policy_files
+        )
         load_policy(settings, problems, now=MONDAY)
-        return [f"{Path(p.where.file).name}:{p.where.line}: {p.message}" for p in problems.items]
+        folder = f"{tmp_path}/"  # messages naming a second place show it relative, like the first
+        return [f"{Path(p.where.file).name}:{p.where.line}: {p.message.replace(folder, '')}" for p in problems.items]
 
     return problems_of
 
 
 def _settings(
-    folder: Path, rules: str, *, main: str, geoip: bool, extra_files: dict[str, str] | None
+    folder: Path,
+    rules: str,
+    *,
+    main: str,
+    geoip: bool,
+    extra_files: dict[str, str] | None,
+    policy_files: list[str] | None = None,
 ) -> tuple[Settings, Problems]:
     (folder / "rules.yaml").write_text(textwrap.dedent(rules).lstrip("\n"), encoding="utf-8")
     files = ["rules.yaml"]
@@ -87,6 +101,6 @@ def _settings(
     main_text = "upstream: {url: 'http://crm.test:8000'}\n"
     if geoip:
         main_text += "geoip: {database: country.mmdb}\n"
-    main_text += f"policy_files: {files}\n" + textwrap.dedent(main)
+    main_text += f"policy_files: {policy_files or files}\n" + textwrap.dedent(main)
     (folder / "gateway.yaml").write_text(main_text, encoding="utf-8")
     return load_settings(folder / "gateway.yaml"), Problems()
