@@ -8,9 +8,11 @@ the gateway (or before it was installed) is useless through it.
 from __future__ import annotations
 
 import json
+import unicodedata
+from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
-from urllib.parse import parse_qs
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -26,38 +28,134 @@ from gateway.state import StateUnavailable
 log = get_logger("identity")
 
 MAX_LOGIN_BODY = 64 * 1024
+FORM = "application/x-www-form-urlencoded"
+MULTIPART = "multipart/form-data"
+# Charsets under which the body's bytes mean what the gateway reads: anything else
+# (utf-16, latin-1 ...) would let the CRM decode a name the gateway never saw.
+_UTF8 = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
 
 
-def normalise_username(value: object) -> str | None:
-    """Usernames are matched case-insensitively: 'JIM ' must not slip past a rule about 'jim'."""
-    if not isinstance(value, str):
-        return None
-    name = value.strip().lower()
+class UnreadableLogin(ValueError):
+    """The login cannot be read unambiguously: answered 400 rather than guessing who logs in.
+
+    Two readings of one body (a field twice, a username in the query string too,
+    a charset the gateway does not decode) mean some CRM may log in a user the
+    gateway did not judge.
+    """
+
+
+def normalise_username(value: str) -> str | None:
+    """The name rules are matched against: NFKC, stripped, lower-cased.
+
+    'JIM ' and a fullwidth 'jim' (U+FF4A U+FF49 U+FF4D) must not slip past a rule
+    about 'jim' (many CRMs, Django's among them, apply NFKC to usernames). Control
+    characters are refused: a C back end stops at NUL, so 'bob%00x' is bob there.
+    """
+    name = unicodedata.normalize("NFKC", value).strip().lower()
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in name):
+        raise UnreadableLogin("username contains a control character or is not valid UTF-8")
     return name or None
 
 
-def username_from_body(body: bytes, content_type: str, field: str) -> str | None:
-    """The submitted username from a url-encoded, multipart or JSON login body."""
+def php_field_name(name: str) -> str:
+    """How PHP reads a form field name: 'user.name', 'user name' are user_name; 'username[]' is username."""
+    name = name.lstrip(" ")
+    bracket = name.find("[")
+    if bracket > 0 and "]" in name[bracket:]:
+        name = name[:bracket]
+    return name.replace(" ", "_").replace(".", "_").replace("[", "_")
+
+
+def _media_type(content_type: str) -> tuple[str, str | None]:
+    """'Application/JSON; charset=UTF-8' -> ('application/json', 'utf-8')."""
+    message = Message()
+    message["Content-Type"] = content_type
+    charset = message.get_param("charset")
     kind = content_type.split(";", 1)[0].strip().lower()
-    if kind == "application/json":
-        try:
-            data = json.loads(body)
-        except ValueError:
-            return None
-        return normalise_username(data.get(field)) if isinstance(data, dict) else None
-    if kind == "multipart/form-data":
-        message = BytesParser(policy=HTTP).parsebytes(
-            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
-        )
-        if not message.is_multipart():
-            return None
-        for part in message.iter_parts():
-            if part.get_param("name", header="content-disposition") == field:
-                payload = part.get_payload(decode=True)
-                return normalise_username(payload.decode("utf-8", "replace")) if isinstance(payload, bytes) else None
-        return None
-    values = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).get(field)
+    return kind, charset.strip().lower() if isinstance(charset, str) else None
+
+
+def _only(values: list[str], field: str) -> str | None:
+    if len(values) > 1:
+        raise UnreadableLogin(f"the field {field!r} is given {len(values)} times")
     return normalise_username(values[0]) if values else None
+
+
+def username_from_body(body: bytes, content_type: str, field: str) -> str | None:
+    """The submitted username from a url-encoded, multipart or JSON login body (None: none given).
+
+    Raises :class:`UnreadableLogin` when the body has more than one reading:
+    the field twice (PHP takes the last, most others the first), a field name
+    PHP reads as the same field, a non-string JSON value, a charset other than
+    UTF-8, or a media type the gateway does not read.
+    """
+    kind, charset = _media_type(content_type)
+    if charset is not None and charset not in _UTF8:
+        raise UnreadableLogin(f"login body in charset {charset!r}; only UTF-8 is read")
+    if kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json")):
+        return _from_json(body, field)
+    if kind == MULTIPART:
+        return _from_multipart(body, content_type, field)
+    if kind in ("", FORM):
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UnreadableLogin("form body is not UTF-8") from None
+        return _only(form_values(text, field), field)
+    raise UnreadableLogin(f"login body of type {kind!r} cannot be read")
+
+
+def form_values(text: str, field: str) -> list[str]:
+    """Every value of ``field`` in url-encoded ``text``; spellings PHP reads as the field are refused."""
+    values = []
+    for name, value in parse_qsl(text, keep_blank_values=True, errors="surrogateescape"):
+        if name == field:
+            values.append(value)
+        elif php_field_name(name) == field:
+            raise UnreadableLogin(f"the field {name!r} reads as {field!r} in some back ends")
+    return values
+
+
+def _from_json(body: bytes, field: str) -> str | None:
+    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
+        if sum(1 for key, _ in items if key == field) > 1:
+            raise UnreadableLogin(f"the key {field!r} is given twice")
+        return dict(items)
+
+    try:
+        data = json.loads(body.decode("utf-8"), object_pairs_hook=pairs)
+    except UnicodeDecodeError:
+        raise UnreadableLogin("JSON body is not UTF-8") from None
+    except ValueError as exc:
+        if isinstance(exc, UnreadableLogin):
+            raise
+        return None  # not JSON at all: the CRM will refuse it too
+    if not isinstance(data, dict) or field not in data:
+        return None
+    value = data[field]
+    if not isinstance(value, str):
+        raise UnreadableLogin(f"the key {field!r} is not a string")
+    return normalise_username(value)
+
+
+def _from_multipart(body: bytes, content_type: str, field: str) -> str | None:
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart():
+        return None
+    values = []
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") != field:
+            continue
+        charset = part.get_content_charset()
+        if charset is not None and charset.lower() not in _UTF8:
+            raise UnreadableLogin(f"the {field!r} part is in charset {charset!r}; only UTF-8 is read")
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            raise UnreadableLogin(f"the {field!r} part cannot be read")
+        values.append(payload.decode("utf-8", "surrogateescape"))
+    return _only(values, field)
 
 
 class IdentityFilter:
@@ -74,10 +172,12 @@ class IdentityFilter:
         self.crm_cookie = login.upstream_session_cookie if login else None
 
     def is_login(self, ex: Exchange) -> bool:
+        """A login POST, also with a trailing slash: routers that ignore it must not get an unjudged login."""
         assert ex.path is not None
         return (
             self.login is not None
-            and ex.path.match == self.login_path
+            and self.login_path is not None
+            and _without_trailing_slash(ex.path.match) == _without_trailing_slash(self.login_path)
             and ex.request.method == self.login.method
         )
 
@@ -87,8 +187,11 @@ class IdentityFilter:
         try:
             session = await self.store.load(request)
         except StateUnavailable as exc:
-            if ex.path.match.startswith("/_gateway/") or self.policy.decide(facts_of(ex, user=None)).public:
-                return None  # public pages stay up without the store; nobody is identified
+            public = ex.path.match.startswith("/_gateway/") or self.policy.decide(facts_of(ex, user=None)).public
+            if public and not self.is_login(ex):
+                # Public pages stay up without the store; nobody is identified. A login is
+                # not let through: it could neither be judged by its user nor bound to a session.
+                return None
             log.error("session.store_unavailable", request_id=ex.request_id, error=str(exc))
             return denial(status=503, reason="session_store_unavailable", client_ip=str(ex.client_ip),
                           request_id=ex.request_id, as_json=ex.wants_json, retry_after=5)
@@ -125,8 +228,15 @@ class IdentityFilter:
             if len(body) > MAX_LOGIN_BODY:
                 return self._bad(ex, "login body too large")
         ex.body = bytes(body)
-        ex.user = username_from_body(ex.body, request.headers.get("Content-Type", ""),
-                                     self.login.username_field)
+        field = self.login.username_field
+        try:
+            # Back ends that merge query and body (PHP's $_REQUEST, Rails' params) would read it there.
+            if any(name == field or php_field_name(name) == field
+                   for name, _ in parse_qsl(ex.query, keep_blank_values=True)):
+                raise UnreadableLogin(f"the field {field!r} is in the query string")
+            ex.user = username_from_body(ex.body, request.headers.get("Content-Type", ""), field)
+        except UnreadableLogin as exc:
+            return self._bad(ex, str(exc))
         ex.state["login_attempt"] = True
         return None
 
@@ -134,3 +244,7 @@ class IdentityFilter:
         log.warning("request.bad_login", request_id=ex.request_id, client_ip=str(ex.client_ip), error=why)
         return denial(status=400, reason="bad_request", client_ip=str(ex.client_ip),
                       request_id=ex.request_id, as_json=ex.wants_json)
+
+
+def _without_trailing_slash(path: str) -> str:
+    return path.rstrip("/") or "/"

@@ -1,0 +1,170 @@
+"""Login POST shapes that try to make the gateway judge one user while the CRM logs in another (issue 5 item 3).
+
+The gateway reads the submitted username to judge the login before it reaches the
+CRM (DESIGN.md §3.3, §4). bob is suspended by a user rule, so a login the gateway
+judges as bob is answered 403 and never reaches the CRM. A trick wins if the CRM
+reads "bob" from a body the gateway read differently: the CRM's login record is
+the ground truth. Shapes the gateway cannot read unambiguously (the same field
+twice, a username in the query string that back ends merging query and body would
+read, a non-string JSON value, a charset other than UTF-8) are refused with 400:
+a security gateway must not guess which of two usernames the CRM will use.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.adversarial.support import (
+    CRM_COOKIE,
+    GATEWAY_COOKIE,
+    raw_request,
+    send_raw,
+    status_of,
+)
+from tests.e2e.harness import OFFICE, POLICY, free_port, stack
+
+BOUNDARY = "----adversarial"
+
+
+def suspended_bob() -> dict[str, Any]:
+    policy = copy.deepcopy(POLICY)
+    policy["rules"].append({"title": "bob is suspended", "action": "block", "users": ["bob"]})
+    return policy
+
+
+def multipart(*parts: tuple[str, bytes]) -> bytes:
+    """Parts given as (headers, content); headers without the trailing CRLF."""
+    out = b""
+    for headers, content in parts:
+        out += f"--{BOUNDARY}\r\n{headers}\r\n\r\n".encode() + content + b"\r\n"
+    return out + f"--{BOUNDARY}--\r\n".encode()
+
+
+def field(name: str, value: str) -> tuple[str, bytes]:
+    return f'Content-Disposition: form-data; name="{name}"', value.encode()
+
+
+FORM = "application/x-www-form-urlencoded"
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+@dataclass(frozen=True)
+class LoginShape:
+    description: str
+    target: str
+    content_type: str | None
+    body: bytes
+    status: int  # 403: judged as bob; 400: refused as unreadable or ambiguous
+
+
+SHAPES = [
+    LoginShape("control: a plain form login as bob", "/login", FORM, b"username=bob&password=demo", 403),
+    LoginShape("upper case and spaces", "/login", FORM, b"username=+BOB+&password=demo", 403),
+    LoginShape("percent-encoded field name and value", "/login", FORM, b"user%6Eame=%62ob&password=demo", 403),
+    LoginShape("fullwidth letters (NFKC folds them to bob)", "/login", FORM,
+               "username=\uff42\uff4f\uff42&password=demo".encode(), 403),
+    LoginShape("no Content-Type (read as a form by many back ends)", "/login", None,
+               b"username=bob&password=demo", 403),
+    LoginShape("username twice in the body, victim first", "/login", FORM,
+               b"username=jim&username=bob&password=demo", 400),
+    LoginShape("username twice in the body, victim last", "/login", FORM,
+               b"username=bob&username=jim&password=demo", 400),
+    LoginShape("username in the query string only", "/login?username=bob", FORM, b"password=demo", 400),
+    LoginShape("username in the query string and another in the body", "/login?username=bob", FORM,
+               b"username=jim&password=demo", 400),
+    LoginShape("NUL after the name (C back ends stop there)", "/login", FORM, b"username=bob%00x&password=demo", 400),
+    LoginShape("form body declared UTF-16", "/login", f"{FORM}; charset=utf-16",
+               "username=bob&password=demo".encode("utf-16"), 400),
+    LoginShape("JSON", "/login", "application/json", b'{"username": "bob", "password": "demo"}', 403),
+    LoginShape("JSON with a +json media type", "/login", "application/vnd.acme+json",
+               b'{"username": "bob", "password": "demo"}', 403),
+    LoginShape("JSON, media type in upper case", "/login", "Application/JSON",
+               b'{"username": "bob", "password": "demo"}', 403),
+    LoginShape("JSON with the username twice", "/login", "application/json",
+               b'{"username": "jim", "username": "bob", "password": "demo"}', 400),
+    LoginShape("JSON with a list as username", "/login", "application/json",
+               b'{"username": ["bob"], "password": "demo"}', 400),
+    LoginShape("JSON with an operator object as username", "/login", "application/json",
+               b'{"username": {"$ne": ""}, "password": {"$ne": ""}}', 400),
+    LoginShape("JSON with a number as username", "/login", "application/json",
+               b'{"username": 7, "password": "demo"}', 400),
+    LoginShape("JSON declared UTF-16", "/login", "application/json; charset=utf-16",
+               json.dumps({"username": "bob", "password": "demo"}).encode("utf-16"), 400),
+    LoginShape("multipart", "/login", MULTIPART, multipart(field("username", "bob"), field("password", "demo")), 403),
+    LoginShape("multipart, username part twice", "/login", MULTIPART,
+               multipart(field("username", "jim"), field("username", "bob"), field("password", "demo")), 400),
+    LoginShape("multipart, username part declared UTF-16", "/login", MULTIPART,
+               multipart(('Content-Disposition: form-data; name="username"\r\n'
+                          "Content-Type: text/plain; charset=utf-16", "bob".encode("utf-16")),
+                         field("password", "demo")), 400),
+    LoginShape("multipart, RFC 2231 field name", "/login", MULTIPART,
+               multipart(("Content-Disposition: form-data; name*=utf-8''username", b"bob"),
+                         field("password", "demo")), 403),
+    LoginShape("multipart, base64 part", "/login", MULTIPART,
+               multipart(('Content-Disposition: form-data; name="username"\r\n'
+                          "Content-Transfer-Encoding: base64", b"Ym9i"), field("password", "demo")), 403),
+    LoginShape("a media type the gateway cannot read", "/login", "text/plain", b"username=bob&password=demo", 400),
+    LoginShape("login path with a trailing slash", "/login/", FORM, b"username=bob&password=demo", 403),
+    LoginShape("login path with ;params", "/login;jsessionid=1", FORM, b"username=bob&password=demo", 403),
+    LoginShape("login path with a double slash and an encoded letter", "//%6Cogin", FORM,
+               b"username=bob&password=demo", 403),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[shape.description for shape in SHAPES])
+async def test_login_shapes_cannot_log_in_a_suspended_user(tmp_path: Path, shape: LoginShape) -> None:
+    async with stack(tmp_path, policy=suspended_bob()) as s:
+        headers = [("Content-Type", shape.content_type)] if shape.content_type else []
+        response = await send_raw(s.port, raw_request("POST", shape.target, headers, shape.body))
+        assert status_of(response) == shape.status
+        assert await s.crm_logins() == [], "the login reached the CRM"
+        assert await s.crm_requests() == []
+
+
+async def test_an_oversized_login_body_is_refused_before_the_crm(tmp_path: Path) -> None:
+    async with stack(tmp_path, policy=suspended_bob()) as s:
+        body = b"password=demo&pad=" + b"x" * (70 * 1024) + b"&username=bob"
+        response = await send_raw(s.port, raw_request("POST", "/login", [("Content-Type", FORM)], body))
+        assert status_of(response) == 400
+        assert await s.crm_logins() == []
+
+
+async def test_control_jim_logs_in_with_every_readable_shape(tmp_path: Path) -> None:
+    """The refusals above are about ambiguity, not about the shapes: jim gets in with each readable one."""
+    readable = [
+        (FORM, b"username=jim&password=demo"),
+        ("application/json", b'{"username": "jim", "password": "demo"}'),
+        ("application/json; charset=utf-8", b'{"username": "jim", "password": "demo"}'),
+        (f"{FORM}; charset=UTF-8", b"username=jim&password=demo"),
+        (MULTIPART, multipart(field("username", "jim"), field("password", "demo"))),
+    ]
+    async with stack(tmp_path, policy=suspended_bob()) as s:
+        for content_type, body in readable:
+            response = await send_raw(s.port, raw_request("POST", "/login", [("Content-Type", content_type)], body),
+                                      source=OFFICE)
+            assert status_of(response) in (302, 303), content_type
+        assert [(e["username"], e["ok"]) for e in await s.crm_logins()] == [("jim", True)] * len(readable)
+
+
+async def test_a_login_during_a_session_store_outage_is_not_forwarded_unjudged(tmp_path: Path) -> None:
+    """Public pages stay up without the store, but a login cannot be watched: 503, the CRM never sees it.
+
+    The browser still holds an (old) gateway cookie, so loading the session needs the store.
+    """
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    async with stack(tmp_path, policy=suspended_bob(), session={"store": "redis", "redis_url": dead_redis}) as s:
+        old_cookie = ("Cookie", f"{GATEWAY_COOKIE}=0123456789abcdef")
+        for user in ("bob", "jim"):
+            response = await send_raw(s.port, raw_request("POST", "/login", [("Content-Type", FORM), old_cookie],
+                                                          f"username={user}&password=demo".encode()))
+            assert status_of(response) == 503, user
+            assert CRM_COOKIE.encode() not in response
+        response = await send_raw(s.port, raw_request("GET", "/login", [old_cookie]))
+        assert status_of(response) == 200  # the login page itself still loads
+        assert await s.crm_logins() == []
