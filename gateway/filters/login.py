@@ -86,8 +86,15 @@ class LoginFilter:
             return None
         user = ex.user
         if user is None or ex.session is None:
-            log.warning("login.unidentified", request_id=ex.request_id, client_ip=str(ex.client_ip))
-            return None
+            # The CRM opened a session the gateway cannot attribute (no username it could
+            # read, or no session store): hand nothing of it to the client. Fail closed.
+            log.warning("login.unidentified", request_id=ex.request_id, client_ip=str(ex.client_ip),
+                        session_store=ex.session is not None)
+            if ex.session is None:
+                return denial(status=503, reason="session_store_unavailable", client_ip=str(ex.client_ip),
+                              request_id=ex.request_id, as_json=ex.wants_json, retry_after=5)
+            return denial(status=400, reason="bad_request", client_ip=str(ex.client_ip),
+                          request_id=ex.request_id, as_json=ex.wants_json)
         await self.state.clear(f"login:fail:user:{user}")
         set_cookies = list(upstream.headers.getall("Set-Cookie", ()))
         crm_value = _cookie(set_cookies, self.login.upstream_session_cookie)

@@ -25,6 +25,7 @@ from tests.adversarial.support import (
     GATEWAY_COOKIE,
     raw_request,
     send_raw,
+    set_cookie_names,
     status_of,
 )
 from tests.e2e.harness import OFFICE, POLICY, free_port, stack
@@ -125,6 +126,20 @@ async def test_login_shapes_cannot_log_in_a_suspended_user(tmp_path: Path, shape
         assert status_of(response) == shape.status
         assert await s.crm_logins() == [], "the login reached the CRM"
         assert await s.crm_requests() == []
+
+
+async def test_a_successful_login_the_gateway_cannot_attribute_releases_nothing(tmp_path: Path) -> None:
+    """The gateway reads 'user', the CRM 'username': the CRM's session must not reach the client unowned."""
+    login = {"username_field": "user"}
+    async with stack(tmp_path, login=login) as s:
+        body = b"username=jim&password=demo"
+        response = await send_raw(s.port, raw_request("POST", "/login", [("Content-Type", FORM)], body))
+        head = response.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+        cookies = [line.split(":", 1)[1] for line in head.split("\r\n") if line.lower().startswith("set-cookie:")]
+        assert [entry["username"] for entry in await s.crm_logins()] == ["jim"]  # the CRM did log jim in
+        assert status_of(response) in (400, 403)
+        assert CRM_COOKIE not in set_cookie_names(cookies)
+        assert s.logs.events("login.unidentified")
 
 
 async def test_an_oversized_login_body_is_refused_before_the_crm(tmp_path: Path) -> None:
