@@ -30,7 +30,7 @@ from gateway.filters.policy import PolicyFilter, facts_of
 from gateway.filters.two_factor import MFAGate, TwoFactorEndpoint
 from gateway.logs import get_logger
 from gateway.metrics import MetricsEndpoint
-from gateway.proxy import Proxy
+from gateway.proxy import MAX_HEADER_LINE, Proxy
 from gateway.sessions import SessionStore
 from gateway.state import SharedState, open_state
 from gateway.totp import SecretStore, TotpVerifier
@@ -79,7 +79,7 @@ class Gateway:
         self.chain: Chain | None = None
         self.state: SharedState | None = None
         self.sessions: SessionStore | None = None
-        self.app = web.Application(handler_args={"max_field_size": 16384, "max_line_size": 16384,
+        self.app = web.Application(handler_args={"max_field_size": MAX_HEADER_LINE, "max_line_size": MAX_HEADER_LINE,
                                                  "logger": server_logger()})
         self.app[GATEWAY] = self
         self.app.cleanup_ctx.append(self._resources_ctx)

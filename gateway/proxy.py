@@ -29,6 +29,9 @@ from gateway.settings import Upstream
 log = get_logger("proxy")
 
 _CHUNK = 64 * 1024
+# The longest request line or header line, in either direction: what a client may send
+# (a large Cookie) the CRM may send back (a large Set-Cookie). aiohttp's default is 8190.
+MAX_HEADER_LINE = 16 * 1024
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -82,6 +85,8 @@ class Proxy:
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+            max_line_size=MAX_HEADER_LINE,
+            max_field_size=MAX_HEADER_LINE,
         )
         # aiohttp silently sends GET/PUT/DELETE a second time when the connection breaks before
         # an answer. A legacy CRM may have acted on the first copy (many change state on GET), so

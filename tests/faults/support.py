@@ -78,7 +78,8 @@ async def fetch(port: int, path: str, *, source: str = OFFICE, headers: dict[str
     connector = aiohttp.TCPConnector(local_addr=(source, 0), force_close=True)
     status = request_id = None
     try:
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as c:
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout),
+                                         max_field_size=64 * 1024) as c:
             async with c.get(f"http://127.0.0.1:{port}{path}", headers=headers, allow_redirects=False) as resp:
                 status, request_id = resp.status, resp.headers.get("X-Request-ID")
                 body = await resp.read()

@@ -130,3 +130,17 @@ async def test_an_upstream_that_refuses_connections_is_a_502_page(tmp_path: Path
         await baseline.assert_returned(gw, "refused connections")
     finally:
         assert gw.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/big-header", 200), ("/huge-header", 502)],
+    ids=["a 12 KiB Set-Cookie passes, as a 12 KiB client header does", "a 20 KiB one is a 502, as from a client"],
+)
+async def test_the_crm_may_send_header_lines_as_long_as_clients_may(
+    path: str, status: int, gateway: GatewayProcess
+) -> None:
+    outcome = await fetch(gateway.port, path)
+    assert (outcome.status, outcome.error) == (status, None), outcome
+    if status == 200:
+        assert outcome.body == b"ok\n"

@@ -9,6 +9,7 @@ one writes bytes by hand. The request path picks the fault:
 - ``/close``          closes the connection without answering
 - ``/hang-headers``   reads the request and never answers
 - ``/hang-body``      headers announcing 1 MiB, 64 KiB of it, then nothing
+- ``/big-header``     a valid 200 whose Set-Cookie line is 12 KiB (``/huge-header``: 20 KiB)
 - ``/reset-chunked``, ``/hang-chunked``, ``/reset-unframed``: the same with a chunked
   body, or with a body that only the closing of the connection ends (no length at all)
 
@@ -79,6 +80,15 @@ class FaultyCRM:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
                      b"Connection: close\r\n\r\nok\n")
         await writer.drain()
+
+    async def _big_header(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          size: int = 12 * 1024) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nSet-Cookie: crm_prefs=" + b"v" * size + b"; Path=/\r\n"
+                     b"Content-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+        await writer.drain()
+
+    async def _huge_header(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._big_header(reader, writer, size=20 * 1024)
 
     async def _partial(self, writer: asyncio.StreamWriter, framing: str = "length") -> None:
         """A response head and the first 64 KiB of a body that will never be finished."""
