@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from collections.abc import Iterable
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from aiohttp import web
 
@@ -158,6 +159,36 @@ def _from_multipart(body: bytes, content_type: str, field: str) -> str | None:
     return _only(values, field)
 
 
+class UnreadableCookie(ValueError):
+    """A CRM session cookie hidden where the gateway cannot remove it alone: answered 400."""
+
+
+def cookie_name_key(name: str) -> str:
+    """What a lenient back end takes a cookie name for: PHP decodes and mangles it, ASP.NET ignores case."""
+    return php_field_name(unquote(name.strip())).lower()
+
+
+def crm_cookies(lines: Iterable[str], name: str) -> list[tuple[str, str]]:
+    """Every (name as sent, value) in all Cookie lines that some back end reads as the CRM cookie ``name``.
+
+    Names are split as the proxy strips them (``;``, then ``=``), so each one
+    found here can be removed by name. A copy hidden after a comma
+    (``theme=dark, crm_session=X``, two cookies to RFC 2109 parsers) cannot be
+    removed alone and raises :class:`UnreadableCookie`.
+    """
+    wanted = cookie_name_key(name)
+    found = []
+    for line in lines:
+        for part in line.split(";"):
+            sent, _, value = part.partition("=")
+            if cookie_name_key(sent) == wanted and sent.strip():
+                found.append((sent.strip(), value.strip().strip('"')))
+            for hidden in value.split(",")[1:]:
+                if cookie_name_key(hidden.partition("=")[0]) == wanted:
+                    raise UnreadableCookie(f"a {name!r} cookie is hidden after a comma")
+    return found
+
+
 class IdentityFilter:
     name = "identity"
 
@@ -200,12 +231,23 @@ class IdentityFilter:
         if self.store.touch(session) or (not session.new and "user" not in session):
             save_session_later(ex, self.store)
 
-        if self.crm_cookie and self.crm_cookie in request.cookies:
+        if self.crm_cookie:
+            try:
+                found = crm_cookies(request.headers.getall("Cookie", ()), self.crm_cookie)
+            except UnreadableCookie as exc:
+                return self._bad(ex, str(exc))
             bound = None if "pending" in session else session.get("crm")
-            if bound is None or bound != fingerprint(request.cookies[self.crm_cookie]):
-                ex.strip_cookies.add(self.crm_cookie)
+            if found and not (
+                bound is not None
+                and len(found) == 1
+                and found[0][0] == self.crm_cookie
+                and fingerprint(found[0][1]) == bound
+            ):
+                # Only the bound cookie, alone and spelled exactly, passes: with two copies
+                # the CRM may read either one; another spelling may be the same to the CRM.
+                ex.strip_cookies.update(name for name, _ in found)
                 log.info("session.crm_cookie_stripped", request_id=ex.request_id, user=ex.user,
-                         client_ip=str(ex.client_ip))
+                         client_ip=str(ex.client_ip), copies=len(found))
 
         if ex.path.match in self.logout_paths and "user" in session:
             # The CRM still gets this request with its (bound) cookie, so it ends its session too.

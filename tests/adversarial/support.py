@@ -208,8 +208,11 @@ def recorded_header(entry: dict[str, Any], name: str) -> list[str]:
 
 
 def canonical_cookie(name: str) -> str:
-    """How PHP reads a cookie name: percent-decoded, with ' ', '.' and '[' read as '_'."""
+    """How PHP reads a cookie name: percent-decoded, 'a[...]' as 'a', other ' ', '.' and '[' as '_'."""
     decoded = unquote(name.strip())
+    bracket = decoded.find("[")
+    if bracket > 0 and "]" in decoded[bracket:]:
+        decoded = decoded[:bracket]
     return decoded.replace(" ", "_").replace(".", "_").replace("[", "_")
 
 

@@ -1,0 +1,200 @@
+"""Gateway-cookie and CRM-cookie tricks: forged, stale or smuggled sessions (issue 5 item 3).
+
+The gateway's session cookie says who the user is; the CRM's cookie is honoured
+only when it is the one bound to that session (DESIGN.md §4). The CRM's record is
+the ground truth: for every request it received it notes the CRM user its own
+cookie resolved to and the names of the cookies that came with it, in every
+Cookie line. "No user" on a recorded request means the CRM treated it as
+anonymous; a crm_session name on it means the cookie got through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+
+from gateway.sessions import fingerprint
+from tests.adversarial.support import (
+    CRM_COOKIE,
+    GATEWAY_COOKIE,
+    browser_login,
+    canonical_cookie,
+    cookies_of,
+    direct_crm_cookie,
+    raw_request,
+    send_raw,
+    status_of,
+)
+from tests.e2e.harness import HOME, OFFICE, Stack, stack
+
+
+def forged_session(key: bytes, **session: Any) -> str:
+    """A gateway cookie as aiohttp-session's EncryptedCookieStorage writes it, under ``key``."""
+    now = time.time()
+    data = {"sid": "f" * 32, "login_at": now, "seen": now, "mfa": True, **session}
+    payload = json.dumps({"created": int(now), "session": data}).encode()
+    return Fernet(base64.urlsafe_b64encode(key)).encrypt(payload).decode()
+
+
+def deployment_key(s: Stack) -> bytes:
+    return base64.urlsafe_b64decode((s.directory / "secret.key").read_text().strip())
+
+
+async def dashboard_as_seen_by_the_crm(s: Stack, cookie: str, *, source: str = OFFICE) -> tuple[int, list[Any]]:
+    """GET /dashboard with exactly this Cookie header; the status and the CRM's record of it."""
+    await s.reset_crm()
+    response = await send_raw(s.port, raw_request("GET", "/dashboard", [("Cookie", cookie)]), source=source)
+    return status_of(response), [r for r in await s.crm_requests() if r["path"] == "/dashboard"]
+
+
+def flip(value: str, index: int) -> str:
+    char = value[index]
+    return value[:index] + ("A" if char != "A" else "B") + value[index + 1 :]
+
+
+TAMPERS = [
+    ("a byte flipped in the middle", lambda v: flip(v, len(v) // 2)),
+    ("a byte flipped near the end (the MAC)", lambda v: flip(v, len(v) - 10)),
+    ("a byte flipped at the start (the version)", lambda v: flip(v, 0)),
+    ("truncated by half", lambda v: v[: len(v) // 2]),
+    ("truncated by one character", lambda v: v[:-1]),
+    ("empty", lambda v: ""),
+]
+
+
+@pytest.mark.parametrize("tamper", [t for _, t in TAMPERS], ids=[d for d, _ in TAMPERS])
+async def test_a_tampered_gateway_cookie_identifies_nobody(tmp_path: Path, tamper: Any) -> None:
+    async with stack(tmp_path) as s:
+        cookies = cookies_of(await browser_login(s, "jim"), s)
+        cookie = f"{GATEWAY_COOKIE}={tamper(cookies[GATEWAY_COOKIE])}; {CRM_COOKIE}={cookies[CRM_COOKIE]}"
+        status, seen = await dashboard_as_seen_by_the_crm(s, cookie)
+        assert status in (302, 303)  # the CRM saw no session: back to its login
+        [entry] = seen
+        assert entry["user"] is None
+        assert CRM_COOKIE not in entry["cookies"]
+
+
+async def test_a_cookie_made_with_another_deployments_key_is_refused(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        crm = cookies_of(await browser_login(s, "jim"), s)[CRM_COOKIE]
+        claims = {"user": "jim", "crm": fingerprint(crm)}
+        # Control: the forging method is right, since this deployment's own key is accepted.
+        genuine = forged_session(deployment_key(s), **claims)
+        status, [entry] = await dashboard_as_seen_by_the_crm(s, f"{GATEWAY_COOKIE}={genuine}; {CRM_COOKIE}={crm}")
+        assert status == 200 and entry["user"] == "jim"
+        other = forged_session(base64.urlsafe_b64decode(Fernet.generate_key()), **claims)
+        status, [entry] = await dashboard_as_seen_by_the_crm(s, f"{GATEWAY_COOKIE}={other}; {CRM_COOKIE}={crm}")
+        assert status in (302, 303)
+        assert entry["user"] is None and CRM_COOKIE not in entry["cookies"]
+
+
+async def test_a_cookie_replayed_after_logout_is_dead(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        client = await browser_login(s, "jim")
+        cookies = cookies_of(client, s)
+        async with client.get(s.url("/logout"), allow_redirects=False) as resp:
+            assert resp.status in (302, 303)
+        replay = f"{GATEWAY_COOKIE}={cookies[GATEWAY_COOKIE]}; {CRM_COOKIE}={cookies[CRM_COOKIE]}"
+        status, [entry] = await dashboard_as_seen_by_the_crm(s, replay)
+        assert status in (302, 303)
+        assert entry["user"] is None and CRM_COOKIE not in entry["cookies"]
+
+
+async def test_a_cookie_replayed_after_idle_expiry_is_dead(tmp_path: Path) -> None:
+    async with stack(tmp_path, session={"idle_timeout": "1s"}) as s:
+        cookies = cookies_of(await browser_login(s, "jim"), s)
+        replay = f"{GATEWAY_COOKIE}={cookies[GATEWAY_COOKIE]}; {CRM_COOKIE}={cookies[CRM_COOKIE]}"
+        status, [entry] = await dashboard_as_seen_by_the_crm(s, replay)
+        assert status == 200 and entry["user"] == "jim"  # control: alive before the idle time
+        await asyncio.sleep(1.3)
+        status, [entry] = await dashboard_as_seen_by_the_crm(s, replay)
+        assert status in (302, 303)
+        assert entry["user"] is None and CRM_COOKIE not in entry["cookies"]
+
+
+async def test_a_cookie_carried_to_a_blocked_address_reaches_nothing(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        cookies = cookies_of(await browser_login(s, "jim"), s)
+        stolen = f"{GATEWAY_COOKIE}={cookies[GATEWAY_COOKIE]}; {CRM_COOKIE}={cookies[CRM_COOKIE]}"
+        status, seen = await dashboard_as_seen_by_the_crm(s, stolen, source=HOME)
+        assert status == 403
+        assert seen == []
+
+
+async def test_a_cookie_stays_bound_to_its_gateway_session_not_to_another_users(tmp_path: Path) -> None:
+    """pat's gateway session with jim's CRM cookie: the CRM must not act as jim for pat."""
+    async with stack(tmp_path) as s:
+        pat = cookies_of(await browser_login(s, "pat"), s)
+        jim = cookies_of(await browser_login(s, "jim"), s)
+        status, [entry] = await dashboard_as_seen_by_the_crm(
+            s, f"{GATEWAY_COOKIE}={pat[GATEWAY_COOKIE]}; {CRM_COOKIE}={jim[CRM_COOKIE]}")
+        assert status in (302, 303)
+        assert entry["user"] is None and CRM_COOKIE not in entry["cookies"]
+
+
+SMUGGLED = [
+    ("the foreign cookie after the bound one", ["GW; crm_session=PAT; crm_session=JIM"]),
+    ("the foreign cookie before the bound one", ["GW; crm_session=JIM; crm_session=PAT"]),
+    ("the foreign cookie on a second Cookie line", ["GW; crm_session=PAT", "crm_session=JIM"]),
+    ("only the foreign cookie, on a second Cookie line", ["GW", "crm_session=JIM"]),
+    ("the foreign cookie first, on the first of two lines", ["crm_session=JIM", "GW; crm_session=PAT"]),
+    ("percent-encoded name (PHP decodes cookie names)", ["GW; crm_session=PAT; crm%5Fsession=JIM"]),
+    ("a dot for the underscore (PHP reads it as '_')", ["GW; crm.session=JIM"]),
+    ("a space for the underscore (PHP reads it as '_')", ["GW; crm session=JIM"]),
+    ("an array-style name (PHP reads crm_session[])", ["GW; crm_session[]=JIM"]),
+    ("upper-case name (case-insensitive cookie back ends)", ["GW; CRM_SESSION=JIM"]),
+    ("spaces around the name", ["GW;  crm_session =JIM"]),
+    ("quoted value", ['GW; crm_session="JIM"']),
+    ("a bare name without '='", ["GW; crm_session"]),
+]
+
+
+@pytest.mark.parametrize("lines", [lines for _, lines in SMUGGLED], ids=[d for d, _ in SMUGGLED])
+async def test_a_second_crm_cookie_cannot_ride_along_with_the_bound_one(tmp_path: Path, lines: list[str]) -> None:
+    """Only the bound CRM cookie, alone, passes; any other copy or spelling means none passes."""
+    async with stack(tmp_path) as s:
+        pat = cookies_of(await browser_login(s, "pat"), s)
+        jim_crm = await direct_crm_cookie(s, "jim")
+        await s.reset_crm()
+        headers = [
+            ("Cookie", line.replace("GW", f"{GATEWAY_COOKIE}={pat[GATEWAY_COOKIE]}")
+             .replace("PAT", pat[CRM_COOKIE]).replace("JIM", jim_crm))
+            for line in lines
+        ]
+        response = await send_raw(s.port, raw_request("GET", "/dashboard", headers))
+        assert status_of(response) in (200, 302, 303)
+        for entry in await s.crm_requests():
+            assert entry["user"] in (None, "pat")
+            crm_names = [name for name in entry["cookies"] if canonical_cookie(name).lower() == CRM_COOKIE]
+            assert crm_names in ([], [CRM_COOKIE]), crm_names
+            if crm_names:
+                assert entry["user"] == "pat"  # the one that passed is pat's own
+
+
+async def test_a_crm_cookie_hidden_after_a_comma_is_refused(tmp_path: Path) -> None:
+    """'theme=dark, crm_session=X' is one cookie to most parsers and two to RFC 2109 ones."""
+    async with stack(tmp_path) as s:
+        pat = cookies_of(await browser_login(s, "pat"), s)
+        jim_crm = await direct_crm_cookie(s, "jim")
+        await s.reset_crm()
+        cookie = f"{GATEWAY_COOKIE}={pat[GATEWAY_COOKIE]}; theme=dark, {CRM_COOKIE}={jim_crm}"
+        response = await send_raw(s.port, raw_request("GET", "/dashboard", [("Cookie", cookie)]))
+        assert status_of(response) == 400
+        assert await s.crm_requests() == []
+
+
+async def test_control_the_bound_cookie_alone_passes(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        client = await browser_login(s, "pat")
+        await s.reset_crm()
+        async with client.get(s.url("/dashboard"), allow_redirects=False) as resp:
+            assert resp.status == 200
+        [entry] = await s.crm_requests()
+        assert entry["user"] == "pat" and entry["cookies"].count(CRM_COOKIE) == 1
