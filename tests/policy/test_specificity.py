@@ -363,6 +363,38 @@ CASES = [
         {"ip": HOME, "path": "/export"},
         deny("function_blocked", "first"),
     ),
+    Case(
+        "tie across functions: a request in two functions, equal keys on each, block wins",
+        """
+        rules:
+          - {id: export-lan, action: allow, function: export, networks: [193.167.2.0/24]}
+          - {id: contacts-lan, action: block, function: contacts, networks: [193.167.2.0/24]}
+        """,
+        {"ip": OFFICE, "path": "/contacts/export"},
+        deny("function_blocked", "contacts-lan"),
+    ),
+    Case(
+        "tie across groups: a user in two groups, equal keys on each, block wins",
+        """
+        groups: {travellers: [alice]}
+        rules:
+          - {id: sales-lan, action: allow, groups: [sales], networks: [193.167.2.0/24]}
+          - {id: travellers-lan, action: block, groups: [travellers], networks: [193.167.2.0/24]}
+        """,
+        {"ip": OFFICE, "path": "/contacts", "user": "alice"},
+        deny("user_blocked", "travellers-lan"),
+    ),
+    Case(
+        "across groups, the longer prefix in either group's rules wins",
+        """
+        groups: {travellers: [alice]}
+        rules:
+          - {id: sales-desk, action: allow, groups: [sales], networks: [193.167.2.10]}
+          - {id: travellers-lan, action: block, groups: [travellers], networks: [193.167.2.0/24]}
+        """,
+        {"ip": OFFICE, "path": "/contacts", "user": "alice"},
+        allow("sales-desk"),
+    ),
     # --- IPv6 ------------------------------------------------------------------------------
     Case(
         "IPv6: a /64 block beats a /48 allow",

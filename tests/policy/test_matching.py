@@ -1,0 +1,175 @@
+"""Path patterns, channels, functions, network entries and GeoIP lookups: the matchers under the rules."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from gateway.policy import GeoIP, GeoIPError, Policy
+from gateway.policy.networks import parse_entry, v6_prefix
+from gateway.policy.patterns import PathMatcher, sample_path
+from tests.policy.world import BROWSER, MOBILE_APP, PolicyMaker, write_country_db
+
+GLOB_CASES = [
+    ("/**/export", "/export", True, "** matches no segment"),
+    ("/**/export", "/contacts/export", True, "** matches one segment"),
+    ("/**/export", "/a/b/c/export", True, "** matches several segments"),
+    ("/**/export", "/exports", False, "no partial segment"),
+    ("/**/export", "/export/now", False, "the pattern is anchored at the end"),
+    ("/reports/*/csv", "/reports/q3/csv", True, "* is one segment"),
+    ("/reports/*/csv", "/reports/csv", False, "* is not zero segments"),
+    ("/reports/*/csv", "/reports/a/b/csv", False, "* is not two segments"),
+    ("/billing/**", "/billing", True, "trailing ** matches the folder itself"),
+    ("/billing/**", "/billing/2026/11", True, "trailing ** matches anything below"),
+    ("/billing/**", "/billingx", False, "trailing ** does not match a longer name"),
+    ("/timeclock/clock-in", "/timeclock/clock-in/", True, "a trailing slash is ignored"),
+    ("/favicon.ico", "/faviconxico", False, "dots are literal"),
+    ("/files/*.csv", "/files/q3.csv", True, "* inside a segment"),
+    ("/files/*.csv", "/files/a/q3.csv", False, "* inside a segment stays in the segment"),
+    ("/**", "/", True, "/** matches the root"),
+    ("/a+b/(x)", "/a+b/(x)", True, "regex metacharacters are literal"),
+]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "matches"), [c[:3] for c in GLOB_CASES], ids=[c[3] for c in GLOB_CASES]
+)
+def test_path_pattern(pattern: str, path: str, matches: bool) -> None:
+    assert bool(PathMatcher([(0, pattern)], lower=False).owners(path)) is matches
+
+
+def test_path_patterns_are_folded_when_paths_are_case_insensitive() -> None:
+    matcher = PathMatcher([(0, "/Billing/**"), (1, "/Export")], lower=True)
+    assert matcher.owners("/billing/x") == {0}
+    assert matcher.owners("/export") == {1}
+    assert PathMatcher([(0, "/Billing/**")], lower=False).owners("/billing/x") == set()
+
+
+@pytest.mark.parametrize(
+    ("pattern", "sample"),
+    [("/**/export", "/export"), ("/reports/*/csv", "/reports/x/csv"), ("/billing/**", "/billing")],
+    ids=["leading **", "one *", "trailing **"],
+)
+def test_sample_path_is_matched_by_its_pattern(pattern: str, sample: str) -> None:
+    assert sample_path(pattern) == sample
+    assert PathMatcher([(0, pattern)], lower=False).owners(sample) == {0}
+
+
+CHANNEL_CASES = [
+    (MOBILE_APP, "/api/mobile/jobs/7", "mobile", "app User-Agent on an app path"),
+    ("acmecrm-mobile/5.0", "/api/mobile/jobs", "mobile", "User-Agent regexes are case-insensitive"),
+    ("Dalvik/2.1 CRMApp/17", "/api/mobile/jobs", "mobile", "regexes are searched, not anchored"),
+    ("Dalvik/2.1 CRMApp/beta", "/api/mobile/jobs", "web", "CRMApp/ needs a number"),
+    (MOBILE_APP, "/contacts", "web", "app User-Agent outside the channel's paths"),
+    (BROWSER, "/api/mobile/jobs", "web", "a browser on an app path"),
+    ("", "/api/mobile/jobs", "web", "no User-Agent at all"),
+]
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "path", "channel"), [c[:3] for c in CHANNEL_CASES], ids=[c[3] for c in CHANNEL_CASES]
+)
+def test_channel_of(example: Policy, user_agent: str, path: str, channel: str) -> None:
+    assert example.channel_of(user_agent, path) == channel
+
+
+def test_the_first_matching_channel_wins(make_policy: PolicyMaker) -> None:
+    policy = make_policy(
+        """
+        channels:
+          kiosk: {paths: ['/kiosk/**']}
+          tablet: {user_agents: ['Tablet'], paths: ['/kiosk/**', '/t/**']}
+        """
+    )
+    assert policy.channel_of("Tablet", "/kiosk/a") == "kiosk"
+    assert policy.channel_of("Tablet", "/t/a") == "tablet"
+    assert policy.channel_of("Tablet", "/other") == "web"
+
+
+FUNCTION_CASES = [
+    ("POST", "/timeclock/clock-in", ("clock-in",), "method and path"),
+    ("GET", "/timeclock/clock-in", (), "the wrong method"),
+    ("GET", "/contacts/export", ("export",), "a glob"),
+    ("GET", "/billing/export", ("export", "billing"), "two functions, in file order"),
+    ("GET", "/static/app.css", ("static",), "a public function"),
+    ("GET", "/contacts/1", (), "no function"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "functions"), [c[:3] for c in FUNCTION_CASES], ids=[c[3] for c in FUNCTION_CASES]
+)
+def test_functions_of(example: Policy, method: str, path: str, functions: tuple[str, ...]) -> None:
+    assert example.functions_of(method, path) == functions
+
+
+ENTRY_CASES = [
+    ("193.167.1.70", ["193.167.1.70/32"], "a single IPv4 address"),
+    ("193.167.2.0/24", ["193.167.2.0/24"], "a CIDR"),
+    ("193.167.2.9/24", ["193.167.2.0/24"], "host bits are dropped"),
+    ("2001:db8:10::/48", ["2001:db8:10::/48"], "an IPv6 CIDR"),
+    ("::ffff:10.0.0.0/104", ["10.0.0.0/8"], "IPv4-mapped IPv6 becomes IPv4"),
+    ("10.0.0.0-10.0.0.255", ["10.0.0.0/24"], "a range that is one CIDR"),
+    ("10.0.0.5-10.0.0.9", ["10.0.0.5/32", "10.0.0.6/31", "10.0.0.8/31"], "a ragged range"),
+    ("2001:db8::-2001:db8::3", ["2001:db8::/126"], "an IPv6 range"),
+]
+
+
+@pytest.mark.parametrize(("text", "blocks"), [c[:2] for c in ENTRY_CASES], ids=[c[2] for c in ENTRY_CASES])
+def test_network_entry_blocks(text: str, blocks: list[str]) -> None:
+    assert [str(b) for b in parse_entry(text).blocks] == blocks
+
+
+@pytest.mark.parametrize(
+    ("network", "prefix"),
+    [("10.0.0.0/8", 104), ("10.0.0.1/32", 128), ("0.0.0.0/0", 96), ("2001:db8::/32", 32), ("::/0", 0)],
+    ids=["IPv4 /8", "IPv4 address", "IPv4 any", "IPv6 /32", "IPv6 any"],
+)
+def test_v6_prefix(network: str, prefix: int) -> None:
+    assert v6_prefix(ipaddress.ip_network(network)) == prefix
+
+
+# --- GeoIP ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["MaxMind country.iso_code schema", "flat country_code schema"])
+def test_geoip_reads_both_schemas(tmp_path: Path, flat: bool) -> None:
+    path = write_country_db(tmp_path / "c.mmdb", {"5.135.0.0/16": "fr", "2001:db8:99::/48": "DE"}, flat=flat)
+    geoip = GeoIP(path)
+    assert geoip.country(ipaddress.ip_address("5.135.1.1")) == "FR"
+    assert geoip.country(ipaddress.ip_address("2001:db8:99::7")) == "DE"
+    assert geoip.country(ipaddress.ip_address("10.0.0.1")) is None
+    assert geoip.country(ipaddress.ip_address("2001:db8:aa::1")) is None
+
+
+def test_geoip_falls_back_to_registered_country(tmp_path: Path) -> None:
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="Test")
+    writer.insert_network(IPSet(["198.51.100.0/24"]), {"registered_country": {"iso_code": "NL"}})
+    writer.to_db_file(str(tmp_path / "r.mmdb"))
+    assert GeoIP(tmp_path / "r.mmdb").country(ipaddress.ip_address("198.51.100.9")) == "NL"
+
+
+def test_geoip_with_an_ipv4_only_database_knows_no_ipv6(tmp_path: Path) -> None:
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    writer = MMDBWriter(ip_version=4, database_type="Test")
+    writer.insert_network(IPSet(["5.135.0.0/16"]), {"country_code": "FR"})
+    writer.to_db_file(str(tmp_path / "v4.mmdb"))
+    geoip = GeoIP(tmp_path / "v4.mmdb")
+    assert geoip.country(ipaddress.ip_address("5.135.0.1")) == "FR"
+    assert geoip.country(ipaddress.ip_address("2001:db8::1")) is None
+
+
+@pytest.mark.parametrize("content", [None, b"not a database"], ids=["missing file", "not a MaxMind DB"])
+def test_geoip_refuses_a_bad_database(tmp_path: Path, content: bytes | None) -> None:
+    path = tmp_path / "bad.mmdb"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(GeoIPError, match="cannot open GeoIP database"):
+        GeoIP(path)
