@@ -1,0 +1,189 @@
+"""2FA step-up tricks: brute force across sessions, open redirects, CSRF, the CRM cookie before the code.
+
+jim knows his password but, for the attacker, not his TOTP secret. Until a valid
+code is given, nothing of the CRM session may reach the browser or be usable
+through the gateway (DESIGN.md §4): the CRM's record must show no request
+carrying a crm_session cookie, under any spelling, and no CRM user.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pyotp
+import pytest
+from yarl import URL
+
+from gateway.totp import SecretStore
+from tests.adversarial.support import (
+    CRM_COOKIE,
+    GATEWAY_COOKIE,
+    canonical_cookie,
+    cookies_of,
+    csrf_of,
+    direct_crm_cookie,
+    raw_request,
+    send_raw,
+    set_cookie_names,
+    status_of,
+)
+from tests.e2e.harness import OFFICE, POLICY, WAREHOUSE, Stack, stack
+
+JIM_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+MAX_FAILURES = 3
+
+
+def two_factor(directory: Path) -> dict[str, Any]:
+    SecretStore(directory / "totp-secrets.yaml").set("jim", JIM_SECRET)
+    policy = copy.deepcopy(POLICY)
+    policy["defaults"]["require_2fa"] = True
+    return {"policy": policy,
+            "totp": {"issuer": "Test CRM", "secrets_file": "totp-secrets.yaml", "max_failures": MAX_FAILURES}}
+
+
+async def pending_login(s: Stack, source: str = OFFICE) -> aiohttp.ClientSession:
+    """jim's password accepted by the CRM, the gateway holding its answer until the code."""
+    client = s.client(source)
+    async with client.post(s.url("/login"), data={"username": "jim", "password": "demo"},
+                           allow_redirects=False) as resp:
+        assert resp.status == 303 and resp.headers["Location"].startswith("/_gateway/2fa")
+        assert CRM_COOKIE not in set_cookie_names(resp.headers.getall("Set-Cookie", ()))
+    return client
+
+
+async def form_token(client: aiohttp.ClientSession, s: Stack) -> str:
+    async with client.get(s.url("/_gateway/2fa")) as resp:
+        assert resp.status == 200
+        return csrf_of(await resp.text())
+
+
+async def no_crm_cookie_reached_the_crm(s: Stack) -> None:
+    for entry in await s.crm_requests():
+        assert entry["user"] is None, entry
+        assert not [n for n in entry["cookies"] if canonical_cookie(n).lower() == CRM_COOKIE], entry
+
+
+async def test_totp_brute_force_is_locked_per_user_across_sessions_and_addresses(tmp_path: Path) -> None:
+    async with stack(tmp_path, **two_factor(tmp_path)) as s:
+        statuses = []
+        for attempt in range(MAX_FAILURES + 2):
+            client = await pending_login(s, OFFICE if attempt % 2 else WAREHOUSE)  # a fresh session every time
+            async with client.post(s.url("/_gateway/2fa"), json={"code": f"{attempt:06d}"}) as resp:
+                statuses.append(resp.status)
+                assert CRM_COOKIE not in set_cookie_names(resp.headers.getall("Set-Cookie", ()))
+        assert statuses == [401] * (MAX_FAILURES - 1) + [429] * 3
+        # Even the right code, in yet another fresh session, is refused while the user is locked.
+        client = await pending_login(s)
+        async with client.post(s.url("/_gateway/2fa"), json={"code": pyotp.TOTP(JIM_SECRET).now()}) as resp:
+            assert resp.status == 429
+            assert (await resp.json())["reason"] == "mfa_locked"
+            assert CRM_COOKIE not in set_cookie_names(resp.headers.getall("Set-Cookie", ()))
+        async with client.get(s.url("/dashboard"), allow_redirects=False) as resp:
+            assert resp.status == 303
+        await no_crm_cookie_reached_the_crm(s)
+
+
+async def test_a_code_cannot_be_replayed_in_another_session(tmp_path: Path) -> None:
+    async with stack(tmp_path, **two_factor(tmp_path)) as s:
+        code = pyotp.TOTP(JIM_SECRET).now()
+        first = await pending_login(s)
+        async with first.post(s.url("/_gateway/2fa"), json={"code": code}) as resp:
+            assert resp.status == 200
+        await s.reset_crm()
+        second = await pending_login(s)
+        async with second.post(s.url("/_gateway/2fa"), json={"code": code}) as resp:
+            assert resp.status == 401
+            assert CRM_COOKIE not in set_cookie_names(resp.headers.getall("Set-Cookie", ()))
+        async with second.get(s.url("/dashboard"), allow_redirects=False) as resp:
+            assert resp.status == 303
+        await no_crm_cookie_reached_the_crm(s)
+
+
+OFF_SITE = [
+    "//evil.example/x",
+    "https://evil.example/",
+    "http://evil.example",
+    "/\\evil.example",
+    "\\/evil.example",
+    "\\\\evil.example",
+    "javascript:alert(1)",
+    "JavaScript:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "http:evil.example",
+    "https:/\\evil.example",
+    " //evil.example",
+    "/\t/evil.example",
+    "/\n/evil.example",
+    "https://crm.example@evil.example/",
+    "//evil.example%2F..",
+    "///evil.example",
+]
+
+
+@pytest.mark.parametrize("target", OFF_SITE, ids=[repr(t) for t in OFF_SITE])
+async def test_next_never_redirects_off_site(tmp_path: Path, target: str) -> None:
+    async with stack(tmp_path, **two_factor(tmp_path)) as s:
+        client = await pending_login(s)
+        url = URL(s.url("/_gateway/2fa")).with_query(next=target)
+        async with client.get(url) as resp:
+            page = await resp.text()
+            assert resp.status == 200
+            assert "evil" not in page.split('action="', 1)[1].split('"', 1)[0]
+        async with client.post(url, data={"code": pyotp.TOTP(JIM_SECRET).now(), "csrf_token": csrf_of(page)},
+                               allow_redirects=False) as resp:
+            assert resp.status == 303
+            location = resp.headers["Location"]
+        parsed = URL(location)
+        assert not parsed.is_absolute() and location.startswith("/"), location
+        assert not location.startswith(("//", "/\\")) and "evil" not in location, location
+
+
+async def test_2fa_form_posts_need_this_sessions_csrf_token(tmp_path: Path) -> None:
+    async with stack(tmp_path, **two_factor(tmp_path)) as s:
+        victim = await pending_login(s)
+        other = await pending_login(s)
+        foreign_token = await form_token(other, s)
+        code = pyotp.TOTP(JIM_SECRET).now()
+        for fields in ({"code": code}, {"code": code, "csrf_token": ""}, {"code": code, "csrf_token": foreign_token},
+                       {"code": code, "csrf_token": foreign_token.upper()}):
+            async with victim.post(s.url("/_gateway/2fa"), data=fields, allow_redirects=False) as resp:
+                assert resp.status == 403, fields
+                assert CRM_COOKIE not in set_cookie_names(resp.headers.getall("Set-Cookie", ()))
+        # A form disguised as text/plain does not skip the token either.
+        async with victim.post(s.url("/_gateway/2fa"), data=f'{{"code": "{code}"}}',
+                               headers={"Content-Type": "text/plain"}, allow_redirects=False) as resp:
+            assert resp.status in (400, 403)
+        await no_crm_cookie_reached_the_crm(s)
+        # Control: the refused posts burned neither the code nor a failure; the right token passes.
+        async with victim.post(s.url("/_gateway/2fa"), data={"code": code, "csrf_token": await form_token(victim, s)},
+                               allow_redirects=False) as resp:
+            assert resp.status == 303
+            assert CRM_COOKIE in set_cookie_names(resp.headers.getall("Set-Cookie", ()))
+
+
+SMUGGLED_BEFORE_2FA = [
+    ("plainly", ["GW; crm_session=CRM"]),
+    ("on a second Cookie line", ["GW", "crm_session=CRM"]),
+    ("twice", ["GW; crm_session=CRM; crm_session=CRM"]),
+    ("percent-encoded name", ["GW; crm%5Fsession=CRM"]),
+    ("quoted", ['GW; crm_session="CRM"']),
+]
+
+
+@pytest.mark.parametrize("lines", [lines for _, lines in SMUGGLED_BEFORE_2FA], ids=[d for d, _ in SMUGGLED_BEFORE_2FA])
+async def test_the_crm_cookie_is_stripped_until_the_code_is_given(tmp_path: Path, lines: list[str]) -> None:
+    """A CRM session obtained elsewhere, sent with the pending gateway session, to pages the gateway forwards."""
+    async with stack(tmp_path, **two_factor(tmp_path)) as s:
+        gateway_cookie = cookies_of(await pending_login(s), s)[GATEWAY_COOKIE]
+        crm = await direct_crm_cookie(s, "jim")
+        await s.reset_crm()
+        headers = [("Cookie", line.replace("GW", f"{GATEWAY_COOKIE}={gateway_cookie}").replace("CRM", crm))
+                   for line in lines]
+        for target in ("/login", "/static/app.css", "/dashboard", "/api/mobile/me", "/echo"):
+            response = await send_raw(s.port, raw_request("GET", target, headers))
+            assert status_of(response) in (200, 303, 401, 404), target
+        assert {entry["path"] for entry in await s.crm_requests()} == {"/login", "/static/app.css"}
+        await no_crm_cookie_reached_the_crm(s)
