@@ -7,7 +7,8 @@ an index (:mod:`.engine`); each request is then judged from frozen
 
 Modules: ``model`` (facts, decision, settings), ``spec`` and ``loader`` (YAML ->
 spec), ``patterns`` (path globs), ``networks`` (CIDRs, ranges, prefix tables),
-``geoip`` (countries), ``rules`` (compilation, effective settings), ``engine``
+``geoip`` (countries), ``rules`` (compilation, effective settings), ``trace`` (explain's
+rule-by-rule trace), ``engine``
 (:class:`Policy`, :func:`load_policy`), ``checks`` (``check`` warnings,
 ``overrides`` report), ``explain`` (``explain`` output).
 """

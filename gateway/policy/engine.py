@@ -43,11 +43,12 @@ from zoneinfo import ZoneInfo
 
 from gateway.policy.geoip import GeoIP, GeoIPError
 from gateway.policy.loader import read_policy_files
-from gateway.policy.model import Decision, EffectiveSettings, IPAddress, RequestFacts, TraceEntry
-from gateway.policy.networks import PrefixTable, entry_contains, v6_prefix
+from gateway.policy.model import Decision, EffectiveSettings, IPAddress, RequestFacts
+from gateway.policy.networks import PrefixTable
 from gateway.policy.patterns import PathMatcher
 from gateway.policy.rules import (
     NO_NETWORK,
+    Key,
     Rule,
     SettingsSegment,
     SettingsTimeline,
@@ -57,18 +58,16 @@ from gateway.policy.rules import (
     settings_timeline,
 )
 from gateway.policy.spec import DEFAULT_CHANNEL, PolicySpec, UserSpec, canonical_user
+from gateway.policy.trace import DEFAULT_RULE, explained
 from gateway.settings import Settings
 from gateway.yamlsrc import ConfigError, Mapping, Problems, Where, load_yaml
 
-Key = tuple[int, ...]
 Candidate = tuple[Rule, Key]
 _STAR = ("*",)
 _CACHE_SIZE = 65536
-_UNSET: object = object()
 
 PUBLIC_RULE = "functions.{}.public"
 PUBLIC_TITLE = "Public function: anonymous requests may reach it"
-DEFAULT_RULE = "default_action"
 _NO_GROUPS: frozenset[str] = frozenset()
 
 
@@ -377,7 +376,10 @@ class Policy:
             trace=(),
         )
         if explain:
-            return self._explained(decision, facts, path, user, info, segment, verdict)
+            return explained(
+                self, decision, facts, user, info.groups if info is not None else _NO_GROUPS, path.public,
+                segment, verdict[0] if verdict is not None else None,
+            )  # fmt: skip
         return decision
 
     def _plan(self, functions: tuple[str, ...], user: str) -> tuple[tuple[_Bucket, ...], ...]:
@@ -460,134 +462,6 @@ class Policy:
             if best is not None:
                 break
         return best, top
-
-    # -- explain -------------------------------------------------------------------------------
-    def _explained(
-        self,
-        decision: Decision,
-        facts: RequestFacts,
-        path: _PathInfo,
-        user: str | None,
-        info: _UserInfo | None,
-        segment: SettingsSegment,
-        verdict: _RuleVerdict | None,
-    ) -> Decision:
-        """The same decision, with the rule-by-rule trace (found the slow, obvious way).
-
-        Order: the gateway's own steps that took part (public function, default
-        action, login hours), then the matching rules most specific first, then
-        rules about this request's functions or user that did not match, with why.
-        """
-        groups = info.groups if info is not None else frozenset()
-        country = self.geoip.country(facts.client_ip) if self.geoip is not None else None
-        enforced_id = verdict[0].id if verdict is not None and verdict[0] is not None else None
-        matched: list[tuple[Key, TraceEntry]] = []
-        unmatched: list[TraceEntry] = []
-        for rule in self.rules:
-            result = self._check(rule, facts, decision.channel, path.functions, user, groups, country)
-            if result is None:
-                continue
-            ok, key, why = result
-            deciding = ok and rule.id == decision.rule_id
-            if ok and rule.id == enforced_id and not deciding:
-                if decision.reason == "outside_login_hours":
-                    why += "; the rules allow this, but login hours deny it"
-                else:
-                    why += "; the enforced verdict: the deciding rule is report-only, so this one's allow holds"
-            entry = TraceEntry(rule.id, rule.title, rule.action, key[:7], ok, deciding, why)
-            if ok:
-                matched.append((key, entry))
-            else:
-                unmatched.append(entry)
-        matched.sort(key=lambda item: item[0], reverse=True)
-        steps: list[TraceEntry] = []
-        if user is None and path.public:
-            steps.append(
-                TraceEntry(
-                    decision.rule_id or "", decision.rule_title or "", "allow", (), True, True,
-                    f"anonymous request to public function(s) {', '.join(path.functions)}: "
-                    "rules below are listed for information only",
-                )
-            )  # fmt: skip
-        elif decision.rule_id == DEFAULT_RULE or enforced_id is None:
-            steps.append(
-                TraceEntry(
-                    DEFAULT_RULE, f"No rule matched: default_action {self.default_action}",
-                    "allow" if self.default_action == "allow" else "block", (), True,
-                    decision.rule_id == DEFAULT_RULE, "no enforced rule matches this request",
-                )
-            )  # fmt: skip
-        hours = segment.settings.login_hours
-        if user is not None and hours is not None:
-            inside = hours.contains(facts.at, segment.zone)
-            local = facts.at.astimezone(segment.zone)
-            steps.append(
-                TraceEntry(
-                    segment.hours_source or "login_hours",
-                    f"Login hours {hours.describe()} in {segment.settings.timezone}",
-                    "allow" if inside else "block", (), True, decision.reason == "outside_login_hours",
-                    f"{local:%a %Y-%m-%d %H:%M %Z} is {'inside' if inside else 'outside'} the window",
-                )
-            )  # fmt: skip
-        return Decision(
-            action=decision.action,
-            enforced=decision.enforced,
-            reason=decision.reason,
-            rule_id=decision.rule_id,
-            rule_title=decision.rule_title,
-            channel=decision.channel,
-            functions=decision.functions,
-            public=decision.public,
-            country=decision.country,
-            settings=decision.settings,
-            trace=(*steps, *(entry for _, entry in matched), *unmatched),
-        )
-
-    def _check(
-        self,
-        rule: Rule,
-        facts: RequestFacts,
-        channel: str,
-        functions: tuple[str, ...],
-        user: str | None,
-        groups: frozenset[str],
-        country: str | None,
-    ) -> tuple[bool, Key, str] | None:
-        """Does ``rule`` match, with which key, and why (not)? None: not about this request."""
-        if rule.function is not None and rule.function not in functions:
-            return None
-        misses: list[str] = []
-        who = user if user is not None else "an anonymous request"
-        if rule.users is not None and (user is None or user not in rule.users):
-            misses.append(f"{who} is not one of users {', '.join(sorted(rule.users))}")
-        if rule.groups is not None and (user is None or rule.groups.isdisjoint(groups)):
-            misses.append(f"{who} is not in groups {', '.join(sorted(rule.groups))}")
-        if misses and rule.function is None:
-            return None  # a `*` rule about other people: noise in a trace
-        network = NO_NETWORK
-        shown = rule.describe()
-        if rule.networks is not None:
-            blocks = [b for b in (entry_contains(e, facts.client_ip) for e in rule.networks) if b is not None]
-            if blocks:
-                block = max(blocks, key=v6_prefix)
-                network = v6_prefix(block)
-                shown += f" (matched {block}: /{network} in IPv6 terms)"
-            else:
-                misses.append(f"{facts.client_ip} is in none of its networks")
-                network = rule.best_key()[3]
-        if rule.countries is not None:
-            inside = country in rule.countries
-            if inside == rule.countries_negated:
-                misses.append(f"country {country or 'unknown'} does not match")
-        if rule.channel is not None and rule.channel != channel:
-            misses.append(f"channel is {channel}, not {rule.channel}")
-        if not rule.active(facts.at):
-            misses.append(f"expired ({rule.expires_text})")
-        if rule.report_only and not misses:
-            shown += "; report-only: logged as would_deny, never enforced"
-        if misses:
-            return False, rule.key(network), "not matched: " + "; ".join(misses)
-        return True, rule.key(network), shown
 
     # -- helpers -------------------------------------------------------------------------------
     def _segment(self, user: str | None, at: datetime) -> SettingsSegment:

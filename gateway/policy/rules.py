@@ -63,6 +63,7 @@ from gateway.schema import IPNetwork
 from gateway.yamlsrc import Where
 
 NO_NETWORK = -1  # the network component of a rule that names no network
+Key = tuple[int, ...]  # a specificity key (see Rule.key)
 
 SUBJECT_USERS, SUBJECT_GROUPS, SUBJECT_EVERYONE = 2, 1, 0
 
@@ -99,7 +100,7 @@ class Rule:
         object.__setattr__(self, "subject", subject)
         object.__setattr__(self, "also_groups", self.groups if self.users else None)
 
-    def key(self, network: int) -> tuple[int, ...]:
+    def key(self, network: int) -> Key:
         """The specificity key when the matched network entry has this prefix (or NO_NETWORK).
 
         An eighth component, ``-order``, makes exact ties deterministic (the rule
@@ -116,7 +117,7 @@ class Rule:
             -self.order,
         )
 
-    def best_key(self) -> tuple[int, ...]:
+    def best_key(self) -> Key:
         """The highest key this rule can reach (its longest network entry)."""
         if self.networks is None:
             return self.key(NO_NETWORK)
