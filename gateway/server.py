@@ -28,6 +28,11 @@ from gateway.yamlsrc import ConfigError
 log = get_logger("server")
 
 WATCH_INTERVAL = 1.0
+# A changed file is loaded once it has stayed unchanged this long. Writers truncate, then
+# write in pieces, and YAML has no end marker: the first half of a policy file is often a
+# valid policy without its lock-down, so loading it early would open the gateway.
+SETTLE_TIME = 1.0
+SETTLE_POLL = 0.1
 # How long a connection may go without a complete request: idle between keep-alive
 # requests, or still trickling its request head (slowloris). aiohttp keeps both for an
 # hour; nginx's keepalive_timeout is 75 s, which also outlasts the 60 s idle reuse of
@@ -70,7 +75,7 @@ class Server:
     async def reload(self, trigger: str) -> bool:
         async with self._reload_lock:
             loop = asyncio.get_running_loop()
-            self._signature = _signature(self.gateway.config.files)
+            before = self._signature = _signature(self.gateway.config.files)
             try:
                 config = await loop.run_in_executor(None, load_config, self.config_path)
             except ConfigError as exc:
@@ -85,6 +90,12 @@ class Server:
             except Exception as exc:  # never let a reload take the gateway down
                 RELOADS.labels("failed").inc()
                 log.error("config.reload_failed", trigger=trigger, errors=[repr(exc)], worker=self.worker)
+                return False
+            if _signature(self.gateway.config.files) != before:
+                # A file changed while it was read: what was read may be half of it. The
+                # watcher sees the change and loads the files once they settle.
+                log.info("config.reload_deferred", trigger=trigger, reason="files changed while loading",
+                         worker=self.worker)
                 return False
             self.gateway.swap(config)
             RELOADS.labels("ok").inc()
@@ -104,8 +115,18 @@ class Server:
         while not self._stop.is_set():
             await asyncio.sleep(WATCH_INTERVAL)
             if _signature(self.gateway.config.files) != self._signature:
-                await asyncio.sleep(0.2)  # let a writer finish the file
+                await self._settle()
                 await self.reload("file_change")
+
+    async def _settle(self) -> None:
+        """Return once the watched files have stopped changing for SETTLE_TIME."""
+        loop = asyncio.get_running_loop()
+        last, quiet_since = _signature(self.gateway.config.files), loop.time()
+        while loop.time() - quiet_since < SETTLE_TIME:
+            await asyncio.sleep(SETTLE_POLL)
+            now = _signature(self.gateway.config.files)
+            if now != last:
+                last, quiet_since = now, loop.time()
 
     def stop(self) -> None:
         self._stop.set()
