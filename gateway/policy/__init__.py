@@ -7,10 +7,9 @@ an index (:mod:`.engine`); each request is then judged from frozen
 
 Modules: ``model`` (facts, decision, settings), ``spec`` and ``loader`` (YAML ->
 spec), ``patterns`` (path globs), ``networks`` (CIDRs, ranges, prefix tables),
-``geoip`` (countries), ``rules`` (compilation, effective settings), ``trace`` (explain's
-rule-by-rule trace), ``engine``
-(:class:`Policy`, :func:`load_policy`), ``checks`` (``check`` warnings,
-``overrides`` report), ``explain`` (``explain`` output).
+``geoip`` (countries), ``rules`` (compilation, effective settings), ``engine``
+(:class:`Policy`, :func:`load_policy`), ``trace`` (explain's rule-by-rule trace),
+``checks`` (``check`` warnings, ``overrides`` report), ``explain`` (its output).
 """
 
 from gateway.policy.engine import Policy, load_policy
