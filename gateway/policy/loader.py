@@ -256,6 +256,12 @@ class _Reader:
         name = str(path)
         if data is None:
             return
+        if not isinstance(data, dict):
+            self.add(
+                Where(name, 1),
+                f"expected a mapping of sections ({', '.join(FILE_KEYS)}) at the top of the file, got {_kind(data)}",
+            )
+            return
         top = Section(data, self.problems, name="", allowed=FILE_KEYS, where=Where(name, 1))
         if not top.data:
             return

@@ -73,9 +73,12 @@ class LoginHours:
         return False
 
     def describe(self) -> str:
-        """Admin-facing text, e.g. ``mon-fri 07:00-19:00 (Europe/London)``."""
-        text = f"{describe_days(self.days)} {self.start:%H:%M}-{self.end:%H:%M}"
-        return f"{text} ({self.timezone})" if self.timezone else text
+        """Admin-facing text, e.g. ``mon-fri 07:00-19:00``.
+
+        The zone is left out on purpose: the zone a window is read in depends on
+        the user (:attr:`EffectiveSettings.timezone`), not only on this value.
+        """
+        return f"{describe_days(self.days)} {self.start:%H:%M}-{self.end:%H:%M}"
 
 
 def describe_days(days: frozenset[int]) -> str:

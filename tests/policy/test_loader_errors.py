@@ -25,6 +25,15 @@ CASES = [
         "(expected one of: channels, defaults, functions, groups, rules, users)",
     ),
     (
+        "a file that is a list, not sections",
+        """
+        - action: block
+        """,
+        {},
+        "rules.yaml:1: expected a mapping of sections (channels, functions, defaults, groups, users, rules) "
+        "at the top of the file, got a list",
+    ),
+    (
         "unknown key in a rule",
         """
         rules:
