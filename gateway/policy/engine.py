@@ -64,7 +64,11 @@ from gateway.yamlsrc import ConfigError, Mapping, Problems, Where, load_yaml
 
 Candidate = tuple[Rule, Key]
 _STAR = ("*",)
-_CACHE_SIZE = 65536
+# Paths and User-Agents come from clients: the caches keyed by them are bounded in
+# entries and skip long values, so a flood of random 8 KB URLs cannot grow them to
+# hundreds of megabytes (worst case here: 16384 entries x 2 KB keys).
+_CACHE_SIZE = 16384
+_CACHEABLE = 1024  # longer paths or User-Agents are judged uncached
 
 PUBLIC_RULE = "functions.{}.public"
 PUBLIC_TITLE = "Public function: anonymous requests may reach it"
@@ -246,11 +250,13 @@ class Policy:
     # -- small public questions ----------------------------------------------------------------
     def channel_of(self, user_agent: str, path: str) -> str:
         """The request's channel: the first channel whose user_agents and paths match, else web."""
+        if len(user_agent) > _CACHEABLE or len(path) > _CACHEABLE:
+            return self._channel_uncached(user_agent, path)
         return self._channel_cache(user_agent, path)
 
     def functions_of(self, method: str, path: str) -> tuple[str, ...]:
         """The functions the (match-form) path and method belong to, in file order."""
-        return self._path_cache(method, path).functions
+        return self._path_for(method, path).functions
 
     def known_user(self, user: str) -> bool:
         return canonical_user(user) in self._users
@@ -316,8 +322,8 @@ class Policy:
         done at load, and what depends only on its path, User-Agent or user is
         cached.
         """
-        path = self._path_cache(facts.method, facts.path)
-        channel = self._channel_cache(facts.user_agent, facts.path)
+        path = self._path_for(facts.method, facts.path)
+        channel = self.channel_of(facts.user_agent, facts.path)
         user = facts.user
         info = None
         if user is not None:
@@ -476,11 +482,17 @@ class Policy:
         )
 
     def _channel_uncached(self, user_agent: str, path: str) -> str:
-        for index in self._agent_cache(user_agent):
+        agents = self._agent_cache(user_agent) if len(user_agent) <= _CACHEABLE else self._agents_uncached(user_agent)
+        for index in agents:
             matcher = self._channel_paths[index]
             if matcher is None or matcher.owners(path):
                 return self._channel_names[index]
         return DEFAULT_CHANNEL
+
+    def _path_for(self, method: str, path: str) -> _PathInfo:
+        if len(path) > _CACHEABLE:
+            return self._path_info(method, path)
+        return self._path_cache(method, path)
 
     def _path_info(self, method: str, path: str) -> _PathInfo:
         owners = self._function_paths.owners(path)

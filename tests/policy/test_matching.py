@@ -173,3 +173,12 @@ def test_geoip_refuses_a_bad_database(tmp_path: Path, content: bytes | None) -> 
         path.write_bytes(content)
     with pytest.raises(GeoIPError, match="cannot open GeoIP database"):
         GeoIP(path)
+
+
+def test_long_paths_and_user_agents_are_judged_without_the_caches(example: Policy) -> None:
+    """Client-controlled keys over 1 KB bypass the caches (memory bound) but are judged the same."""
+    long_path = "/billing/" + "a" * 3000
+    long_agent = "AcmeCRM-Mobile/4.2 " + "x" * 3000
+    assert example.functions_of("GET", long_path) == ("billing",)
+    assert example.channel_of(long_agent, "/api/mobile/jobs") == "mobile"
+    assert example.channel_of(long_agent, long_path) == "web"
