@@ -142,8 +142,6 @@ class Rule:
             parts.append(f"channel {self.channel}")
         if self.priority:
             parts.append(f"priority {self.priority}")
-        if self.report_only:
-            parts.append("report-only")
         if self.expires_text:
             parts.append(f"expires {self.expires_text}")
         return ", ".join(parts)

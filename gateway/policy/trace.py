@@ -58,7 +58,11 @@ def check_rule(
             misses.append(f"{facts.client_ip} is in none of its networks")
             network = rule.best_key()[3]
     if rule.countries is not None and (country in rule.countries) == rule.countries_negated:
-        misses.append(f"country {country or 'unknown'} does not match")
+        codes = ", ".join(sorted(rule.countries))
+        if rule.countries_negated:
+            misses.append(f"country {country} is one of the excluded {codes}")
+        else:
+            misses.append(f"country {country or 'unknown (not in the GeoIP database)'} is not one of {codes}")
     if rule.channel is not None and rule.channel != channel:
         misses.append(f"channel is {channel}, not {rule.channel}")
     if not rule.active(facts.at):
