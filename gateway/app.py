@@ -8,13 +8,14 @@ opened and closed through ``cleanup_ctx``; they survive reloads.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession, WSCloseCode, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.chain import Chain
@@ -79,6 +80,10 @@ class Gateway:
         self.chain: Chain | None = None
         self.state: SharedState | None = None
         self.sessions: SessionStore | None = None
+        # Draining (DESIGN.md §1, SIGTERM): what is in flight, and the WebSockets to tell we are going.
+        self.in_flight = 0
+        self.draining = False
+        self.websockets: set[web.WebSocketResponse] = set()
         self.app = web.Application(handler_args={"max_field_size": MAX_HEADER_LINE, "max_line_size": MAX_HEADER_LINE,
                                                  "logger": server_logger()})
         self.app[GATEWAY] = self
@@ -126,7 +131,7 @@ class Gateway:
             filters.append(LoginFilter(settings.login, store=sessions, state=state, policy=config.policy,
                                        secrets=secrets))
         filters.append(MFAGate(sessions, login_path))
-        return Chain(filters, Proxy(settings.upstream, self.client))
+        return Chain(filters, Proxy(settings.upstream, self.client, websockets=self.websockets))
 
     def _whoami(self, ex: Exchange) -> dict[str, object]:
         policy = self.config.policy
@@ -154,7 +159,37 @@ class Gateway:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         assert self.chain is not None
-        return await self.chain.handle(request)
+        self.in_flight += 1
+        try:
+            response = await self.chain.handle(request)
+        finally:
+            self.in_flight -= 1
+        if self.draining:
+            response.force_close()  # answer, then close: no further request on this connection
+        return response
+
+    async def drain(self, limit: float) -> bool:
+        """Let in-flight requests finish, for at most ``limit`` seconds; True when they all did.
+
+        The caller has stopped accepting connections. Requests keep reading their bodies (an
+        upload in flight completes); WebSockets, which have no end of their own, are closed
+        with 1001 (going away) so that clients reconnect elsewhere instead of holding the drain.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        self.draining = True
+        closing = [asyncio.ensure_future(ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway restarting"))
+                   for ws in list(self.websockets)]
+        if closing:
+            log.info("gateway.closing_websockets", count=len(closing), worker=self.worker)
+            await asyncio.wait(closing, timeout=limit)
+        # Polled: requests finish several times a second at most during a drain, and the
+        # counter stays a plain int on the hot path.
+        while self.in_flight and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        for task in closing:
+            task.cancel()
+        return self.in_flight == 0
 
 
 def _hours_text(hours: object) -> object:

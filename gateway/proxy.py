@@ -63,8 +63,11 @@ class Proxy:
 
     name = "proxy"
 
-    def __init__(self, upstream: Upstream, client: ClientSession) -> None:
+    def __init__(self, upstream: Upstream, client: ClientSession, *,
+                 websockets: set[web.WebSocketResponse] | None = None) -> None:
         self.base_text = str(URL(upstream.url)).rstrip("/")
+        # Open client WebSockets, shared with the app so that a drain can close them (1001).
+        self.websockets: set[web.WebSocketResponse] = set() if websockets is None else websockets
         self.preserve_host = upstream.preserve_host
         self.client = client
         self.timeout = aiohttp.ClientTimeout(
@@ -221,6 +224,7 @@ class Proxy:
         client_ws.headers[h.REQUEST_ID] = ex.request_id
         await ex.before_send(client_ws)
         await client_ws.prepare(request)
+        self.websockets.add(client_ws)
 
         async def pump(
             source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
@@ -249,6 +253,7 @@ class Proxy:
             for task in tasks:
                 with contextlib.suppress(BaseException):
                     await task
+            self.websockets.discard(client_ws)
             await upstream_ws.close()
         return client_ws
 

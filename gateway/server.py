@@ -33,6 +33,9 @@ WATCH_INTERVAL = 1.0
 # valid policy without its lock-down, so loading it early would open the gateway.
 SETTLE_TIME = 1.0
 SETTLE_POLL = 0.1
+# After the drain (bounded by drain_timeout), what is still running gets this long to end
+# once cancelled; aiohttp's own shutdown would wait the whole drain timeout twice more.
+CANCEL_GRACE = 1.0
 # How long a connection may go without a complete request: idle between keep-alive
 # requests, or still trickling its request head (slowloris). aiohttp keeps both for an
 # hour; nginx's keepalive_timeout is 75 s, which also outlasts the 60 s idle reuse of
@@ -136,7 +139,7 @@ class Server:
         self.runner = web.AppRunner(
             self.gateway.app,
             handle_signals=False,
-            shutdown_timeout=self.drain_timeout,
+            shutdown_timeout=CANCEL_GRACE,
             handler_cancellation=True,
             access_log=None,
             keepalive_timeout=self.idle_timeout,
@@ -189,10 +192,23 @@ class Server:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        assert self.runner is not None
-        await self.runner.cleanup()
+        await self.shutdown()
         log.info("gateway.stopped", worker=self.worker)
         return 0
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded by drain_timeout), then close.
+
+        The drain happens before aiohttp's own shutdown: that one stops reading from every
+        connection at once, so an upload in flight would stall until the timeout and fail.
+        """
+        assert self.runner is not None
+        for site in list(self.runner.sites):
+            await site.stop()
+        if not await self.gateway.drain(self.drain_timeout):
+            log.warning("gateway.drain_timeout", in_flight=self.gateway.in_flight, timeout=self.drain_timeout,
+                        worker=self.worker)
+        await self.runner.cleanup()
 
 
 def install_event_loop_policy() -> None:
