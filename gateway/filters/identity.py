@@ -264,6 +264,11 @@ class IdentityFilter:
         request = ex.request
         if request.content_length is not None and request.content_length > MAX_LOGIN_BODY:
             return self._bad(ex, "login body too large")
+        codings = {c.strip().lower() for v in request.headers.getall("Content-Encoding", ()) for c in v.split(",")}
+        if codings - {"", "identity"}:
+            # The server hands the gateway the decoded body; forwarded under the client's
+            # Content-Encoding and Content-Length it would be read differently upstream.
+            return self._bad(ex, "compressed login body")
         body = bytearray()
         while chunk := await request.content.read(65536):
             body.extend(chunk)

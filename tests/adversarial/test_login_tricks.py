@@ -13,7 +13,9 @@ a security gateway must not guess which of two usernames the CRM will use.
 from __future__ import annotations
 
 import copy
+import gzip
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,3 +185,15 @@ async def test_a_login_during_a_session_store_outage_is_not_forwarded_unjudged(t
         response = await send_raw(s.port, raw_request("GET", "/login", [old_cookie]))
         assert status_of(response) == 200  # the login page itself still loads
         assert await s.crm_logins() == []
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "GZIP", "identity, gzip"])
+async def test_a_compressed_login_body_is_refused(tmp_path: Path, encoding: str) -> None:
+    """The gateway would judge the decompressed body and forward it under the client's compressed length."""
+    body = b"username=jim&password=demo"
+    packed = gzip.compress(body) if "gzip" in encoding.lower() else zlib.compress(body)
+    async with stack(tmp_path, policy=suspended_bob()) as s:
+        headers = [("Content-Type", FORM), ("Content-Encoding", encoding)]
+        response = await send_raw(s.port, raw_request("POST", "/login", headers, packed))
+        assert status_of(response) == 400
+        assert await s.crm_requests() == []
