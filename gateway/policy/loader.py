@@ -287,7 +287,7 @@ class _Reader:
                     continue
                 try:
                     re.compile(item, re.IGNORECASE)
-                except re.error as exc:
+                except (re.error, OverflowError, RecursionError) as exc:
                     self.add(item_where, f"channels.{name}.user_agents: bad regex {item!r}: {exc}")
                     continue
                 agents.append(item)

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from gateway.policy.model import EffectiveSettings, LoginHours
@@ -152,7 +152,10 @@ def expiry_instant(expiry: Expiry, office: ZoneInfo) -> datetime:
     value = expiry.value
     if isinstance(value, datetime):
         return value if value.tzinfo is not None else value.replace(tzinfo=office)
-    return datetime.combine(value + timedelta(days=1), time(), tzinfo=office)
+    try:
+        return datetime.combine(value + timedelta(days=1), time(), tzinfo=office)
+    except OverflowError:  # 9999-12-31: "never", as far as datetimes go
+        return datetime.max.replace(tzinfo=UTC)
 
 
 def office_zone_name(defaults: DefaultsSpec | None) -> str:
