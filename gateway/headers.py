@@ -16,8 +16,19 @@ GATEWAY_USER = istr("X-Gateway-User")
 GATEWAY_CHANNEL = istr("X-Gateway-Channel")
 GATEWAY_WORKER = istr("X-Gateway-Worker")
 
+# Ask the back end to run another method than the request line's (Rails, Laravel, Symfony,
+# Express method-override); so does a ``_method`` query parameter. The gateway judges the
+# request under each method it may run.
+METHOD_OVERRIDE_HEADERS = (istr("X-HTTP-Method-Override"), istr("X-HTTP-Method"), istr("X-Method-Override"))
+METHOD_OVERRIDE_PARAM = "_method"
+
 FORWARDING_HEADERS = (X_FORWARDED_FOR, X_REAL_IP, X_FORWARDED_PROTO, X_FORWARDED_HOST, FORWARDED)
 IDENTITY_HEADERS = (GATEWAY_USER, GATEWAY_CHANNEL, REQUEST_ID)
+
+
+def canonical_name(name: str) -> str:
+    """A header name as CGI, WSGI and PHP back ends read it: case and '-'/'_' folded."""
+    return name.lower().replace("_", "-")
 
 
 def _spellings(name: str) -> frozenset[str]:

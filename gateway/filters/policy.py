@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
 from gateway.exchange import Exchange
+from gateway.headers import METHOD_OVERRIDE_HEADERS, METHOD_OVERRIDE_PARAM, canonical_name
 from gateway.logs import get_logger
 from gateway.metrics import DECISION_TIME
 from gateway.pages import denial
@@ -17,16 +20,39 @@ from gateway.sessions import SessionStore, save_session_later
 log = get_logger("policy")
 
 
-def facts_of(ex: Exchange, *, user: str | None) -> RequestFacts:
+_OVERRIDES = frozenset(canonical_name(name) for name in METHOD_OVERRIDE_HEADERS)
+_METHOD = re.compile(r"[A-Z]{1,20}")
+
+
+def facts_of(ex: Exchange, *, user: str | None, method: str | None = None) -> RequestFacts:
     assert ex.path is not None
     return RequestFacts(
         client_ip=ex.client_ip,
-        method=ex.request.method,
+        method=method or ex.request.method,
         path=ex.path.match,
         user_agent=ex.request.headers.get("User-Agent", ""),
         user=user,
         at=datetime.now(UTC),
     )
+
+
+def override_methods(ex: Exchange) -> list[str]:
+    """Methods other than the request line's that the request asks the CRM to run instead.
+
+    A GET with ``X-HTTP-Method-Override: POST`` (or ``?_method=POST``) is a POST to a
+    CRM that honours overrides: judged only as a GET it would slip past a function
+    bound to POST, such as clock-in.
+    """
+    values = [value for name, value in ex.request.headers.items() if canonical_name(name) in _OVERRIDES]
+    values += [value for name, value in parse_qsl(ex.query, keep_blank_values=True)
+               if name == METHOD_OVERRIDE_PARAM]
+    methods = {part.strip().upper() for value in values for part in value.split(",")}
+    return sorted(m for m in methods if _METHOD.fullmatch(m) and m != ex.request.method)
+
+
+def _strictest(decisions: list[Decision]) -> Decision:
+    """An enforced deny beats a report-only one, which beats an allow; the first of equals wins."""
+    return min(decisions, key=lambda d: 0 if d.action == "deny" and d.enforced else 1 if d.action == "deny" else 2)
 
 
 def log_decision(ex: Exchange, decision: Decision, event: str) -> None:
@@ -59,6 +85,9 @@ class PolicyFilter:
     async def __call__(self, ex: Exchange) -> web.StreamResponse | None:
         started = time.perf_counter()
         decision = self.policy.decide(facts_of(ex, user=ex.user))
+        if (overrides := override_methods(ex)) and not (decision.action == "deny" and decision.enforced):
+            decision = _strictest([decision, *(self.policy.decide(facts_of(ex, user=ex.user, method=m))
+                                               for m in overrides)])
         DECISION_TIME.observe(time.perf_counter() - started)
         ex.decision = decision
         ex.channel = decision.channel

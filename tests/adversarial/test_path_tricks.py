@@ -225,3 +225,28 @@ async def test_control_the_blocked_routes_are_reachable_where_the_policy_allows_
         assert status_of(response) == 200
         assert len(await reached_blocked(s, "billing")) == 1
         assert len(await reached_blocked(s, "billing", decode_twice=True)) == 1
+
+
+OVERRIDES = [
+    ("X-HTTP-Method-Override header", "/timeclock/clock-in", (("X-HTTP-Method-Override", "POST"),)),
+    ("X-HTTP-Method header", "/timeclock/clock-in", (("X-HTTP-Method", "POST"),)),
+    ("X-Method-Override header", "/timeclock/clock-in", (("X-Method-Override", "post"),)),
+    ("underscore spelling of the override header", "/timeclock/clock-in", (("X_HTTP_Method_Override", "POST"),)),
+    ("_method in the query string", "/timeclock/clock-in?_method=POST", ()),
+    ("_method in the query string, lower case", "/timeclock/clock-in?_method=post", ()),
+]
+
+
+@pytest.mark.parametrize(("target", "headers"), [(t, h) for _, t, h in OVERRIDES], ids=[d for d, _, _ in OVERRIDES])
+async def test_a_method_override_is_judged_as_the_method_it_asks_for(
+    tmp_path: Path, target: str, headers: tuple[tuple[str, str], ...]
+) -> None:
+    """GET judged as 'not clock-in' must not become a POST clock-in in a CRM that honours overrides
+    (Rails, Laravel, Symfony, Express method-override): the CRM must not even see it."""
+    async with stack(tmp_path) as s:
+        jim = await browser_login(s, "jim", source=OFFICE)
+        await s.reset_crm()
+        response = await send_raw(s.port, raw_request("GET", target, [("Cookie", cookie_header(jim, s)), *headers]))
+        assert status_of(response) == 403
+        assert await s.crm_requests() == []
+        assert s.logs.events("access.denied")[-1]["functions"] == ["clock-in"]
