@@ -110,3 +110,20 @@ def test_raw_and_percent_encoded_spellings_normalise_alike(name: str) -> None:
     raw = normalise_path("/a/" + name)
     encoded = normalise_path("/a/" + urllib.parse.quote(name, safe=""))
     assert raw == encoded
+
+
+# Escapes of escapes: '%25' next to hex digits, as in /%2562illing (a back end that decodes twice sees /billing).
+double_pieces = st.sampled_from(["%25", "%", "25", "62", "2F", "2e", "6C", "aa", "5C", "00", "billing", "/", "."])
+double_paths = st.one_of(paths, st.lists(double_pieces, max_size=10).map(lambda parts: "/" + "".join(parts)))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(double_paths, flags)
+def test_a_back_end_that_decodes_twice_sees_the_same_route(raw: str, case_insensitive: bool) -> None:
+    """Decoding what is forwarded once more yields no new escape: nothing was encoded twice (/%2562illing)."""
+    try:
+        result = normalise_path(raw, case_insensitive=case_insensitive)
+    except BadPath:
+        return
+    once = urllib.parse.unquote(result.forward, errors="surrogateescape")
+    assert not re.search(r"%[0-9A-Fa-f]{2}", once), result.forward
