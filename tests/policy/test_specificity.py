@@ -1069,3 +1069,26 @@ def test_settings_for_a_user_follow_active_overrides(example: Policy) -> None:
 def test_warehouse_address_is_reported_with_its_country(example: Policy) -> None:
     assert example.decide(make_facts(WAREHOUSE, "/")).country == "GB"
     assert example.decide(make_facts(PRIVATE, "/")).country is None
+
+
+def test_people_lookups(example: Policy) -> None:
+    assert example.users == ("alice", "bob", "jim", "pat")
+    assert example.known_user("jim")  # only a group lists him
+    assert example.known_user(" ALICE ")
+    assert not example.known_user("maria")
+    assert example.groups_of("alice") == frozenset({"sales"})
+    assert example.groups_of("Jim") == frozenset({"warehouse"})
+
+
+def test_an_empty_policy_allows_everything_by_default(make_policy: PolicyMaker) -> None:
+    policy = make_policy("", geoip=False)
+    decision = policy.decide(make_facts(HOME, "/billing/1", user="jim"))
+    assert (decision.action, decision.rule_id, decision.country) == ("allow", "default_action", None)
+    assert policy.rule_count == 0
+    assert policy.warnings(MONDAY) == []
+    assert policy.settings_for("jim", MONDAY).timezone == "UTC"
+
+
+def test_rule_count_includes_compiled_defaults_and_overrides(example: Policy) -> None:
+    # 3 from defaults (lock-down block, allowed_networks, mobile_any_ip) + alice's exemption + 5 rules
+    assert example.rule_count == 9
