@@ -259,3 +259,14 @@ async def test_a_denied_request_with_a_body_does_not_let_its_body_through_as_a_r
         response = await send_raw(s.port, data, timeout=1.0)
         assert statuses(response) == [403]
         assert await s.crm_requests() == []
+
+
+async def test_metrics_stay_closed_to_a_spoofed_loopback_address(tmp_path: Path) -> None:
+    async with stack(tmp_path, client_ip={"trusted_proxies": ["127.0.0.9"]}) as s:
+        for name in ("X-Forwarded-For", "X_Forwarded_For", "X-Real-IP", "Forwarded"):
+            value = "for=127.0.0.1" if name == "Forwarded" else OFFICE
+            response = await send_raw(s.port, raw_request("GET", "/_gateway/metrics", ((name, value),)), source=HOME)
+            assert status_of(response) == 404, name
+        response = await send_raw(s.port, raw_request("GET", "/_gateway/metrics", ()), source=OFFICE)
+        assert status_of(response) == 200  # control: the office reads them
+        assert await s.crm_requests() == []

@@ -250,3 +250,15 @@ async def test_a_method_override_is_judged_as_the_method_it_asks_for(
         assert status_of(response) == 403
         assert await s.crm_requests() == []
         assert s.logs.events("access.denied")[-1]["functions"] == ["clock-in"]
+
+
+@pytest.mark.parametrize("target", ["/billing/live", "/%62illing/live", "/x/../billing/live"])
+async def test_a_websocket_upgrade_to_a_blocked_route_is_judged_like_any_request(tmp_path: Path, target: str) -> None:
+    async with stack(tmp_path) as s:
+        pat = await browser_login(s, "pat")
+        await s.reset_crm()
+        headers = [("Cookie", cookie_header(pat, s)), ("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                   ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13")]
+        response = await send_raw(s.port, raw_request("GET", target, headers, close=False), timeout=1.0)
+        assert status_of(response) == 403
+        assert await s.crm_requests() == []
