@@ -44,7 +44,7 @@ from zoneinfo import ZoneInfo
 from gateway.policy.geoip import GeoIP, GeoIPError
 from gateway.policy.loader import read_policy_files
 from gateway.policy.model import Decision, EffectiveSettings, IPAddress, RequestFacts
-from gateway.policy.networks import PrefixTable
+from gateway.policy.networks import PrefixTable, judged_address
 from gateway.policy.patterns import PathMatcher
 from gateway.policy.rules import (
     NO_NETWORK,
@@ -332,8 +332,11 @@ class Policy:
         at = facts.at
         segment = (info.timeline if info is not None else self._nobody).at(at)
         ip = facts.client_ip
-        number = int(ip)
         v4 = ip.version == 4
+        if not v4:
+            ip = judged_address(ip)  # the caller should have mapped IPv4-mapped IPv6; be sure
+            v4 = ip.version == 4
+        number = int(ip)
         geoip = self.geoip
         country = geoip.country_by_number(number, v4, ip) if geoip is not None else None
 

@@ -52,6 +52,13 @@ def _address(text: str) -> IPAddress:
     return address
 
 
+def judged_address(address: IPAddress) -> IPAddress:
+    """The address rules are matched against: an IPv4-mapped IPv6 address counts as IPv4."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def parse_entry(value: object) -> NetEntry:
     """An address, CIDR or ``a-b`` range; raises ValueError with an admin-facing message."""
     if not isinstance(value, str):

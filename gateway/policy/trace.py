@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway.policy.model import Decision, RequestFacts, TraceEntry
-from gateway.policy.networks import entry_contains, v6_prefix
+from gateway.policy.networks import entry_contains, judged_address, v6_prefix
 from gateway.policy.rules import NO_NETWORK, Key, Rule, SettingsSegment
 
 if TYPE_CHECKING:
@@ -49,13 +49,14 @@ def check_rule(
     network = NO_NETWORK
     shown = rule.describe()
     if rule.networks is not None:
-        blocks = [b for b in (entry_contains(e, facts.client_ip) for e in rule.networks) if b is not None]
+        address = judged_address(facts.client_ip)
+        blocks = [b for b in (entry_contains(e, address) for e in rule.networks) if b is not None]
         if blocks:
             block = max(blocks, key=v6_prefix)
             network = v6_prefix(block)
             shown += f" (matched {block}: /{network} in IPv6 terms)"
         else:
-            misses.append(f"{facts.client_ip} is in none of its networks")
+            misses.append(f"{address} is in none of its networks")
             network = rule.best_key()[3]
     if rule.countries is not None and (country in rule.countries) == rule.countries_negated:
         codes = ", ".join(sorted(rule.countries))
@@ -91,7 +92,7 @@ def explained(
     rules about this request's functions or user that did not match, with why.
     ``user`` is canonical; ``enforced`` is the rule the enforced verdict came from.
     """
-    country = policy.geoip.country(facts.client_ip) if policy.geoip is not None else None
+    country = policy.geoip.country(judged_address(facts.client_ip)) if policy.geoip is not None else None
     enforced_id = enforced.id if enforced is not None else None
     matched: list[tuple[Key, TraceEntry]] = []
     unmatched: list[TraceEntry] = []

@@ -1092,3 +1092,10 @@ def test_an_empty_policy_allows_everything_by_default(make_policy: PolicyMaker) 
 def test_rule_count_includes_compiled_defaults_and_overrides(example: Policy) -> None:
     # 3 from defaults (lock-down block, allowed_networks, mobile_any_ip) + alice's exemption + 5 rules
     assert example.rule_count == 9
+
+
+def test_an_ipv4_mapped_ipv6_client_is_judged_as_ipv4(example: Policy) -> None:
+    """The gateway maps them before asking (§3.1); the engine does not rely on it."""
+    mapped = example.decide(make_facts("::ffff:193.167.2.10", "/contacts", user="jim"), explain=True)
+    assert (mapped.action, mapped.rule_id, mapped.country) == ("allow", "defaults.allowed_networks", "GB")
+    assert [e.rule_id for e in mapped.trace if e.deciding] == ["defaults.allowed_networks"]
