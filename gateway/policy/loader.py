@@ -192,6 +192,8 @@ class _Reader:
                 self.add(section.where(key), f"{key}: '*' means any address; it cannot be mixed with others")
             return None
         if not items:
+            if not star:  # allowed_networks: [] is a plain "none"
+                return ()
             self.add(section.where(key), f"{key}: empty list (omit the key to mean any address)")
             return None
         out: list[NetEntry] = []
