@@ -76,6 +76,12 @@ def _media_type(content_type: str) -> tuple[str, str | None]:
     return kind, charset.strip().lower() if isinstance(charset, str) else None
 
 
+def _echo(text: str) -> str:
+    """Client text in a log message: quoted and at most 60 characters, so logs cannot be flooded."""
+    shown = repr(text)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
 def _only(values: list[str], field: str) -> str | None:
     if len(values) > 1:
         raise UnreadableLogin(f"the field {field!r} is given {len(values)} times")
@@ -92,7 +98,7 @@ def username_from_body(body: bytes, content_type: str, field: str) -> str | None
     """
     kind, charset = _media_type(content_type)
     if charset is not None and charset not in _UTF8:
-        raise UnreadableLogin(f"login body in charset {charset!r}; only UTF-8 is read")
+        raise UnreadableLogin(f"login body in charset {_echo(charset)}; only UTF-8 is read")
     if kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json")):
         return _from_json(body, field)
     if kind == MULTIPART:
@@ -103,7 +109,7 @@ def username_from_body(body: bytes, content_type: str, field: str) -> str | None
         except UnicodeDecodeError:
             raise UnreadableLogin("form body is not UTF-8") from None
         return _only(form_values(text, field), field)
-    raise UnreadableLogin(f"login body of type {kind!r} cannot be read")
+    raise UnreadableLogin(f"login body of type {_echo(kind)} cannot be read")
 
 
 def form_values(text: str, field: str) -> list[str]:
@@ -113,7 +119,7 @@ def form_values(text: str, field: str) -> list[str]:
         if name == field:
             values.append(value)
         elif php_field_name(name) == field:
-            raise UnreadableLogin(f"the field {name!r} reads as {field!r} in some back ends")
+            raise UnreadableLogin(f"the field {_echo(name)} reads as {field!r} in some back ends")
     return values
 
 
@@ -151,7 +157,7 @@ def _from_multipart(body: bytes, content_type: str, field: str) -> str | None:
             continue
         charset = part.get_content_charset()
         if charset is not None and charset.lower() not in _UTF8:
-            raise UnreadableLogin(f"the {field!r} part is in charset {charset!r}; only UTF-8 is read")
+            raise UnreadableLogin(f"the {field!r} part is in charset {_echo(charset)}; only UTF-8 is read")
         payload = part.get_payload(decode=True)
         if not isinstance(payload, bytes):
             raise UnreadableLogin(f"the {field!r} part cannot be read")

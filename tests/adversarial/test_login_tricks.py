@@ -67,56 +67,56 @@ class LoginShape:
 
 
 SHAPES = [
-    LoginShape("control: a plain form login as bob", "/login", FORM, b"username=bob&password=demo", 403),
-    LoginShape("upper case and spaces", "/login", FORM, b"username=+BOB+&password=demo", 403),
-    LoginShape("percent-encoded field name and value", "/login", FORM, b"user%6Eame=%62ob&password=demo", 403),
+    LoginShape("control: a plain form login as bob", "/login", FORM, b"username=bob&password=S3same", 403),
+    LoginShape("upper case and spaces", "/login", FORM, b"username=+BOB+&password=S3same", 403),
+    LoginShape("percent-encoded field name and value", "/login", FORM, b"user%6Eame=%62ob&password=S3same", 403),
     LoginShape("fullwidth letters (NFKC folds them to bob)", "/login", FORM,
-               "username=\uff42\uff4f\uff42&password=demo".encode(), 403),
+               "username=\uff42\uff4f\uff42&password=S3same".encode(), 403),
     LoginShape("no Content-Type (read as a form by many back ends)", "/login", None,
-               b"username=bob&password=demo", 403),
+               b"username=bob&password=S3same", 403),
     LoginShape("username twice in the body, victim first", "/login", FORM,
-               b"username=jim&username=bob&password=demo", 400),
+               b"username=jim&username=bob&password=S3same", 400),
     LoginShape("username twice in the body, victim last", "/login", FORM,
-               b"username=bob&username=jim&password=demo", 400),
-    LoginShape("username in the query string only", "/login?username=bob", FORM, b"password=demo", 400),
+               b"username=bob&username=jim&password=S3same", 400),
+    LoginShape("username in the query string only", "/login?username=bob", FORM, b"password=S3same", 400),
     LoginShape("username in the query string and another in the body", "/login?username=bob", FORM,
-               b"username=jim&password=demo", 400),
-    LoginShape("NUL after the name (C back ends stop there)", "/login", FORM, b"username=bob%00x&password=demo", 400),
+               b"username=jim&password=S3same", 400),
+    LoginShape("NUL after the name (C back ends stop there)", "/login", FORM, b"username=bob%00x&password=S3same", 400),
     LoginShape("form body declared UTF-16", "/login", f"{FORM}; charset=utf-16",
-               "username=bob&password=demo".encode("utf-16"), 400),
-    LoginShape("JSON", "/login", "application/json", b'{"username": "bob", "password": "demo"}', 403),
+               "username=bob&password=S3same".encode("utf-16"), 400),
+    LoginShape("JSON", "/login", "application/json", b'{"username": "bob", "password": "S3same"}', 403),
     LoginShape("JSON with a +json media type", "/login", "application/vnd.acme+json",
-               b'{"username": "bob", "password": "demo"}', 403),
+               b'{"username": "bob", "password": "S3same"}', 403),
     LoginShape("JSON, media type in upper case", "/login", "Application/JSON",
-               b'{"username": "bob", "password": "demo"}', 403),
+               b'{"username": "bob", "password": "S3same"}', 403),
     LoginShape("JSON with the username twice", "/login", "application/json",
-               b'{"username": "jim", "username": "bob", "password": "demo"}', 400),
+               b'{"username": "jim", "username": "bob", "password": "S3same"}', 400),
     LoginShape("JSON with a list as username", "/login", "application/json",
-               b'{"username": ["bob"], "password": "demo"}', 400),
+               b'{"username": ["bob"], "password": "S3same"}', 400),
     LoginShape("JSON with an operator object as username", "/login", "application/json",
                b'{"username": {"$ne": ""}, "password": {"$ne": ""}}', 400),
     LoginShape("JSON with a number as username", "/login", "application/json",
-               b'{"username": 7, "password": "demo"}', 400),
+               b'{"username": 7, "password": "S3same"}', 400),
     LoginShape("JSON declared UTF-16", "/login", "application/json; charset=utf-16",
-               json.dumps({"username": "bob", "password": "demo"}).encode("utf-16"), 400),
-    LoginShape("multipart", "/login", MULTIPART, multipart(field("username", "bob"), field("password", "demo")), 403),
+               json.dumps({"username": "bob", "password": "S3same"}).encode("utf-16"), 400),
+    LoginShape("multipart", "/login", MULTIPART, multipart(field("username", "bob"), field("password", "S3same")), 403),
     LoginShape("multipart, username part twice", "/login", MULTIPART,
-               multipart(field("username", "jim"), field("username", "bob"), field("password", "demo")), 400),
+               multipart(field("username", "jim"), field("username", "bob"), field("password", "S3same")), 400),
     LoginShape("multipart, username part declared UTF-16", "/login", MULTIPART,
                multipart(('Content-Disposition: form-data; name="username"\r\n'
                           "Content-Type: text/plain; charset=utf-16", "bob".encode("utf-16")),
-                         field("password", "demo")), 400),
+                         field("password", "S3same")), 400),
     LoginShape("multipart, RFC 2231 field name", "/login", MULTIPART,
                multipart(("Content-Disposition: form-data; name*=utf-8''username", b"bob"),
-                         field("password", "demo")), 403),
+                         field("password", "S3same")), 403),
     LoginShape("multipart, base64 part", "/login", MULTIPART,
                multipart(('Content-Disposition: form-data; name="username"\r\n'
-                          "Content-Transfer-Encoding: base64", b"Ym9i"), field("password", "demo")), 403),
-    LoginShape("a media type the gateway cannot read", "/login", "text/plain", b"username=bob&password=demo", 400),
-    LoginShape("login path with a trailing slash", "/login/", FORM, b"username=bob&password=demo", 403),
-    LoginShape("login path with ;params", "/login;jsessionid=1", FORM, b"username=bob&password=demo", 403),
+                          "Content-Transfer-Encoding: base64", b"Ym9i"), field("password", "S3same")), 403),
+    LoginShape("a media type the gateway cannot read", "/login", "text/plain", b"username=bob&password=S3same", 400),
+    LoginShape("login path with a trailing slash", "/login/", FORM, b"username=bob&password=S3same", 403),
+    LoginShape("login path with ;params", "/login;jsessionid=1", FORM, b"username=bob&password=S3same", 403),
     LoginShape("login path with a double slash and an encoded letter", "//%6Cogin", FORM,
-               b"username=bob&password=demo", 403),
+               b"username=bob&password=S3same", 403),
 ]
 
 
@@ -128,6 +128,7 @@ async def test_login_shapes_cannot_log_in_a_suspended_user(tmp_path: Path, shape
         assert status_of(response) == shape.status
         assert await s.crm_logins() == [], "the login reached the CRM"
         assert await s.crm_requests() == []
+        assert "S3same" not in s.logs.getvalue()  # refused or denied, the password is never logged
 
 
 async def test_a_successful_login_the_gateway_cannot_attribute_releases_nothing(tmp_path: Path) -> None:
@@ -197,3 +198,16 @@ async def test_a_compressed_login_body_is_refused(tmp_path: Path, encoding: str)
         response = await send_raw(s.port, raw_request("POST", "/login", headers, packed))
         assert status_of(response) == 400
         assert await s.crm_requests() == []
+
+
+async def test_refusal_logs_do_not_echo_long_client_text(tmp_path: Path) -> None:
+    async with stack(tmp_path, policy=suspended_bob()) as s:
+        long_type = "application/x-" + "a" * 8000
+        long_name = "username" + "[" * 5000 + "]"
+        for headers, body in (([("Content-Type", long_type)], b"username=bob"),
+                              ([("Content-Type", FORM)], f"{long_name}=bob&username=bob".encode())):
+            response = await send_raw(s.port, raw_request("POST", "/login", headers, body))
+            assert status_of(response) == 400
+        for event in s.logs.events("request.bad_login"):
+            assert len(event["error"]) < 200
+        assert len(s.logs.events("request.bad_login")) == 2
