@@ -153,7 +153,10 @@ def _from_multipart(body: bytes, content_type: str, field: str) -> str | None:
         return None
     values = []
     for part in message.iter_parts():
-        if part.get_param("name", header="content-disposition") != field:
+        name = part.get_param("name", header="content-disposition")
+        if name != field:
+            if isinstance(name, str) and php_field_name(name) == field:
+                raise UnreadableLogin(f"the part {_echo(name)} reads as {field!r} in some back ends")
             continue
         charset = part.get_content_charset()
         if charset is not None and charset.lower() not in _UTF8:

@@ -106,6 +106,9 @@ SHAPES = [
                multipart(('Content-Disposition: form-data; name="username"\r\n'
                           "Content-Type: text/plain; charset=utf-16", "bob".encode("utf-16")),
                          field("password", "S3same")), 400),
+    LoginShape("multipart, an array-style part name (PHP reads username[] as username)", "/login", MULTIPART,
+               multipart(field("username[]", "bob"), field("password", "S3same")), 400),
+    LoginShape("form, an array-style field name", "/login", FORM, b"username[]=bob&password=S3same", 400),
     LoginShape("multipart, RFC 2231 field name", "/login", MULTIPART,
                multipart(("Content-Disposition: form-data; name*=utf-8''username", b"bob"),
                          field("password", "S3same")), 403),
