@@ -32,6 +32,13 @@ _CHUNK = 64 * 1024
 # The longest request line or header line, in either direction: what a client may send
 # (a large Cookie) the CRM may send back (a large Set-Cookie). aiohttp's default is 8190.
 MAX_HEADER_LINE = 16 * 1024
+# The longest a client may leave a response unread before it is cut off (nginx's send_timeout).
+# A stalled reader otherwise holds its upstream connection, and a CRM worker, for ever.
+SEND_TIMEOUT = 60.0
+
+
+class ClientStalled(Exception):
+    """The client stopped reading the response for longer than SEND_TIMEOUT."""
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -178,11 +185,19 @@ class Proxy:
         ended_by_close = _close_delimited(upstream)
         try:
             async for chunk in upstream.content.iter_chunked(_CHUNK):
-                await response.write(chunk)
+                await _send(response, chunk)
             if ended_by_close is not None and ended_by_close.done() and ended_by_close.exception() is not None:
                 # A body without a length ends when the connection does; aiohttp reports a reset
                 # as a normal end. Relayed as complete, half an export would look like all of it.
                 raise aiohttp.ClientPayloadError("connection reset before the end of the body")
+        except ClientStalled:
+            log.warning("client.stalled", request_id=ex.request_id, client_ip=str(ex.client_ip),
+                        method=ex.request.method, path=ex.path.forward if ex.path else None,
+                        seconds=SEND_TIMEOUT)
+            upstream.close()
+            if ex.request.transport is not None:
+                ex.request.transport.abort()  # its buffer will not be read either
+            return response
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
             # Status already sent: the only honest signal left is to cut the connection.
             log.warning("upstream.broken_body", request_id=ex.request_id, error=type(exc).__name__,
@@ -275,6 +290,15 @@ class Proxy:
             request_id=ex.request_id,
             as_json=ex.wants_json,
         )
+
+
+async def _send(response: web.StreamResponse, chunk: bytes) -> None:
+    """Write a chunk; waiting on a client that does not read is bounded by SEND_TIMEOUT."""
+    try:
+        async with asyncio.timeout(SEND_TIMEOUT):
+            await response.write(chunk)
+    except TimeoutError:
+        raise ClientStalled from None
 
 
 def _close_delimited(upstream: ClientResponse) -> asyncio.Future[None] | None:

@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
+
 from gateway import logs
 from gateway.config import load_config
 from gateway.server import Server
@@ -186,3 +188,30 @@ async def test_oversized_and_malformed_heads_are_refused_logged_once_and_never_e
         assert "Traceback" not in text, "malformed requests are one event each, not a traceback"
     finally:
         assert gw.stop() == 0
+
+
+async def test_a_client_that_stops_reading_a_download_is_cut_off_and_the_crm_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalled reader would hold a CRM worker for ever (legacy CRMs have a handful); nginx's send_timeout."""
+    from gateway import proxy
+    from tests.e2e.harness import stack, wait_for
+
+    monkeypatch.setattr(proxy, "SEND_TIMEOUT", 1.0)
+    async with stack(tmp_path, policy={}) as s:
+        crm = s.crm_runner.server
+        assert crm is not None
+        reader, writer = await open_from(OFFICE, s.port)
+        writer.write(b"GET /download/large?size=268435456 HTTP/1.1\r\nHost: crm.example\r\n\r\n")
+        await writer.drain()
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        await wait_for(lambda: len(crm.connections) == 1)
+        started = time.monotonic()  # and now the client reads nothing more
+        await wait_for(lambda: not crm.connections, timeout=10)
+        assert time.monotonic() - started < 6, "the CRM was released once the send timeout passed"
+        stalled = s.logs.events("client.stalled")
+        assert len(stalled) == 1 and stalled[0]["path"] == "/download/large", stalled
+        assert not s.logs.events("upstream.broken_body"), "the CRM did nothing wrong"
+        writer.close()
+        async with s.client(OFFICE).get(s.url("/echo/after")) as resp:
+            assert resp.status == 200
