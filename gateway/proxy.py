@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from http.cookies import SimpleCookie
 
 import aiohttp
@@ -35,10 +35,13 @@ MAX_HEADER_LINE = 16 * 1024
 # The longest a client may leave a response unread before it is cut off (nginx's send_timeout).
 # A stalled reader otherwise holds its upstream connection, and a CRM worker, for ever.
 SEND_TIMEOUT = 60.0
+# The longest a request body may pause (nginx's client_body_timeout): a slow POST otherwise
+# holds its upstream connection, and a CRM worker waiting for the rest, for ever.
+RECEIVE_TIMEOUT = 60.0
 
 
 class ClientStalled(Exception):
-    """The client stopped reading the response for longer than SEND_TIMEOUT."""
+    """The client stopped sending its body, or reading the response, for longer than allowed."""
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -140,7 +143,7 @@ class Proxy:
         request = ex.request
         if _is_websocket(request):
             return await self._websocket(ex)
-        body = ex.body if ex.body is not None else (request.content if request.body_exists else None)
+        body = ex.body if ex.body is not None else (_client_body(ex) if request.body_exists else None)
         started = time.perf_counter()
         try:
             upstream = await self.client.request(
@@ -153,10 +156,12 @@ class Proxy:
                 compress=False,
                 chunked=None,
             )
-        except TimeoutError:
-            return self._failure(ex, 504, "upstream_timeout")
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError,
-                OSError) as exc:
+        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
+                aiohttp.ClientResponseError, OSError) as exc:
+            if ex.state.get(_STALLED_BODY):
+                return self._stalled_body(ex)
+            if isinstance(exc, TimeoutError):
+                return self._failure(ex, 504, "upstream_timeout")
             if request.transport is None or request.transport.is_closing():
                 raise  # the client left; nothing to answer
             return self._failure(ex, 502, "upstream_unavailable", error=type(exc).__name__)
@@ -272,6 +277,15 @@ class Proxy:
             await upstream_ws.close()
         return client_ws
 
+    def _stalled_body(self, ex: Exchange) -> web.Response:
+        log.warning("client.stalled", request_id=ex.request_id, client_ip=str(ex.client_ip),
+                    method=ex.request.method, path=ex.path.forward if ex.path else None,
+                    seconds=RECEIVE_TIMEOUT, waiting_for="request body")
+        response = denial(status=408, reason="request_timeout", client_ip=str(ex.client_ip),
+                          request_id=ex.request_id, as_json=ex.wants_json)
+        response.force_close()  # the rest of the body may still come: do not read it as a request
+        return response
+
     def _failure(self, ex: Exchange, status: int, reason: str, **extra: str) -> web.Response:
         UPSTREAM_ERRORS.labels(str(status)).inc()
         log.error(
@@ -290,6 +304,24 @@ class Proxy:
             request_id=ex.request_id,
             as_json=ex.wants_json,
         )
+
+
+_STALLED_BODY = "proxy.stalled_body"
+
+
+async def _client_body(ex: Exchange) -> AsyncIterator[bytes]:
+    """The client's request body as it arrives; a pause longer than RECEIVE_TIMEOUT ends it."""
+    content = ex.request.content
+    while True:
+        try:
+            async with asyncio.timeout(RECEIVE_TIMEOUT):
+                chunk = await content.readany()
+        except TimeoutError:
+            ex.state[_STALLED_BODY] = True  # what the failed upstream request is to be blamed on
+            raise ClientStalled from None
+        if not chunk:
+            return
+        yield chunk
 
 
 async def _send(response: web.StreamResponse, chunk: bytes) -> None:

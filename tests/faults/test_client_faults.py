@@ -169,6 +169,8 @@ async def test_oversized_and_malformed_heads_are_refused_logged_once_and_never_e
     try:
         for data in OVERSIZED.values():  # warm-up: the first of each shape allocates
             await raw_exchange(gw.port, data)
+        # ...and the pooled connection to the CRM that serves the office in between is part of it.
+        assert (await fetch(gw.port, "/echo/still-here", source=OFFICE)).status == 200
         baseline = Footprint.of(gw)
         seen_before = len(gw.events("request.malformed"))
         for label, data in OVERSIZED.items():
@@ -215,3 +217,37 @@ async def test_a_client_that_stops_reading_a_download_is_cut_off_and_the_crm_rel
         writer.close()
         async with s.client(OFFICE).get(s.url("/echo/after")) as resp:
             assert resp.status == 200
+
+
+async def test_a_client_that_stalls_its_upload_gets_a_408_and_the_crm_is_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slow-POST form of slowloris: the body trickles, then stops (nginx's client_body_timeout)."""
+    from gateway import proxy
+    from tests.e2e.harness import stack, wait_for
+
+    monkeypatch.setattr(proxy, "RECEIVE_TIMEOUT", 1.0)
+    async with stack(tmp_path, policy={}) as s:
+        crm = s.crm_runner.server
+        assert crm is not None
+        reader, writer = await open_from(OFFICE, s.port)
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: crm.example\r\nContent-Length: 1000000\r\n\r\n" + b"u" * 1000)
+        await writer.drain()
+        await wait_for(lambda: len(crm.connections) == 1)
+        started = time.monotonic()  # and now the body stops
+        answer = await asyncio.wait_for(reader.read(65536), 10)
+        assert status_of(answer) == 408, answer[:200]
+        assert time.monotonic() - started < 4
+        await wait_for(lambda: not crm.connections, timeout=5)
+        stalled = s.logs.events("client.stalled")
+        assert len(stalled) == 1 and stalled[0]["path"] == "/upload", stalled
+        assert not s.logs.events("upstream.failed"), "the CRM did nothing wrong"
+        writer.close()
+        # A body that keeps coming, however slowly, is not cut.
+        async def trickle() -> AsyncIterator[bytes]:
+            for _ in range(4):
+                yield b"x" * 1000
+                await asyncio.sleep(0.5)
+
+        async with s.client(OFFICE).post(s.url("/upload"), data=trickle()) as resp:
+            assert resp.status == 200 and (await resp.json())["bytes"] == 4000
