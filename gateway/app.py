@@ -84,8 +84,10 @@ class Gateway:
         self.in_flight = 0
         self.draining = False
         self.websockets: set[web.WebSocketResponse] = set()
+        # auto_decompress off: the CRM must get the body bytes the client sent, under the client's
+        # own Content-Encoding and Content-Length (decoded bytes under them would desync the stream).
         self.app = web.Application(handler_args={"max_field_size": MAX_HEADER_LINE, "max_line_size": MAX_HEADER_LINE,
-                                                 "logger": server_logger()})
+                                                 "logger": server_logger(), "auto_decompress": False})
         self.app[GATEWAY] = self
         self.app.cleanup_ctx.append(self._resources_ctx)
         self.app.router.add_route("*", "/{tail:.*}", self.handle)

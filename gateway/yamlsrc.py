@@ -96,6 +96,16 @@ class Sequence(list[Any]):
 class _LineLoader(yaml.SafeLoader):
     file_name = "<string>"
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, OverflowError, AttributeError) as exc:
+            # PyYAML resolves '0x:1F' as an int and then int() fails, or meets '!!timestamp junk':
+            # either way, a bad value at this node.
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read value {node.value!r}: {exc}", node.start_mark
+            ) from None
+
     def construct_yaml_map(self, node: yaml.MappingNode) -> Iterator[Mapping]:  # type: ignore[override]
         mapping = Mapping()
         mapping.file = self.file_name
@@ -131,19 +141,22 @@ _LineLoader.add_constructor("tag:yaml.org,2002:seq", _LineLoader.construct_yaml_
 
 def parse_yaml(text: str, file_name: str) -> Any:
     """Parse YAML text; syntax errors become a ConfigError naming file:line."""
-    loader = _LineLoader(text)
-    loader.file_name = file_name
     try:
+        loader = _LineLoader(text)  # the reader may reject a control character already here
+        loader.file_name = file_name
         return loader.get_single_data()
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        message = f"character #x{char:04x} is not allowed: {exc.reason}"
+        raise ConfigError([Problem(Where(file_name, line), message)]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
-        message = " ".join(part for part in (exc.context, exc.problem) if part)
+        message = " ".join(" ".join(part.split()) for part in (exc.context, exc.problem) if part)
         raise ConfigError([Problem(Where(file_name, line), message or "invalid YAML")]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([Problem(Where(file_name, 1), str(exc))]) from None
-    finally:
-        loader.dispose()
+        raise ConfigError([Problem(Where(file_name, 1), " ".join(str(exc).split()))]) from None
 
 
 def load_yaml(path: Path, display_name: str | None = None) -> Any:
