@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterable
 from http.cookies import SimpleCookie
 
 import aiohttp
-from aiohttp import ClientResponse, ClientSession, WSMsgType, web
+from aiohttp import ClientResponse, ClientSession, WSCloseCode, WSMsgType, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -249,6 +249,7 @@ class Proxy:
         async def pump(
             source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
             sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+            broken: WSCloseCode,
         ) -> None:
             async for message in source:
                 if message.type == WSMsgType.TEXT:
@@ -257,12 +258,11 @@ class Proxy:
                     await sink.send_bytes(message.data)
                 elif message.type == WSMsgType.ERROR:
                     break
-            code = source.close_code or 1000
             if not sink.closed:
-                await sink.close(code=code, message=b"")
+                await sink.close(code=_relayed_close_code(source.close_code, broken), message=b"")
 
-        tasks = [asyncio.ensure_future(pump(client_ws, upstream_ws)),
-                 asyncio.ensure_future(pump(upstream_ws, client_ws))]
+        tasks = [asyncio.ensure_future(pump(client_ws, upstream_ws, WSCloseCode.GOING_AWAY)),
+                 asyncio.ensure_future(pump(upstream_ws, client_ws, WSCloseCode.BAD_GATEWAY))]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             # Give the other direction a moment to deliver the close, then stop it.
@@ -274,7 +274,9 @@ class Proxy:
                 with contextlib.suppress(BaseException):
                     await task
             self.websockets.discard(client_ws)
-            await upstream_ws.close()
+            # Still open here, the relay ended without a close from the client (it vanished, or
+            # the request was cancelled): the CRM hears "going away", not a normal closure.
+            await upstream_ws.close(code=WSCloseCode.GOING_AWAY)
         return client_ws
 
     def _stalled_body(self, ex: Exchange) -> web.Response:
@@ -345,6 +347,20 @@ def _close_delimited(upstream: ClientResponse) -> asyncio.Future[None] | None:
     connection = upstream.connection
     protocol = connection.protocol if connection is not None else None
     return protocol.closed if protocol is not None else None
+
+
+def _relayed_close_code(code: int | None, broken: WSCloseCode) -> int:
+    """The close code to pass on: the other side's own, unless a close frame may not carry it.
+
+    1005, 1006 and 1015 only describe how a connection ended (no code, no close frame, TLS
+    failure) and are never sent (RFC 6455 §7.4.1); browsers fail the connection on them. A
+    side that vanished is reported as ``broken``: 1014 for the CRM, 1001 for the client.
+    """
+    if code is None:
+        return WSCloseCode.OK
+    if code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999:
+        return code
+    return broken if code in (WSCloseCode.ABNORMAL_CLOSURE, 1015) else WSCloseCode.OK
 
 
 def _is_websocket(request: web.Request) -> bool:
