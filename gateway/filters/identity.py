@@ -293,6 +293,10 @@ class IdentityFilter:
             ex.user = username_from_body(ex.body, request.headers.get("Content-Type", ""), field)
         except UnreadableLogin as exc:
             return self._bad(ex, str(exc))
+        if ex.user is None:
+            # Judged without a name, the login POST would pass as an anonymous public request:
+            # fail closed (it also tells an admin whose username_field is wrong at once).
+            return self._bad(ex, f"no {field!r} field in the login body")
         ex.state["login_attempt"] = True
         return None
 
