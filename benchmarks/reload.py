@@ -1,0 +1,184 @@
+"""A large policy: idle memory, and SIGHUP reloads under steady traffic.
+
+    python benchmarks/reload.py [--rules 100000] [--rate 200] [--reloads 3] [--out benchmarks/results/reload.json]
+
+Generates the benchmark policy with ``--rules`` rules (example policy +
+generated rules, as run.py but 100x more), starts ``serve`` (1 worker, nginx
+upstream, ``logging.level: info`` so the ``config.reloaded`` events are
+written), and reports:
+
+- start-up time (spawn to first answer) and idle RSS (after start and a few requests);
+- with a steady open-loop ``--rate`` of authenticated requests running, ``--reloads``
+  SIGHUPs a few seconds apart: each reload's duration (SIGHUP sent -> the
+  ``config.reloaded`` event's own timestamp), the peak RSS while two policies
+  coexist, and the latency of requests due during each reload;
+- failed requests over the whole run (any non-2xx, error or timeout).
+
+Targets (issue 6): idle RSS < 150 MiB, reload < 1 s, no request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import benchconfig
+from openloop import summary
+from procstat import TreeSample, reset_tree_peak
+from run import run_wrk
+from services import BENCH, Services, free_port
+
+
+def events(log_text: str, name: str) -> list[dict[str, Any]]:
+    out = []
+    for line in log_text.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == name:
+            out.append(event)
+    return out
+
+
+def event_time(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rules", type=int, default=100_000)
+    parser.add_argument("--rate", type=float, default=200.0, help="steady requests per second during reloads")
+    parser.add_argument("--reloads", type=int, default=3)
+    parser.add_argument("--interval", type=float, default=8.0, help="seconds between SIGHUPs")
+    parser.add_argument("--out", default=str(BENCH / "results" / "reload.json"))
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="crmgw-reload-"))
+    result: dict[str, Any] = {"rules_generated": args.rules, "rate": args.rate}
+    load_proc: subprocess.Popen[str] | None = None
+    try:
+        with Services(workdir) as services:
+            upstream = services.nginx_upstream()
+            port = free_port()
+            config = benchconfig.write_config(workdir / "gw", port=port, upstream_port=upstream.port,
+                                              rules=args.rules, level="info")
+            result["policy_bytes"] = sum(p.stat().st_size for p in (workdir / "gw").glob("*.yaml"))
+            started = time.monotonic()
+            gateway = services.gateway(config, port, 1, "gateway")
+            result["startup_s"] = time.monotonic() - started
+            started_events = events(gateway.log_text(), "gateway.started")
+            result["rules_loaded"] = started_events[0].get("rules") if started_events else None
+            cookie = benchconfig.minted_cookie(config)
+            time.sleep(1.0)
+            result["rss_after_start_mib"] = TreeSample.read(gateway.pid).rss / 2**20
+            run_wrk(port, 1, cookie, connections=4)  # a few thousand requests: caches and pools warm
+            time.sleep(2.0)
+            idle = TreeSample.read(gateway.pid)
+            result["idle_rss_mib"] = idle.rss / 2**20
+            print(f"{result['rules_loaded']} rules loaded in {result['startup_s']:.1f} s; idle RSS "
+                  f"{result['idle_rss_mib']:.1f} MiB", file=sys.stderr, flush=True)
+
+            settle = 3.0
+            # Open-ended steady load: stopped with SIGTERM once the last reload is done (it then reports).
+            load_proc = subprocess.Popen(
+                [sys.executable, str(BENCH / "openloop.py"), "--port", str(port), "--rate", str(args.rate),
+                 "--duration", "3600", "--warmup", "0.5", "--timeline", "-H", f"Cookie: {cookie}"],
+                stdout=subprocess.PIPE, text=True)
+            time.sleep(0.5 + settle)
+            reloads = []
+            for index in range(args.reloads):
+                seen = len(events(gateway.log_text(), "config.reloaded"))
+                reset_tree_peak(gateway.pid)
+                before = TreeSample.read(gateway.pid)
+                sent = time.time()
+                gateway.popen.send_signal(signal.SIGHUP)
+                deadline = time.monotonic() + 300
+                event = None
+                while time.monotonic() < deadline:
+                    done = events(gateway.log_text(), "config.reloaded")
+                    failed = events(gateway.log_text(), "config.reload_failed")
+                    if failed:
+                        raise RuntimeError(f"reload failed: {failed[-1]}")
+                    if len(done) > seen:
+                        event = done[-1]
+                        break
+                    time.sleep(0.01)
+                if event is None:
+                    raise RuntimeError("no config.reloaded event within 300 s")
+                after = TreeSample.read(gateway.pid)
+                entry = {
+                    "sighup_at": sent,
+                    "duration_s": event_time(event) - sent,
+                    "rules": event.get("rules"),
+                    "peak_rss_mib": after.peak / 2**20,
+                    "rss_before_mib": before.rss / 2**20,
+                    "cpu_s": after.cpu - before.cpu,
+                }
+                reloads.append(entry)
+                print(f"reload {index + 1}: {entry['duration_s']:.3f} s, peak RSS {entry['peak_rss_mib']:.1f} MiB",
+                      file=sys.stderr, flush=True)
+                time.sleep(max(0.0, sent + args.interval - time.time()))
+            time.sleep(2.0)
+            load_proc.send_signal(signal.SIGTERM)
+            load: dict[str, Any] = json.loads(load_proc.communicate(timeout=120)[0])
+            result["rss_after_reloads_mib"] = TreeSample.read(gateway.pid).rss / 2**20
+    finally:
+        if load_proc is not None and load_proc.poll() is None:
+            load_proc.kill()
+            load_proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    timeline = load.pop("timeline")
+    zero = load["started_at"]
+    for entry in reloads:
+        window_start = entry["sighup_at"] - zero
+        window_end = window_start + entry["duration_s"] + 0.5
+        during = [t for t in timeline if window_start <= t[0] <= window_end]
+        entry["requests_during"] = len(during)
+        entry["failed_during"] = sum(not (t[2].isdigit() and 200 <= int(t[2]) < 300) for t in during)
+        entry["latency_during_ms"] = summary([t[1] for t in during]) if during else None
+    result["load"] = load
+    result["reloads"] = reloads
+    durations = sorted(r["duration_s"] for r in reloads)
+    result["reload_s_median"] = durations[len(durations) // 2]
+    result["reload_s_max"] = durations[-1]
+    result["targets"] = {
+        "idle RSS < 150 MiB": result["idle_rss_mib"] < 150,
+        "reload < 1 s (every reload)": result["reload_s_max"] < 1.0,
+        "no failed request": load["failed"] == 0,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+
+    print(f"\n{result['rules_loaded']} rules ({result['policy_bytes'] / 2**20:.1f} MiB of YAML)")
+    print(f"start-up {result['startup_s']:.1f} s; RSS after start {result['rss_after_start_mib']:.1f} MiB, "
+          f"idle {result['idle_rss_mib']:.1f} MiB, after reloads {result['rss_after_reloads_mib']:.1f} MiB")
+    print(f"steady load {args.rate:.0f} rps: {load['requests']} requests, {load['failed']} failed; "
+          f"p50 {load['latency_ms']['p50']:.2f} ms, p99 {load['latency_ms']['p99']:.2f} ms, "
+          f"max {load['latency_ms']['max']:.1f} ms")
+    for index, r in enumerate(reloads, 1):
+        lat = r["latency_during_ms"] or {"p50": float("nan"), "max": float("nan")}
+        print(f"reload {index}: {r['duration_s']:.3f} s (CPU {r['cpu_s']:.2f} s), "
+              f"peak RSS {r['peak_rss_mib']:.1f} MiB; "
+              f"{r['requests_during']} requests due meanwhile, {r['failed_during']} failed, "
+              f"p50 {lat['p50']:.1f} ms, max {lat['max']:.1f} ms")
+    for label, met in result["targets"].items():
+        print(f"  {label:32} {'met' if met else 'NOT met'}")
+    print(f"JSON: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
