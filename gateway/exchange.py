@@ -34,6 +34,9 @@ class Exchange:
     peer_ip: IPAddress
     client_ip: IPAddress
     path: NormalisedPath | None = None
+    # Scheme and host the client used, as a trusted front reports them (else this connection's).
+    scheme: str | None = None
+    forwarded_host: str | None = None
     query: str = ""
     channel: str = "web"
     user: str | None = None

@@ -91,7 +91,7 @@ class Proxy:
     def new_client(upstream: Upstream) -> ClientSession:
         """The process-wide pooled client; opened and closed by the app's cleanup_ctx."""
         connector = aiohttp.TCPConnector(
-            limit=0, ttl_dns_cache=300, keepalive_timeout=60, enable_cleanup_closed=True
+            limit=0, ttl_dns_cache=300, keepalive_timeout=upstream.keepalive, enable_cleanup_closed=True
         )
         client = ClientSession(
             connector=connector,
@@ -131,8 +131,8 @@ class Proxy:
         client_ip = str(ex.client_ip)
         out[h.X_FORWARDED_FOR] = client_ip
         out[h.X_REAL_IP] = client_ip
-        out[h.X_FORWARDED_PROTO] = request.scheme
-        host = request.headers.get("Host")
+        out[h.X_FORWARDED_PROTO] = ex.scheme or request.scheme
+        host = ex.forwarded_host or request.headers.get("Host")
         if host:
             out[h.X_FORWARDED_HOST] = host
         out[h.REQUEST_ID] = ex.request_id

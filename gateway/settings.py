@@ -32,6 +32,9 @@ class Upstream:
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     preserve_host: bool = True
+    # Idle pooled connections are dropped after this; keep it under the CRM's own keep-alive
+    # timeout (Apache's default is 5 s), since a request is never sent twice (see proxy.py).
+    keepalive: float = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +155,7 @@ def parse_settings(data: Any, path: Path, problems: Problems) -> Settings:
     if (listen.tls_cert is None) != (listen.tls_key is None):
         problems.add(listen_s.where("tls"), "listen.tls: needs both cert and key")
 
-    up_s = top.section("upstream", allowed=("url", "connect_timeout", "read_timeout", "preserve_host"))
+    up_s = top.section("upstream", allowed=("url", "connect_timeout", "read_timeout", "preserve_host", "keepalive"))
     url = up_s.str("url", "")
     if not url:
         problems.add(top.where("upstream"), "upstream.url is required")
@@ -165,6 +168,7 @@ def parse_settings(data: Any, path: Path, problems: Problems) -> Settings:
         connect_timeout=up_s.number("connect_timeout", 5.0),
         read_timeout=up_s.number("read_timeout", 60.0),
         preserve_host=up_s.bool("preserve_host", True),
+        keepalive=up_s.duration("keepalive", 4.0),
     )
 
     ip_s = top.section("client_ip", allowed=("trusted_proxies", "header"))

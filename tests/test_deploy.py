@@ -743,8 +743,6 @@ async def test_tls_front_makes_the_gateway_see_the_client_and_passes_websockets(
                 assert (await ws.receive(timeout=5)).data == "through nginx"
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/proxy.py sets X-Forwarded-Proto from its own socket (http), "
-                   "ignoring the trusted front's X-Forwarded-Proto: the CRM behind a TLS front is told http")
 async def test_tls_front_scheme_reaches_the_crm(tmp_path: Path) -> None:
     text = NGINX_TLS.read_text()
     cert, key = self_signed(tmp_path)

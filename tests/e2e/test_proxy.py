@@ -189,8 +189,14 @@ async def test_malformed_paths_answer_400_and_are_logged(tmp_path: Path, path: s
 async def test_trusted_proxy_chain_gives_the_real_client(tmp_path: Path) -> None:
     async with stack(tmp_path, policy=OPEN, client_ip={"trusted_proxies": ["127.0.0.5", "10.0.0.0/8"]}) as s:
         lb = s.client("127.0.0.5")
-        async with lb.get(s.url("/echo"), headers={"X-Forwarded-For": "198.51.100.7, 203.0.113.9, 10.1.2.3"}) as r:
-            assert echo_headers(await r.json())["x-forwarded-for"] == ["203.0.113.9"]
+        sent = {"X-Forwarded-For": "198.51.100.7, 203.0.113.9, 10.1.2.3", "X-Forwarded-Proto": "https",
+                "X-Forwarded-Host": "crm.example.com"}
+        async with lb.get(s.url("/echo"), headers=sent) as r:
+            headers = echo_headers(await r.json())
+            assert headers["x-forwarded-for"] == ["203.0.113.9"]
+            # A trusted front's view of scheme and host is passed on; nobody else's is.
+            assert headers["x-forwarded-proto"] == ["https"]
+            assert headers["x-forwarded-host"] == ["crm.example.com"]
         # The same header from an untrusted peer is ignored.
         async with s.client(HOME).get(s.url("/echo"), headers={"X-Forwarded-For": "203.0.113.9"}) as r:
             assert echo_headers(await r.json())["x-forwarded-for"] == [HOME]
