@@ -93,8 +93,10 @@ class TwoFactorEndpoint:
         log.warning("mfa.failed", request_id=ex.request_id, user=user, client_ip=str(ex.client_ip),
                     result=result.name.lower())
         if result is VerifyResult.LOCKED:
+            left = await self.verifier.locked_for(user)
             return denial(status=429, reason="mfa_locked", client_ip=str(ex.client_ip),
-                          request_id=ex.request_id, as_json=as_json or ex.wants_json, retry_after=900)
+                          request_id=ex.request_id, as_json=as_json or ex.wants_json,
+                          retry_after=int(left or 0) + 1)
         if as_json:
             return _json(401, {"mfa_required": True, "error": "invalid_code", "mfa_url": TWO_FACTOR_PATH})
         return self._form(ex, target, error="That code was not accepted. Try the next one.", status=401)
