@@ -151,8 +151,14 @@ class Services:
 {rules}
         deny all;
         client_max_body_size 0;
+        # Streaming both ways with 64 KiB buffers (the gateway's chunk size); nginx's default
+        # 4-8 KiB buffers halve its large-download throughput here.
         proxy_request_buffering off;
         proxy_buffering off;
+        proxy_buffer_size 64k;
+        proxy_buffers 4 64k;
+        proxy_busy_buffers_size 128k;
+        client_body_buffer_size 64k;
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
