@@ -169,6 +169,13 @@ async def test_workers_share_a_port_reload_together_and_drain(tmp_path: Path, cr
             for _ in range(20):
                 async with client.get(f"http://127.0.0.1:{port}/projects", allow_redirects=False) as resp:
                     assert resp.status == 403
+            # Metrics add up across the workers, whichever answers the scrape.
+            for _ in range(4):
+                async with client.get(f"http://127.0.0.1:{port}/_gateway/metrics") as resp:
+                    text = await resp.text()
+                denied = [line for line in text.splitlines()
+                          if line.startswith('crmgw_requests_total{decision="deny",reason="function_blocked"}')]
+                assert denied and float(denied[0].split()[-1]) == 20.0, denied
 
             slow = asyncio.ensure_future(client.get(f"http://127.0.0.1:{port}/slow?seconds=2"))
             await asyncio.sleep(0.5)
