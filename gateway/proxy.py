@@ -29,6 +29,8 @@ from gateway.settings import Upstream
 log = get_logger("proxy")
 
 _CHUNK = 64 * 1024
+# Responses up to this size are read whole and sent in one write (see Proxy._relay_small).
+SMALL_BODY = 64 * 1024
 # The longest request line or header line, in either direction: what a client may send
 # (a large Cookie) the CRM may send back (a large Set-Cookie). aiohttp's default is 8190.
 MAX_HEADER_LINE = 16 * 1024
@@ -177,10 +179,12 @@ class Proxy:
             upstream.release()
 
     async def _relay(self, ex: Exchange, upstream: ClientResponse) -> web.StreamResponse:
+        length = upstream.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) <= SMALL_BODY and ex.request.method != "HEAD":
+            return await self._relay_small(ex, upstream)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(end_to_end(upstream.headers))
         response.headers[h.REQUEST_ID] = ex.request_id
-        length = upstream.headers.get("Content-Length")
         if length is not None and length.isdigit():
             response.content_length = int(length)
         await ex.before_send(response)
@@ -215,6 +219,23 @@ class Proxy:
             upstream.close()  # the client left: drop the upstream request too
             raise
         await response.write_eof()
+        return response
+
+    async def _relay_small(self, ex: Exchange, upstream: ClientResponse) -> web.StreamResponse:
+        """A body of known, small length (most CRM pages): read it, then answer with one write.
+
+        Memory stays bounded (SMALL_BODY), and the status can still become a 502
+        if the CRM breaks off before the end, since nothing was sent yet.
+        """
+        try:
+            body = await upstream.read()
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            upstream.close()
+            return self._failure(ex, 502, "upstream_unavailable", error=type(exc).__name__)
+        headers = end_to_end(upstream.headers, drop=("content-length",))
+        headers[h.REQUEST_ID] = ex.request_id
+        response = web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
+        await ex.before_send(response)
         return response
 
     async def _websocket(self, ex: Exchange) -> web.StreamResponse:

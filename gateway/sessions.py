@@ -71,6 +71,37 @@ def fingerprint(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+class CachedCookieStorage(EncryptedCookieStorage):
+    """Encrypted-cookie sessions that remember what recent cookies decrypted to.
+
+    A browser sends the same cookie on every request until the session changes,
+    and authenticating + decrypting it (Fernet) is the costliest step of a
+    request. The cache is keyed by the whole cookie value, which Fernet has
+    authenticated once, so it can only return what that exact cookie holds;
+    expiry and revocation are still judged on every request by SessionStore.
+    """
+
+    CACHE_SIZE = 4096
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._decoded: dict[str, Any] = {}
+
+    async def load_session(self, request: web.Request) -> Session:
+        cookie = self.load_cookie(request)
+        if cookie is None:
+            return Session(None, data=None, new=True, max_age=self.max_age)
+        data = self._decoded.get(cookie)
+        if data is None:
+            session = await super().load_session(request)
+            if not session.new:
+                if len(self._decoded) >= self.CACHE_SIZE:
+                    self._decoded.pop(next(iter(self._decoded)))  # oldest first: dicts keep order
+                self._decoded[cookie] = {"created": session.created, "session": dict(session)}
+            return session
+        return Session(None, data=data, new=False, max_age=self.max_age)
+
+
 class SessionStore:
     """Loads and saves gateway sessions; storage failures become StateUnavailable."""
 
@@ -91,7 +122,7 @@ class SessionStore:
                                                     socket_connect_timeout=0.5)
             self.storage = RedisStorage(client, key_factory=lambda: os.urandom(24).hex(), **params)
         else:
-            self.storage = EncryptedCookieStorage(Fernet(base64.urlsafe_b64encode(load_secret_key(settings))),
+            self.storage = CachedCookieStorage(Fernet(base64.urlsafe_b64encode(load_secret_key(settings))),
                                                   **params)
         self.cookie_name = settings.cookie_name
 
