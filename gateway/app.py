@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
-from dataclasses import asdict
 from datetime import UTC, datetime
 
 from aiohttp import ClientSession, WSCloseCode, web
@@ -148,7 +147,7 @@ class Gateway:
                 "ip_lockdown": settings.ip_lockdown,
                 "mobile_any_ip": settings.mobile_any_ip,
                 "require_2fa": settings.require_2fa,
-                "login_hours": _hours_text(settings.login_hours),
+                "login_hours": settings.login_hours.describe() if settings.login_hours else None,
                 "timezone": settings.timezone,
                 "overrides": list(settings.overrides),
             },
@@ -192,16 +191,6 @@ class Gateway:
         for task in closing:
             task.cancel()
         return self.in_flight == 0
-
-
-def _hours_text(hours: object) -> object:
-    if hours is None:
-        return None
-    try:
-        data = asdict(hours)  # type: ignore[call-overload]
-    except TypeError:
-        return str(hours)
-    return {k: (sorted(v) if isinstance(v, frozenset) else str(v)) for k, v in data.items()}
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
