@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import benchconfig
-from services import BENCH, HOST, Services, free_port
+from services import BENCH, HOST, REPO, Services, free_port
 
 PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
 _LINE = re.compile(r":\d+\)$")
@@ -106,6 +106,10 @@ def analyse(raw: str, top: int = 30) -> str:
     block("Cumulative time by area (any frame of the stack)", areas_cumulative, 20)
     block(f"Top {top} functions by self time", self_time, top)
     block(f"Top {top} functions by cumulative time", cumulative, top)
+    ours = Counter({name: count for name, count in cumulative.items()
+                    if ("gateway/" in name and "__main__" not in name and "cli.py" not in name)
+                    or "aiohttp_session" in name or "prometheus_client" in name})
+    block("The gateway's own functions (and aiohttp-session, prometheus_client) by cumulative time", ours, top)
     return "\n".join(out)
 
 
@@ -116,10 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--native", action="store_true", help="include native (C) frames")
     parser.add_argument("--out", default=str(BENCH / "results"), help="directory for profile-*.txt/svg")
+    parser.add_argument("--analyse", metavar="RAW", help="only analyse an existing py-spy raw file")
+    parser.add_argument("--tree", type=Path, default=REPO, help="source tree to run serve from")
+    parser.add_argument("--name", default="", help="suffix for the output files")
     args = parser.parse_args(argv)
+    if args.analyse:
+        print(analyse(Path(args.analyse).read_text()))
+        return 0
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"profile-{args.upstream}" + ("-native" if args.native else "")
+    stem = f"profile-{args.upstream}" + ("-native" if args.native else "") + (f"-{args.name}" if args.name else "")
     workdir = Path(tempfile.mkdtemp(prefix="crmgw-profile-"))
     try:
         with Services(workdir) as services:
@@ -127,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             config = benchconfig.write_config(workdir / "gw", port=port, upstream_port=upstream.port,
                                               rules=1000)
-            gateway = services.gateway(config, port, 1, "gateway")
+            gateway = services.gateway(config, port, 1, "gateway", tree=args.tree.resolve())
             cookie = (benchconfig.minted_cookie(config) if args.upstream == "nginx"
                       else asyncio.run(benchconfig.login_cookie(port)))
             url = f"http://{HOST}:{port}/health"
@@ -148,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report = analyse(raw_path.read_text())
-    header = (f"py-spy profile of `serve` (1 worker) under wrk -t1 -c50, upstream {args.upstream}, "
+    header = (f"py-spy profile of `serve` (1 worker, {args.tree}) under wrk -t1 -c50, upstream {args.upstream}, "
               f"{args.seconds} s at {args.rate} Hz{' with native frames' if args.native else ''}\n")
     (out_dir / f"{stem}.txt").write_text(header + report + "\n")
     print(header + report)

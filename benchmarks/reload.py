@@ -37,7 +37,7 @@ import benchconfig
 from openloop import summary
 from procstat import TreeSample, reset_tree_peak
 from run import run_wrk
-from services import BENCH, Services, free_port
+from services import BENCH, REPO, Services, free_port
 
 
 def events(log_text: str, name: str) -> list[dict[str, Any]]:
@@ -63,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reloads", type=int, default=3)
     parser.add_argument("--interval", type=float, default=8.0, help="seconds between SIGHUPs")
     parser.add_argument("--out", default=str(BENCH / "results" / "reload.json"))
+    parser.add_argument("--tree", type=Path, default=REPO, help="source tree to run serve from (a lever on a copy)")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="crmgw-reload-"))
-    result: dict[str, Any] = {"rules_generated": args.rules, "rate": args.rate}
+    result: dict[str, Any] = {"rules_generated": args.rules, "rate": args.rate, "tree": str(args.tree)}
     load_proc: subprocess.Popen[str] | None = None
     try:
         with Services(workdir) as services:
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                                               rules=args.rules, level="info")
             result["policy_bytes"] = sum(p.stat().st_size for p in (workdir / "gw").glob("*.yaml"))
             started = time.monotonic()
-            gateway = services.gateway(config, port, 1, "gateway")
+            gateway = services.gateway(config, port, 1, "gateway", tree=args.tree.resolve())
             result["startup_s"] = time.monotonic() - started
             started_events = events(gateway.log_text(), "gateway.started")
             result["rules_loaded"] = started_events[0].get("rules") if started_events else None
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                  "--duration", "3600", "--warmup", "0.5", "--timeline", "-H", f"Cookie: {cookie}"],
                 stdout=subprocess.PIPE, text=True)
             time.sleep(0.5 + settle)
-            reloads = []
+            reloads: list[dict[str, Any]] = []
             for index in range(args.reloads):
                 seen = len(events(gateway.log_text(), "config.reloaded"))
                 reset_tree_peak(gateway.pid)
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 if event is None:
                     raise RuntimeError("no config.reloaded event within 300 s")
                 after = TreeSample.read(gateway.pid)
-                entry = {
+                entry: dict[str, Any] = {
                     "sighup_at": sent,
                     "duration_s": event_time(event) - sent,
                     "rules": event.get("rules"),
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         entry["latency_during_ms"] = summary([t[1] for t in during]) if during else None
     result["load"] = load
     result["reloads"] = reloads
-    durations = sorted(r["duration_s"] for r in reloads)
+    durations = sorted(float(r["duration_s"]) for r in reloads)
     result["reload_s_median"] = durations[len(durations) // 2]
     result["reload_s_max"] = durations[-1]
     result["targets"] = {

@@ -225,7 +225,7 @@ def stream_round(bench: Bench, size: int, order: tuple[str, ...]) -> list[dict[s
 # --- aggregation ----------------------------------------------------------------------
 
 
-def median(values: list[float]) -> float | None:
+def median(values: list[Any]) -> float | None:
     clean = [v for v in values if v is not None]
     return statistics.median(clean) if clean else None
 
@@ -359,7 +359,7 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def versions() -> dict[str, str]:
+def versions() -> dict[str, Any]:
     def first_line(argv: list[str]) -> str:
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
@@ -367,18 +367,20 @@ def versions() -> dict[str, str]:
             return "?"
         return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr) else "?"
 
-    import aiohttp
-    import uvloop
+    from importlib.metadata import version
 
     return {
         "python": platform.python_version(),
-        "aiohttp": aiohttp.__version__,
-        "uvloop": uvloop.__version__,
+        "aiohttp": version("aiohttp"),
+        "uvloop": version("uvloop"),
         "nginx": first_line(["nginx", "-v"]),
         "wrk": first_line(["wrk", "--version"]),
         "kernel": platform.release(),
         "cpus": str(os.cpu_count()),
         "commit": first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+        # Uncommitted changes to the code measured (others may be editing the tree meanwhile).
+        "modified": subprocess.run(["git", "-C", str(REPO), "status", "--short", "--", "gateway"],
+                                   capture_output=True, text=True, check=False).stdout.splitlines()[:20],
     }
 
 
