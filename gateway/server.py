@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -41,6 +42,20 @@ CANCEL_GRACE = 1.0
 # hour; nginx's keepalive_timeout is 75 s, which also outlasts the 60 s idle reuse of
 # load balancers and nginx's upstream keepalive, so they never reuse a connection we close.
 IDLE_TIMEOUT = 75.0
+
+
+def freeze_heap() -> None:
+    """Keep the cyclic garbage collector off the loaded policy.
+
+    A large policy is hundreds of thousands of long-lived objects; every full
+    collection would walk them all (about 1.3 s at 100,000 rules), stalling
+    requests at random. Freezing moves them out of the collector's sight. It is
+    done once at start and after each reload, after a collection that frees
+    what the previous policy left in reference cycles.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _signature(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int] | None, ...]:
@@ -101,6 +116,7 @@ class Server:
                          worker=self.worker)
                 return False
             self.gateway.swap(config)
+            freeze_heap()
             RELOADS.labels("ok").inc()
             self._signature = _signature(config.files)
             log.info(
@@ -136,6 +152,7 @@ class Server:
 
     async def start(self) -> None:
         settings = self.config.settings
+        freeze_heap()
         self.runner = web.AppRunner(
             self.gateway.app,
             handle_signals=False,
