@@ -14,7 +14,6 @@ from gateway.filters import Filter
 from gateway.headers import REQUEST_ID
 from gateway.logs import get_logger
 from gateway.metrics import record_request
-from gateway.pages import denial
 
 log = get_logger("chain")
 
@@ -54,13 +53,7 @@ class Chain:
         except Exception:
             # Fail closed: what the gateway cannot decide is not forwarded.
             log.exception("request.failed", request_id=request_id, method=request.method)
-            response = denial(
-                status=500,
-                reason="internal_error",
-                client_ip=str(ex.client_ip),
-                request_id=request_id,
-                as_json=ex.wants_json,
-            )
+            response = ex.deny(500, "internal_error")
         if not response.prepared:
             response.headers[REQUEST_ID] = request_id
             await ex.before_send(response)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import ClientResponse, web
 from aiohttp_session import Session
 
+from gateway.pages import denial
 from gateway.paths import NormalisedPath
 from gateway.schema import IPAddress
 
@@ -57,6 +58,12 @@ class Exchange:
         hooks, self.send_hooks = self.send_hooks, []
         for hook in hooks:
             await hook(self, response)
+
+    def deny(self, status: int, reason: str, *, as_json: bool | None = None,
+             retry_after: int | None = None) -> web.Response:
+        """The gateway's own answer for this request: a page or JSON with its IP and request id."""
+        return denial(status=status, reason=reason, client_ip=str(self.client_ip), request_id=self.request_id,
+                      as_json=self.wants_json if as_json is None else as_json, retry_after=retry_after)
 
     @property
     def wants_json(self) -> bool:

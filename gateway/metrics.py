@@ -20,7 +20,6 @@ from prometheus_client import (
 from prometheus_client import multiprocess as _multiprocess
 
 from gateway.exchange import Exchange
-from gateway.pages import denial
 from gateway.schema import IPNetwork
 
 REQUESTS = Counter(
@@ -68,8 +67,7 @@ class MetricsEndpoint:
 
     def __call__(self, ex: Exchange) -> web.Response:
         if not any(ex.client_ip in network for network in self.allow):
-            return denial(status=404, reason="not_found", client_ip=str(ex.client_ip),
-                          request_id=ex.request_id, as_json=ex.wants_json)
+            return ex.deny(404, "not_found")
         registry = _registry()
         body = generate_latest(registry) if registry is not None else generate_latest()
         response = web.Response(body=body, headers={"Cache-Control": "no-store"})

@@ -23,7 +23,6 @@ from gateway import headers as h
 from gateway.exchange import Exchange
 from gateway.logs import get_logger
 from gateway.metrics import UPSTREAM_ERRORS, UPSTREAM_LATENCY
-from gateway.pages import denial
 from gateway.settings import Upstream
 
 log = get_logger("proxy")
@@ -304,8 +303,7 @@ class Proxy:
         log.warning("client.stalled", request_id=ex.request_id, client_ip=str(ex.client_ip),
                     method=ex.request.method, path=ex.path.forward if ex.path else None,
                     seconds=RECEIVE_TIMEOUT, waiting_for="request body")
-        response = denial(status=408, reason="request_timeout", client_ip=str(ex.client_ip),
-                          request_id=ex.request_id, as_json=ex.wants_json)
+        response = ex.deny(408, "request_timeout")
         response.force_close()  # the rest of the body may still come: do not read it as a request
         return response
 
@@ -320,13 +318,7 @@ class Proxy:
             path=ex.path.forward if ex.path else None,
             **extra,
         )
-        return denial(
-            status=status,
-            reason=reason,
-            client_ip=str(ex.client_ip),
-            request_id=ex.request_id,
-            as_json=ex.wants_json,
-        )
+        return ex.deny(status, reason)
 
 
 _STALLED_BODY = "proxy.stalled_body"

@@ -12,7 +12,6 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.exchange import Exchange
-from gateway.pages import denial
 
 PREFIX = "/_gateway"
 
@@ -97,8 +96,7 @@ class WhoAmI:
                 return _whoami_page(body)
             return json_response(ex, body)
         # Anything else under /_gateway/ is the gateway's, and unknown.
-        return denial(status=404, reason="not_found", client_ip=str(ex.client_ip),
-                      request_id=ex.request_id, as_json=ex.wants_json)
+        return ex.deny(404, "not_found")
 
 
 _WHOAMI = """<!doctype html>

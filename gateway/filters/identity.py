@@ -20,7 +20,6 @@ from aiohttp import web
 from gateway.exchange import Exchange
 from gateway.filters.policy import facts_of
 from gateway.logs import get_logger
-from gateway.pages import denial
 from gateway.policy import Policy
 from gateway.sessions import SessionStore, fingerprint, save_session_later
 from gateway.settings import LoginSettings
@@ -233,8 +232,7 @@ class IdentityFilter:
                 # not let through: it could neither be judged by its user nor bound to a session.
                 return None
             log.error("session.store_unavailable", request_id=ex.request_id, error=str(exc))
-            return denial(status=503, reason="session_store_unavailable", client_ip=str(ex.client_ip),
-                          request_id=ex.request_id, as_json=ex.wants_json, retry_after=5)
+            return ex.deny(503, "session_store_unavailable", retry_after=5)
         ex.session = session
         ex.user = session.get("user")
         if self.store.touch(session) or (not session.new and "user" not in session):
@@ -302,8 +300,7 @@ class IdentityFilter:
 
     def _bad(self, ex: Exchange, why: str) -> web.StreamResponse:
         log.warning("request.bad_login", request_id=ex.request_id, client_ip=str(ex.client_ip), error=why)
-        return denial(status=400, reason="bad_request", client_ip=str(ex.client_ip),
-                      request_id=ex.request_id, as_json=ex.wants_json)
+        return ex.deny(400, "bad_request")
 
 
 def _without_trailing_slash(path: str) -> str:

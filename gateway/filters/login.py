@@ -18,7 +18,6 @@ from aiohttp import ClientResponse, web
 
 from gateway.exchange import Exchange
 from gateway.logs import get_logger
-from gateway.pages import denial
 from gateway.policy import Policy
 from gateway.sessions import SessionStore, fingerprint, save_session_later
 from gateway.settings import LoginSettings
@@ -62,13 +61,11 @@ class LoginFilter:
         try:
             left = [t for t in [await self.state.flagged(key) for key in keys] if t is not None]
         except StateUnavailable:
-            return denial(status=503, reason="session_store_unavailable", client_ip=str(ex.client_ip),
-                          request_id=ex.request_id, as_json=ex.wants_json, retry_after=5)
+            return ex.deny(503, "session_store_unavailable", retry_after=5)
         if left:
             log.warning("login.rejected_banned", request_id=ex.request_id, user=ex.user,
                         client_ip=str(ex.client_ip), seconds_left=int(max(left)))
-            return denial(status=429, reason="login_banned", client_ip=str(ex.client_ip),
-                          request_id=ex.request_id, as_json=ex.wants_json, retry_after=int(max(left)) + 1)
+            return ex.deny(429, "login_banned", retry_after=int(max(left)) + 1)
         ex.upstream_hooks.append(self._on_response)
         return None
 
@@ -91,10 +88,8 @@ class LoginFilter:
             log.warning("login.unidentified", request_id=ex.request_id, client_ip=str(ex.client_ip),
                         session_store=ex.session is not None)
             if ex.session is None:
-                return denial(status=503, reason="session_store_unavailable", client_ip=str(ex.client_ip),
-                              request_id=ex.request_id, as_json=ex.wants_json, retry_after=5)
-            return denial(status=400, reason="bad_request", client_ip=str(ex.client_ip),
-                          request_id=ex.request_id, as_json=ex.wants_json)
+                return ex.deny(503, "session_store_unavailable", retry_after=5)
+            return ex.deny(400, "bad_request")
         await self.state.clear(f"login:fail:user:{user}")
         set_cookies = list(upstream.headers.getall("Set-Cookie", ()))
         crm_value = _cookie(set_cookies, self.login.upstream_session_cookie)
@@ -110,8 +105,7 @@ class LoginFilter:
         if self.secrets is None or self.secrets.get(user) is None:
             log.warning("mfa.not_enrolled", request_id=ex.request_id, user=user, client_ip=str(ex.client_ip))
             await self.store.end(session)
-            return denial(status=403, reason="mfa_required", client_ip=str(ex.client_ip),
-                          request_id=ex.request_id, as_json=ex.wants_json)
+            return ex.deny(403, "mfa_required")
         # Hold the CRM's answer: nothing of its session reaches the client before the code.
         target = same_origin_path(upstream.headers.get("Location"), ex.request.headers.get("Host"))
         session["pending"] = {"cookies": list(set_cookies), "location": target}

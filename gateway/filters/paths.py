@@ -6,7 +6,6 @@ from aiohttp import web
 
 from gateway.exchange import Exchange
 from gateway.logs import get_logger
-from gateway.pages import denial
 from gateway.paths import BadPath, normalise_path, split_target
 
 log = get_logger("paths")
@@ -31,11 +30,5 @@ class PathFilter:
                 method=ex.request.method,
                 error=str(exc),
             )
-            return denial(
-                status=400,
-                reason="bad_request",
-                client_ip=str(ex.client_ip),
-                request_id=ex.request_id,
-                as_json=ex.wants_json,
-            )
+            return ex.deny(400, "bad_request")
         return None

@@ -13,7 +13,6 @@ from gateway.exchange import Exchange
 from gateway.headers import METHOD_OVERRIDE_HEADERS, METHOD_OVERRIDE_PARAM, canonical_name
 from gateway.logs import get_logger
 from gateway.metrics import DECISION_TIME
-from gateway.pages import denial
 from gateway.policy import Decision, Policy, RequestFacts
 from gateway.sessions import SessionStore, save_session_later
 
@@ -112,10 +111,4 @@ class PolicyFilter:
             # Login hours ending ends a live session (DESIGN.md §3.4).
             await self.sessions.end(ex.session)
             save_session_later(ex, self.sessions)
-        return denial(
-            status=403,
-            reason=decision.reason or "ip_not_allowed",
-            client_ip=str(ex.client_ip),
-            request_id=ex.request_id,
-            as_json=ex.wants_json,
-        )
+        return ex.deny(403, decision.reason or "ip_not_allowed")

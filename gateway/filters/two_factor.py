@@ -18,7 +18,6 @@ from aiohttp import web
 from gateway.exchange import Exchange
 from gateway.filters.login import TWO_FACTOR_PATH, challenge, same_origin_path
 from gateway.logs import get_logger
-from gateway.pages import denial
 from gateway.sessions import SessionStore, save_session_later
 from gateway.state import StateUnavailable
 from gateway.totp import TotpVerifier, VerifyResult
@@ -75,28 +74,23 @@ class TwoFactorEndpoint:
         as_json = ex.request.content_type == "application/json"
         fields = await self._read(ex, as_json)
         if fields is None:
-            return denial(status=400, reason="bad_request", client_ip=str(ex.client_ip),
-                          request_id=ex.request_id, as_json=as_json or ex.wants_json)
+            return ex.deny(400, "bad_request", as_json=as_json or ex.wants_json)
         if not as_json and not hmac.compare_digest(str(fields.get("csrf_token", "")), str(session.get("csrf", "-"))):
             log.warning("mfa.csrf_rejected", request_id=ex.request_id, user=session["user"],
                         client_ip=str(ex.client_ip))
-            return denial(status=403, reason="bad_request", client_ip=str(ex.client_ip),
-                          request_id=ex.request_id, as_json=False)
+            return ex.deny(403, "bad_request", as_json=False)
         user = str(session["user"])
         try:
             result = await self.verifier.verify(user, str(fields.get("code", "")))
         except StateUnavailable:
-            return denial(status=503, reason="session_store_unavailable", client_ip=str(ex.client_ip),
-                          request_id=ex.request_id, as_json=as_json or ex.wants_json, retry_after=5)
+            return ex.deny(503, "session_store_unavailable", as_json=as_json or ex.wants_json, retry_after=5)
         if result is VerifyResult.OK:
             return self._release(ex, target, as_json)
         log.warning("mfa.failed", request_id=ex.request_id, user=user, client_ip=str(ex.client_ip),
                     result=result.name.lower())
         if result is VerifyResult.LOCKED:
             left = await self.verifier.locked_for(user)
-            return denial(status=429, reason="mfa_locked", client_ip=str(ex.client_ip),
-                          request_id=ex.request_id, as_json=as_json or ex.wants_json,
-                          retry_after=int(left or 0) + 1)
+            return ex.deny(429, "mfa_locked", as_json=as_json or ex.wants_json, retry_after=int(left or 0) + 1)
         if as_json:
             return _json(401, {"mfa_required": True, "error": "invalid_code", "mfa_url": TWO_FACTOR_PATH})
         return self._form(ex, target, error="That code was not accepted. Try the next one.", status=401)
