@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable
-from http.cookies import SimpleCookie
 
 import aiohttp
 from aiohttp import ClientResponse, ClientSession, WSCloseCode, WSMsgType, web
@@ -381,14 +380,3 @@ def _is_websocket(request: web.Request) -> bool:
         request.headers.get("Upgrade", "").lower() == "websocket"
         and "upgrade" in _connection_tokens(request.headers)
     )
-
-
-def cookie_value(set_cookie_headers: Iterable[str], name: str) -> str | None:
-    """The value a response's Set-Cookie headers give the named cookie, if any."""
-    for header in set_cookie_headers:
-        parsed: SimpleCookie = SimpleCookie()
-        with contextlib.suppress(Exception):
-            parsed.load(header)
-        if name in parsed:
-            return parsed[name].value
-    return None

@@ -179,13 +179,6 @@ class SessionStore:
         except (redis.RedisError, OSError) as exc:
             raise StateUnavailable(str(exc)) from exc
 
-    async def ping(self) -> bool:
-        if isinstance(self.storage, RedisStorage):
-            try:
-                return bool(await self.storage._redis.ping())
-            except (redis.RedisError, OSError):
-                return False
-        return True
 
 
 def save_session_later(ex: Exchange, store: SessionStore) -> None:
