@@ -61,7 +61,9 @@ def configure(*, level: str = "info", fmt: str = "json", stream: Any = None) -> 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        # One write() per line: workers share stdout, and with PYTHONUNBUFFERED (as in the
+        # image) print() writes the line and its newline separately, so lines interleave.
+        logger_factory=structlog.WriteLoggerFactory(stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
 

@@ -126,10 +126,12 @@ class LogBuffer(io.StringIO):
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         out = []
         for line in self.getvalue().splitlines():
+            if not line.startswith("{"):
+                continue  # a traceback or a library's own plain-text line
             try:
                 event = json.loads(line)
             except ValueError:
-                continue
+                raise AssertionError(f"torn log line (two writers interleaved?): {line!r}") from None
             if name is None or event.get("event") == name:
                 out.append(event)
         return out

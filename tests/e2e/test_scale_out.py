@@ -165,7 +165,7 @@ async def test_workers_share_a_port_reload_together_and_drain(tmp_path: Path, cr
         # Each worker reloads on the signal and may also on the file change: wait for both workers.
         while {e["worker"] for e in gw.events("config.reloaded")} != {0, 1} and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        assert {e["worker"] for e in gw.events("config.reloaded")} == {0, 1}
+        assert {e["worker"] for e in gw.events("config.reloaded")} == {0, 1}, gw.log_text()
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as client:
             for _ in range(20):
                 async with client.get(f"http://127.0.0.1:{port}/projects", allow_redirects=False) as resp:
