@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import os
 import time
@@ -66,6 +67,7 @@ def load_secret_key(settings: SessionSettings) -> bytes:
     return key
 
 
+@functools.lru_cache(maxsize=4096)  # a browser sends the same CRM cookie on every request
 def fingerprint(value: str) -> str:
     """What the session stores of the CRM's cookie: never the cookie itself."""
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()

@@ -42,9 +42,14 @@ def override_methods(ex: Exchange) -> list[str]:
     CRM that honours overrides: judged only as a GET it would slip past a function
     bound to POST, such as clock-in.
     """
-    values = [value for name, value in ex.request.headers.items() if canonical_name(name) in _OVERRIDES]
-    values += [value for name, value in parse_qsl(ex.query, keep_blank_values=True)
-               if name == METHOD_OVERRIDE_PARAM]
+    # Every override header's name holds "method" in some case; most requests have none.
+    values = [value for name, value in ex.request.headers.items()
+              if "ethod" in name.lower() and canonical_name(name) in _OVERRIDES]
+    if METHOD_OVERRIDE_PARAM in ex.query or "%" in ex.query:  # '%5Fm%65thod' is '_method' too
+        values += [value for name, value in parse_qsl(ex.query, keep_blank_values=True)
+                   if name == METHOD_OVERRIDE_PARAM]
+    if not values:
+        return []
     methods = {part.strip().upper() for value in values for part in value.split(",")}
     return sorted(m for m in methods if _METHOD.fullmatch(m) and m != ex.request.method)
 

@@ -234,6 +234,8 @@ OVERRIDES = [
     ("underscore spelling of the override header", "/timeclock/clock-in", (("X_HTTP_Method_Override", "POST"),)),
     ("_method in the query string", "/timeclock/clock-in?_method=POST", ()),
     ("_method in the query string, lower case", "/timeclock/clock-in?_method=post", ()),
+    ("_method percent-encoded in the query string", "/timeclock/clock-in?%5Fm%65thod=POST", ()),
+    ("_method after other parameters", "/timeclock/clock-in?a=1&_method=POST&b=2", ()),
 ]
 
 
