@@ -79,6 +79,7 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.error: BaseException | None = None
         self._framed = False  # the body has a length or is chunked (else it ends with the connection)
+        self._keep_alive = False  # the response allows another request on this connection
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._reading_paused = False
@@ -94,7 +95,7 @@ class _Connection(asyncio.Protocol):
         self._head_only = method == "HEAD"
         self._head_bytes = 0
         self.status, self.reason, self.headers = 0, "", []
-        self.head_done = self.complete = self._framed = False
+        self.head_done = self.complete = self._framed = self._keep_alive = False
         self.error = None
         self._chunks.clear()
         self._buffered = 0
@@ -151,8 +152,7 @@ class _Connection(asyncio.Protocol):
 
     def reusable(self) -> bool:
         return (self.complete and self.error is None and not self.lost and self.transport is not None
-                and not self.transport.is_closing() and self._parser is not None
-                and self._parser.should_keep_alive())
+                and not self.transport.is_closing() and self._keep_alive)
 
     def finish(self) -> None:
         """The exchange is over (read to the end or not): stop its clock."""
@@ -266,11 +266,14 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         assert self._parser is not None
         status = self._parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
+        if status == 101:
+            raise UpstreamError("the CRM switched protocols on a plain request")
+        if 100 <= status < 200:
             self.headers, self.reason = [], ""  # an interim answer (100 Continue): wait for the real one
             return
         self.status = status
         self.head_done = True
+        self._keep_alive = self._parser.should_keep_alive()  # llhttp forgets it once the message is complete
         names = {name.lower() for name, _ in self.headers}
         self._framed = "content-length" in names or "transfer-encoding" in names
         if self._head_only:
