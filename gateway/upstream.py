@@ -328,8 +328,17 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         """The whole body; for bodies known to be small."""
-        parts = [chunk async for chunk in self.iter_chunks()]
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        conn, parts = self._conn, []
+        while True:
+            chunk = conn.take_chunk()
+            if chunk is not None:
+                parts.append(chunk)
+            elif conn.error is not None:
+                raise conn.error
+            elif conn.complete:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            else:
+                await conn.wait()
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; raises UpstreamError or TimeoutError if it breaks off."""
