@@ -254,6 +254,10 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks --
 
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second response to one request: nothing on this connection can be trusted
+            raise UpstreamError("the CRM sent more than one response")
+
     def on_status(self, status: bytes) -> None:
         if len(status) > MAX_HEADER_LINE:
             raise UpstreamError("the CRM's status line is too long")
@@ -366,12 +370,13 @@ class UpstreamResponse:
         if sender is not None and not sender.done():
             sender.cancel()  # the CRM answered before the whole body was sent: stop sending it
             conn.abort()
-        if conn.reusable() and (sender is None or sender.done()):
-            conn.finish()
+        conn.finish()
+        if conn.reusable():
             self._pool._put(conn)
+        elif conn.complete:
+            conn.close()  # Connection: close, or HTTP/1.0
         else:
-            conn.finish()
-            conn.abort()
+            conn.abort()  # the rest of the response is not wanted (a client that left, a hook's answer)
 
 
 class UpstreamPool:

@@ -462,3 +462,12 @@ async def test_a_response_left_unread_closes_its_connection() -> None:
         assert pool.idle == 0
         await asyncio.sleep(0.05)
         assert server.open == 0
+
+
+async def test_bytes_after_a_complete_response_make_the_connection_unusable() -> None:
+    """A second response to one request (response splitting at the CRM): answered once, then not trusted."""
+    async with serving(answering(OK + OK, OK, OK)) as (server, pool):
+        assert await get(pool) == (200, CIMultiDict({"Content-Length": "2"}), b"ok")
+        assert pool.idle == 0
+        assert (await get(pool))[2] == b"ok"
+        assert server.connections == 2
