@@ -414,8 +414,9 @@ class UpstreamPool:
                       content_length: int | None = None) -> UpstreamResponse:
         """Send one request (once) and wait for the response's head.
 
-        ``target`` is the path and query below the upstream URL's own path. A streamed
-        body goes with ``content_length`` when the client gave one, else chunked.
+        ``target`` is the path and query below the upstream URL's own path. ``headers`` are
+        completed in place (Host when absent, the body's framing). A streamed body goes with
+        ``content_length`` when the client gave one, else chunked.
         """
         head = self._head(method, target, headers, body, content_length)
         conn = await self._acquire()
@@ -453,7 +454,7 @@ class UpstreamPool:
 
     def _head(self, method: str, target: str, headers: CIMultiDict[str],
               body: bytes | AsyncIterable[bytes] | None, content_length: int | None) -> bytes:
-        out = headers.copy()
+        out = headers
         if "Host" not in out:
             out["Host"] = self.host_header
         if isinstance(body, bytes):
