@@ -30,10 +30,11 @@ from gateway.filters.policy import PolicyFilter, facts_of
 from gateway.filters.two_factor import MFAGate, TwoFactorEndpoint
 from gateway.logs import get_logger
 from gateway.metrics import MetricsEndpoint
-from gateway.proxy import MAX_HEADER_LINE, Proxy
+from gateway.proxy import Proxy
 from gateway.sessions import SessionStore
 from gateway.state import SharedState, open_state
 from gateway.totp import SecretStore, TotpVerifier
+from gateway.upstream import MAX_HEADER_LINE, UpstreamPool
 
 log = get_logger("app")
 
@@ -75,7 +76,8 @@ class Gateway:
     def __init__(self, config: Config, *, worker: int = 0) -> None:
         self.config = config
         self.worker = worker
-        self.client: ClientSession | None = None
+        self.pool: UpstreamPool | None = None
+        self.client: ClientSession | None = None  # WebSocket upgrades only
         self.chain: Chain | None = None
         self.state: SharedState | None = None
         self.sessions: SessionStore | None = None
@@ -94,18 +96,21 @@ class Gateway:
     async def _resources_ctx(self, _app: web.Application) -> AsyncIterator[None]:
         """What outlives a reload: the upstream pool, the shared-state store, the session storage."""
         settings = self.config.settings
+        self.pool = Proxy.new_pool(settings.upstream)
         self.client = Proxy.new_client(settings.upstream)
         self.state = open_state(settings.session.store, settings.session.redis_url)
         self.sessions = SessionStore(settings.session, self.state,
                                      redis_client=getattr(self.state, "client", None))
         self.chain = self.build_chain(self.config)
         yield
+        await self.pool.close()
         await self.client.close()
         await self.state.close()
 
     def build_chain(self, config: Config) -> Chain:
         settings = config.settings
-        assert self.client is not None and self.state is not None and self.sessions is not None
+        assert self.pool is not None and self.client is not None
+        assert self.state is not None and self.sessions is not None
         sessions, state = self.sessions, self.state
         login_path = settings.login.path if settings.login else "/"
         secrets = SecretStore(settings.totp.secrets_file) if settings.totp else None
@@ -132,7 +137,7 @@ class Gateway:
             filters.append(LoginFilter(settings.login, store=sessions, state=state, policy=config.policy,
                                        secrets=secrets))
         filters.append(MFAGate(sessions, login_path))
-        return Chain(filters, Proxy(settings.upstream, self.client, websockets=self.websockets))
+        return Chain(filters, Proxy(settings.upstream, self.pool, self.client, websockets=self.websockets))
 
     def _whoami(self, ex: Exchange) -> dict[str, object]:
         policy = self.config.policy

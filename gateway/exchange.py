@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import ClientResponse, web
+from aiohttp import web
 from aiohttp_session import Session
 
 from gateway.pages import denial
@@ -20,10 +20,11 @@ from gateway.schema import IPAddress
 
 if TYPE_CHECKING:
     from gateway.policy import Decision
+    from gateway.upstream import UpstreamResponse
 
 # Called with the upstream's response head before anything is sent to the client;
 # returning a response replaces the upstream's (e.g. the 2FA step-up holding a login).
-UpstreamHook = Callable[["Exchange", ClientResponse], Awaitable[web.StreamResponse | None]]
+UpstreamHook = Callable[["Exchange", "UpstreamResponse"], Awaitable[web.StreamResponse | None]]
 # Called with the response about to be sent, whoever made it (e.g. to save the session cookie).
 SendHook = Callable[["Exchange", web.StreamResponse], Awaitable[None]]
 

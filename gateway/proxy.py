@@ -1,9 +1,10 @@
 """Forwarding an allowed request to the CRM: streamed, pooled, hop-by-hop clean.
 
-Bodies are never read whole: the request body is handed to the client as a
-stream and the response body is copied chunk by chunk, so memory stays flat
-whatever the size. WebSocket upgrades are relayed frame by frame. One pooled
-``ClientSession`` serves every request of a process.
+Bodies are never read whole: the request body is handed to the upstream client
+as a stream and the response body is copied chunk by chunk, so memory stays flat
+whatever the size. Plain HTTP goes through the gateway's own pooled client
+(gateway/upstream.py); WebSocket upgrades go through aiohttp's ``ClientSession``
+and are relayed frame by frame.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 
 import aiohttp
-from aiohttp import ClientResponse, ClientSession, WSCloseCode, WSMsgType, web
+from aiohttp import ClientSession, WSCloseCode, WSMsgType, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -23,15 +24,14 @@ from gateway.exchange import Exchange
 from gateway.logs import get_logger
 from gateway.metrics import UPSTREAM_ERRORS, UPSTREAM_LATENCY
 from gateway.settings import Upstream
+from gateway.upstream import MAX_HEADER_LINE, UpstreamError, UpstreamPool, UpstreamResponse
 
 log = get_logger("proxy")
 
-_CHUNK = 64 * 1024
 # Responses up to this size are read whole and sent in one write (see Proxy._relay_small).
 SMALL_BODY = 64 * 1024
-# The longest request line or header line, in either direction: what a client may send
-# (a large Cookie) the CRM may send back (a large Set-Cookie). aiohttp's default is 8190.
-MAX_HEADER_LINE = 16 * 1024
+# MAX_HEADER_LINE (from gateway.upstream): the longest request line or header line, in either
+# direction: what a client may send (a large Cookie) the CRM may send back (a large Set-Cookie).
 # The longest a client may leave a response unread before it is cut off (nginx's send_timeout).
 # A stalled reader otherwise holds its upstream connection, and a CRM worker, for ever.
 SEND_TIMEOUT = 60.0
@@ -73,23 +73,23 @@ class Proxy:
 
     name = "proxy"
 
-    def __init__(self, upstream: Upstream, client: ClientSession, *,
+    def __init__(self, upstream: Upstream, pool: UpstreamPool, client: ClientSession, *,
                  websockets: set[web.WebSocketResponse] | None = None) -> None:
         self.base_text = str(URL(upstream.url)).rstrip("/")
         # Open client WebSockets, shared with the app so that a drain can close them (1001).
         self.websockets: set[web.WebSocketResponse] = set() if websockets is None else websockets
         self.preserve_host = upstream.preserve_host
-        self.client = client
-        self.timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=upstream.connect_timeout,
-            sock_connect=upstream.connect_timeout,
-            sock_read=upstream.read_timeout,
-        )
+        self.pool = pool  # plain HTTP
+        self.client = client  # WebSocket upgrades only
+
+    @staticmethod
+    def new_pool(upstream: Upstream) -> UpstreamPool:
+        """The process-wide pool of upstream connections; opened and closed by the app's cleanup_ctx."""
+        return UpstreamPool(upstream)
 
     @staticmethod
     def new_client(upstream: Upstream) -> ClientSession:
-        """The process-wide pooled client; opened and closed by the app's cleanup_ctx."""
+        """The process-wide WebSocket client; opened and closed by the app's cleanup_ctx."""
         connector = aiohttp.TCPConnector(
             limit=0, ttl_dns_cache=300, keepalive_timeout=upstream.keepalive, enable_cleanup_closed=True
         )
@@ -110,9 +110,7 @@ class Proxy:
 
     def upstream_url(self, ex: Exchange) -> URL:
         """The CRM's URL for this request: its base (and any base path) plus the normalised path."""
-        assert ex.path is not None
-        target = ex.path.forward + (f"?{ex.query}" if ex.query else "")
-        return URL(self.base_text + target, encoded=True)
+        return URL(self.base_text + upstream_target(ex), encoded=True)
 
     def upstream_headers(self, ex: Exchange, *, websocket: bool = False) -> CIMultiDict[str]:
         request = ex.request
@@ -143,21 +141,15 @@ class Proxy:
         request = ex.request
         if _is_websocket(request):
             return await self._websocket(ex)
-        body = ex.body if ex.body is not None else (_client_body(ex) if request.body_exists else None)
+        body: bytes | AsyncIterator[bytes] | None = ex.body
+        length = None
+        if body is None and request.body_exists:
+            body, length = _client_body(ex), request.content_length
         started = time.perf_counter()
         try:
-            upstream = await self.client.request(
-                request.method,
-                self.upstream_url(ex),
-                headers=self.upstream_headers(ex),
-                data=body,
-                allow_redirects=False,
-                timeout=self.timeout,
-                compress=False,
-                chunked=None,
-            )
-        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
-                aiohttp.ClientResponseError, OSError) as exc:
+            upstream = await self.pool.request(request.method, upstream_target(ex), self.upstream_headers(ex),
+                                               body, content_length=length)
+        except (TimeoutError, UpstreamError, OSError) as exc:
             if ex.state.get(_STALLED_BODY):
                 return self._stalled_body(ex)
             if isinstance(exc, TimeoutError):
@@ -176,7 +168,7 @@ class Proxy:
         finally:
             upstream.release()
 
-    async def _relay(self, ex: Exchange, upstream: ClientResponse) -> web.StreamResponse:
+    async def _relay(self, ex: Exchange, upstream: UpstreamResponse) -> web.StreamResponse:
         length = upstream.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) <= SMALL_BODY and ex.request.method != "HEAD":
             return await self._relay_small(ex, upstream)
@@ -189,14 +181,11 @@ class Proxy:
         await response.prepare(ex.request)
         if ex.request.method == "HEAD":
             return response
-        ended_by_close = _close_delimited(upstream)
         try:
-            async for chunk in upstream.content.iter_chunked(_CHUNK):
+            # A body without a length ends when the connection does: a reset instead of a clean
+            # close is an error here, so half an export is never relayed as all of it.
+            async for chunk in upstream.iter_chunks():
                 await _send(response, chunk)
-            if ended_by_close is not None and ended_by_close.done() and ended_by_close.exception() is not None:
-                # A body without a length ends when the connection does; aiohttp reports a reset
-                # as a normal end. Relayed as complete, half an export would look like all of it.
-                raise aiohttp.ClientPayloadError("connection reset before the end of the body")
         except ClientStalled:
             log.warning("client.stalled", request_id=ex.request_id, client_ip=str(ex.client_ip),
                         method=ex.request.method, path=ex.path.forward if ex.path else None,
@@ -205,7 +194,7 @@ class Proxy:
             if ex.request.transport is not None:
                 ex.request.transport.abort()  # its buffer will not be read either
             return response
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+        except (UpstreamError, TimeoutError) as exc:
             # Status already sent: the only honest signal left is to cut the connection.
             log.warning("upstream.broken_body", request_id=ex.request_id, error=type(exc).__name__,
                         method=ex.request.method, path=ex.path.forward if ex.path else None)
@@ -219,7 +208,7 @@ class Proxy:
         await response.write_eof()
         return response
 
-    async def _relay_small(self, ex: Exchange, upstream: ClientResponse) -> web.StreamResponse:
+    async def _relay_small(self, ex: Exchange, upstream: UpstreamResponse) -> web.StreamResponse:
         """A body of known, small length (most CRM pages): read it, then answer with one write.
 
         Memory stays bounded (SMALL_BODY), and the status can still become a 502
@@ -227,7 +216,7 @@ class Proxy:
         """
         try:
             body = await upstream.read()
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+        except (UpstreamError, TimeoutError) as exc:
             upstream.close()
             return self._failure(ex, 502, "upstream_unavailable", error=type(exc).__name__)
         headers = end_to_end(upstream.headers, drop=("content-length",))
@@ -323,6 +312,12 @@ class Proxy:
 _STALLED_BODY = "proxy.stalled_body"
 
 
+def upstream_target(ex: Exchange) -> str:
+    """The request target below the upstream URL's own path: the normalised path and the query."""
+    assert ex.path is not None
+    return ex.path.forward + (f"?{ex.query}" if ex.query else "")
+
+
 async def _client_body(ex: Exchange) -> AsyncIterator[bytes]:
     """The client's request body as it arrives; a pause longer than RECEIVE_TIMEOUT ends it."""
     content = ex.request.content
@@ -345,20 +340,6 @@ async def _send(response: web.StreamResponse, chunk: bytes) -> None:
             await response.write(chunk)
     except TimeoutError:
         raise ClientStalled from None
-
-
-def _close_delimited(upstream: ClientResponse) -> asyncio.Future[None] | None:
-    """For a body that only the closing of the connection ends: the connection's closed future.
-
-    It fails when the connection was lost with an error (a reset) rather than closed cleanly.
-    """
-    if "Content-Length" in upstream.headers or "chunked" in upstream.headers.get("Transfer-Encoding", "").lower():
-        return None
-    if upstream.status in (204, 304) or upstream.status < 200:
-        return None
-    connection = upstream.connection
-    protocol = connection.protocol if connection is not None else None
-    return protocol.closed if protocol is not None else None
 
 
 def _relayed_close_code(code: int | None, broken: WSCloseCode) -> int:

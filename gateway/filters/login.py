@@ -14,7 +14,7 @@ import os
 from datetime import UTC, datetime
 from urllib.parse import quote, urlsplit
 
-from aiohttp import ClientResponse, web
+from aiohttp import web
 
 from gateway.exchange import Exchange
 from gateway.logs import get_logger
@@ -23,6 +23,7 @@ from gateway.sessions import SessionStore, fingerprint, save_session_later
 from gateway.settings import LoginSettings
 from gateway.state import SharedState, StateUnavailable
 from gateway.totp import SecretStore
+from gateway.upstream import UpstreamResponse
 
 log = get_logger("login")
 
@@ -69,7 +70,7 @@ class LoginFilter:
         ex.upstream_hooks.append(self._on_response)
         return None
 
-    def succeeded(self, upstream: ClientResponse) -> bool:
+    def succeeded(self, upstream: UpstreamResponse) -> bool:
         if upstream.status not in self.login.success_status:
             return False
         wanted = self.login.success_set_cookie
@@ -77,7 +78,7 @@ class LoginFilter:
             header.split("=", 1)[0].strip() == wanted for header in upstream.headers.getall("Set-Cookie", ())
         )
 
-    async def _on_response(self, ex: Exchange, upstream: ClientResponse) -> web.StreamResponse | None:
+    async def _on_response(self, ex: Exchange, upstream: UpstreamResponse) -> web.StreamResponse | None:
         if not self.succeeded(upstream):
             await self._count_failure(ex)
             return None
