@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import ClientSession, WSCloseCode, WSMsgType, web
@@ -51,9 +51,19 @@ def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set
     return tokens
 
 
-def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str], drop: Iterable[str] = ()) -> CIMultiDict[str]:
-    """Copy headers without RFC 9110 §7.6.1 hop-by-hop ones (and those named in Connection)."""
-    skip = h.HOP_BY_HOP | _connection_tokens(headers) | set(drop)
+# What end_to_end drops besides the hop-by-hop headers, per use: built once, not per request.
+_CLIENT_SKIP = h.HOP_BY_HOP | h.OWNED_HEADERS  # the gateway sets these itself
+_SMALL_BODY_SKIP = h.HOP_BY_HOP | {"content-length"}  # the response is re-framed
+
+
+def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str],
+               skip: frozenset[str] = h.HOP_BY_HOP) -> CIMultiDict[str]:
+    """Copy headers without RFC 9110 §7.6.1 hop-by-hop ones (and those named in Connection).
+
+    ``skip`` holds lower-case names and includes the hop-by-hop ones.
+    """
+    if "Connection" in headers:
+        skip = skip | _connection_tokens(headers)
     return CIMultiDict((name, value) for name, value in headers.items() if name.lower() not in skip)
 
 
@@ -114,7 +124,7 @@ class Proxy:
 
     def upstream_headers(self, ex: Exchange, *, websocket: bool = False) -> CIMultiDict[str]:
         request = ex.request
-        out = end_to_end(request.headers, drop=h.OWNED_HEADERS)
+        out = end_to_end(request.headers, _CLIENT_SKIP)
         if websocket:
             for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
                          "Sec-WebSocket-Protocol"):
@@ -219,7 +229,7 @@ class Proxy:
         except (UpstreamError, TimeoutError) as exc:
             upstream.close()
             return self._failure(ex, 502, "upstream_unavailable", error=type(exc).__name__)
-        headers = end_to_end(upstream.headers, drop=("content-length",))
+        headers = end_to_end(upstream.headers, _SMALL_BODY_SKIP)
         headers[h.REQUEST_ID] = ex.request_id
         response = web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
         await ex.before_send(response)
