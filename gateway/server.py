@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import os
 import signal
@@ -102,7 +103,9 @@ class Server:
                 # the GIL over more often while it runs.
                 sys.setswitchinterval(0.0002)
                 try:
-                    config = await loop.run_in_executor(None, load_config, self.config_path)
+                    # the running config's unchanged policy files are reused, not read again
+                    load = functools.partial(load_config, self.config_path, previous=self.gateway.config)
+                    config = await loop.run_in_executor(None, load)
                 finally:
                     sys.setswitchinterval(switch)
             except ConfigError as exc:

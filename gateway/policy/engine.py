@@ -57,6 +57,7 @@ from gateway.policy.rules import (
     office_zone_name,
     settings_timeline,
 )
+from gateway.policy.sources import PolicySource, merge_sources, read_sources
 from gateway.policy.spec import DEFAULT_CHANNEL, PolicySpec, UserSpec, canonical_user
 from gateway.policy.trace import DEFAULT_RULE, explained
 from gateway.settings import Settings
@@ -192,6 +193,7 @@ class Policy:
         self.totp_secrets_file = totp_secrets_file
         self.totp_configured = totp_configured
         self.office = ZoneInfo(office_zone_name(spec.defaults))
+        self.sources: tuple[PolicySource, ...] = ()  # the files it was read from, for the next reload
         with _gc_paused():
             self._compile(spec, case_insensitive_paths, now)
 
@@ -532,12 +534,16 @@ def _main_file_where(settings: Settings, key: str) -> Where:
     return Where(str(settings.path), 1)
 
 
-def load_policy(settings: Settings, problems: Problems, *, now: datetime | None = None) -> Policy:
+def load_policy(
+    settings: Settings, problems: Problems, *, now: datetime | None = None, previous: Policy | None = None
+) -> Policy:
     """Read, validate and compile the policy files that ``settings`` names.
 
     Every problem goes to ``problems`` (the caller raises); when there are any,
     an empty policy is returned so that nothing half-checked is ever compiled.
     ``now`` is when "already expired" is judged for ``expired_at_load``.
+    ``previous`` is the running policy on a reload: the files it was read from
+    that are unchanged are not read again (:mod:`gateway.policy.sources`).
     """
     before = len(problems.items)
     geoip = None
@@ -546,10 +552,16 @@ def load_policy(settings: Settings, problems: Problems, *, now: datetime | None 
             geoip = GeoIP(settings.geoip_database)
         except GeoIPError as exc:
             problems.add(_main_file_where(settings, "geoip"), f"geoip.database: {exc}")
-    spec = read_policy_files(settings.policy_files, problems, geoip=settings.geoip_database is not None)
+    with_geoip = settings.geoip_database is not None
+    sources = read_sources(settings.policy_files, geoip=with_geoip, previous=previous.sources if previous else ())
+    merged = merge_sources(sources, problems)
+    if merged is None:  # a name defined in two files: one reader over all files reports it exactly
+        sources = []
+        merged = read_policy_files(settings.policy_files, problems, geoip=with_geoip)
+    spec = merged
     if len(problems.items) > before:
-        spec = PolicySpec()
-    return Policy(
+        spec, sources = PolicySpec(), []
+    policy = Policy(
         spec,
         default_action=settings.default_action,
         mode=settings.mode,
@@ -559,3 +571,5 @@ def load_policy(settings: Settings, problems: Problems, *, now: datetime | None 
         totp_configured=settings.totp is not None,
         now=now,
     )
+    policy.sources = tuple(sources)
+    return policy

@@ -23,21 +23,44 @@ from gateway.schema import IPNetwork, parse_network
 T = TypeVar("T")
 
 
+Cidr = tuple[int, int, int, int]  # (version, prefix length in v6 terms, mask, network as int)
+
+_V4_FULL = (1 << 32) - 1
+_V6_FULL = (1 << 128) - 1
+# masks by (version, v6-terms prefix): shared, so 100,000 entries do not hold 100,000 equal ints
+_MASKS: dict[tuple[int, int], int] = {
+    **{(4, 96 + p): _V4_FULL ^ ((1 << (32 - p)) - 1) for p in range(33)},
+    **{(6, p): _V6_FULL ^ ((1 << (128 - p)) - 1) for p in range(129)},
+}
+
+
 @dataclass(frozen=True, slots=True)
 class NetEntry:
-    """One item of a ``networks`` list, as written and as CIDR blocks."""
+    """One item of a ``networks`` list, as written and as CIDR blocks.
+
+    The blocks are kept as integers (:data:`Cidr`), which is what the index
+    needs and a fraction of the memory of :mod:`ipaddress` objects (a large
+    policy holds hundreds of thousands); :attr:`blocks` rebuilds those for
+    ``explain`` and ``check``.
+    """
 
     text: str
-    blocks: tuple[IPNetwork, ...]
-    # per block: (version, prefix length in v6 terms, mask, network as int), for indexing
-    cidrs: tuple[tuple[int, int, int, int], ...] = ()
+    cidrs: tuple[Cidr, ...]
 
-    def __post_init__(self) -> None:
-        if not self.cidrs:
-            cidrs = tuple(
-                (b.version, v6_prefix(b), int(b.netmask), int(b.network_address)) for b in self.blocks
-            )
-            object.__setattr__(self, "cidrs", cidrs)
+    @property
+    def blocks(self) -> tuple[IPNetwork, ...]:
+        return tuple(
+            ipaddress.IPv4Network((network, prefix - 96)) if version == 4 else ipaddress.IPv6Network((network, prefix))
+            for version, prefix, _, network in self.cidrs
+        )
+
+    @classmethod
+    def of_blocks(cls, text: str, blocks: tuple[IPNetwork, ...]) -> NetEntry:
+        return cls(text, tuple(_cidr(b.version, v6_prefix(b), int(b.network_address)) for b in blocks))
+
+
+def _cidr(version: int, prefix: int, network: int) -> Cidr:
+    return (version, prefix, _MASKS[(version, prefix)], network)
 
 
 def v6_prefix(network: IPNetwork) -> int:
@@ -59,11 +82,54 @@ def judged_address(address: IPAddress) -> IPAddress:
     return address
 
 
+def _v4_number(text: str) -> int | None:
+    """A dotted-quad IPv4 address as an int, for the plain spellings only (else None).
+
+    The common case of big ban lists, about 10x faster than :mod:`ipaddress`;
+    anything unusual (leading zeros, spaces, other forms) returns None and is
+    left to :mod:`ipaddress`, which accepts or rejects it as before.
+    """
+    parts = text.split(".")
+    if len(parts) != 4:
+        return None
+    number = 0
+    for part in parts:
+        if not (0 < len(part) <= 3 and part.isascii() and part.isdigit()) or (part[0] == "0" and len(part) > 1):
+            return None
+        octet = int(part)
+        if octet > 255:
+            return None
+        number = number << 8 | octet
+    return number
+
+
+def _fast_entry(text: str) -> NetEntry | None:
+    """``a.b.c.d`` or ``a.b.c.d/p`` without :mod:`ipaddress`; None for anything else."""
+    address, slash, prefix_text = text.partition("/")
+    number = _v4_number(address)
+    if number is None:
+        return None
+    prefix = 32
+    if slash:
+        if not (0 < len(prefix_text) <= 2 and prefix_text.isascii() and prefix_text.isdigit()):
+            return None
+        if prefix_text[0] == "0" and len(prefix_text) > 1:
+            return None
+        prefix = int(prefix_text)
+        if prefix > 32:
+            return None
+    mask = _MASKS[(4, 96 + prefix)]
+    return NetEntry(text, ((4, 96 + prefix, mask, number & mask),))
+
+
 def parse_entry(value: object) -> NetEntry:
     """An address, CIDR or ``a-b`` range; raises ValueError with an admin-facing message."""
     if not isinstance(value, str):
         raise ValueError(f"expected an address, CIDR or range a-b, got {value!r}")
     text = value.strip()
+    fast = _fast_entry(text)
+    if fast is not None:
+        return fast
     if "-" in text and "/" not in text:
         first_text, _, last_text = text.partition("-")
         try:
@@ -80,8 +146,8 @@ def parse_entry(value: object) -> NetEntry:
             raise ValueError(f"a range must not mix IPv4 and IPv6: {value!r}")
         if not blocks:
             raise ValueError(f"range end is before its start: {value!r}")
-        return NetEntry(text, blocks)
-    return NetEntry(text, (parse_network(text),))
+        return NetEntry.of_blocks(text, blocks)
+    return NetEntry.of_blocks(text, (parse_network(text),))
 
 
 def entry_contains(entry: NetEntry, address: IPAddress) -> IPNetwork | None:
@@ -108,7 +174,7 @@ class PrefixTable(Generic[T]):
         self.v6: list[tuple[int, int, dict[int, list[T]]]] = []
         self._building: dict[tuple[int, int], tuple[int, dict[int, list[T]]]] = {}
 
-    def add(self, cidr: tuple[int, int, int, int], payload: T) -> None:
+    def add(self, cidr: Cidr, payload: T) -> None:
         """Add a payload under one of :attr:`NetEntry.cidrs`; call :meth:`seal` when done."""
         version, prefix, mask, network = cidr
         level = self._building.get((version, prefix))
