@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import gc
 import re
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Concatenate, Literal, ParamSpec, TypeVar
 from zoneinfo import ZoneInfo
 
 from gateway.policy.geoip import GeoIP, GeoIPError
@@ -48,13 +49,13 @@ from gateway.policy.networks import PrefixTable, judged_address
 from gateway.policy.patterns import PathMatcher
 from gateway.policy.rules import (
     NO_NETWORK,
-    Key,
     Rule,
     SettingsSegment,
     SettingsTimeline,
     compile_rules,
     expiry_instant,
     office_zone_name,
+    rank_network,
     settings_timeline,
 )
 from gateway.policy.sources import PolicySource, merge_sources, read_sources
@@ -63,7 +64,7 @@ from gateway.policy.trace import DEFAULT_RULE, explained
 from gateway.settings import Settings
 from gateway.yamlsrc import ConfigError, Mapping, Problems, Where, load_yaml
 
-Candidate = tuple[Rule, Key]
+Candidate = tuple[Rule, int]  # a rule and its rank (Rule.rank) for the matched entry
 _STAR = ("*",)
 # Paths and User-Agents come from clients: the caches keyed by them are bounded in
 # entries and skip long values, so a flood of random 8 KB URLs cannot grow them to
@@ -77,35 +78,76 @@ _NO_GROUPS: frozenset[str] = frozenset()
 
 
 class _Bucket:
-    """Rules of one (priority, function, subject): by network, by country, and the rest."""
+    """Rules of one (priority, function, subject): by network, by country, and the rest.
+
+    Candidates are ``(rule, rank)`` (:meth:`Rule.rank`). Most buckets of a big
+    policy hold one or two rules, so the parts a bucket does not use stay
+    shared empty values, and sealed lists become tuples.
+    """
 
     __slots__ = ("by_country", "nets", "plain")
 
     def __init__(self) -> None:
-        self.nets: PrefixTable[Candidate] = PrefixTable()
-        self.by_country: dict[str, list[Candidate]] = {}
-        self.plain: list[Candidate] = []
+        self.nets: PrefixTable[Candidate] = _NO_NETS
+        self.by_country: dict[str, Sequence[Candidate]] = _NO_COUNTRIES
+        self.plain: Sequence[Candidate] = ()
 
     def add(self, rule: Rule) -> None:
         if rule.networks is not None:
+            if self.nets is _NO_NETS:
+                self.nets = PrefixTable()
             for entry in rule.networks:
                 for cidr in entry.cidrs:
-                    self.nets.add(cidr, (rule, rule.key(cidr[1])))
+                    self.nets.add(cidr, (rule, rule.rank(cidr[1])))
         elif rule.countries is not None and not rule.countries_negated:
+            if self.by_country is _NO_COUNTRIES:
+                self.by_country = {}
             for code in rule.countries:
-                self.by_country.setdefault(code, []).append((rule, rule.key(NO_NETWORK)))
+                hits = self.by_country.setdefault(code, [])
+                assert isinstance(hits, list)
+                hits.append((rule, rule.rank(NO_NETWORK)))
         else:
-            self.plain.append((rule, rule.key(NO_NETWORK)))
+            self.plain = (*self.plain, (rule, rule.rank(NO_NETWORK)))
 
     def seal(self) -> None:
         """Sort every list most specific first, so scans can stop early."""
-        self.nets.seal()
-        for _, _, table in (*self.nets.v4, *self.nets.v6):
-            for hits in table.values():
-                hits.sort(key=lambda c: c[1], reverse=True)
-        for hits in self.by_country.values():
-            hits.sort(key=lambda c: c[1], reverse=True)
-        self.plain.sort(key=lambda c: c[1], reverse=True)
+        if self.nets is not _NO_NETS:
+            self.nets.seal(_rank_of)
+        for code, hits in self.by_country.items():
+            self.by_country[code] = tuple(sorted(hits, key=_rank_of, reverse=True))
+        if len(self.plain) > 1:
+            self.plain = tuple(sorted(self.plain, key=_rank_of, reverse=True))
+
+
+def _rank_of(candidate: Candidate) -> int:
+    return candidate[1]
+
+
+_NO_NETS: PrefixTable[Candidate] = PrefixTable()
+_NO_COUNTRIES: dict[str, Sequence[Candidate]] = {}
+
+
+_R = TypeVar("_R")
+_Args = ParamSpec("_Args")
+
+
+def _cached(policy: Policy, method: Callable[Concatenate[Policy, _Args], _R]) -> Callable[_Args, _R]:
+    """An LRU cache over one policy's method that does not keep the policy alive.
+
+    ``lru_cache(self.method)`` would hold the bound method, hence the policy: a
+    reference cycle, so a replaced policy (hundreds of thousands of objects)
+    would wait for a full garbage collection, which then walks every one of
+    them. Through a weak reference the old policy is freed as soon as the last
+    request using it is done.
+    """
+    ref = weakref.ref(policy)
+
+    def call(*args: _Args.args, **kwargs: _Args.kwargs) -> _R:
+        owner = ref()
+        assert owner is not None, "the cache lives inside its policy"
+        return method(owner, *args, **kwargs)
+
+    return lru_cache(maxsize=_CACHE_SIZE)(call)  # type: ignore[return-value]
 
 
 @contextmanager
@@ -211,8 +253,8 @@ class Policy:
             PathMatcher(((0, p) for p in c.paths), lower=case_insensitive_paths) if c.paths else None
             for c in spec.channels
         )
-        self._agent_cache = lru_cache(maxsize=_CACHE_SIZE)(self._agents_uncached)
-        self._channel_cache = lru_cache(maxsize=_CACHE_SIZE)(self._channel_uncached)
+        self._agent_cache = _cached(self, Policy._agents_uncached)
+        self._channel_cache = _cached(self, Policy._channel_uncached)
 
         # functions
         self._functions = spec.functions
@@ -220,8 +262,8 @@ class Policy:
             ((index, pattern) for index, f in enumerate(spec.functions) for pattern in f.paths),
             lower=case_insensitive_paths,
         )
-        self._path_cache = lru_cache(maxsize=_CACHE_SIZE)(self._path_info)
-        self._plan_cache = lru_cache(maxsize=_CACHE_SIZE)(self._plan)
+        self._path_cache = _cached(self, Policy._path_info)
+        self._plan_cache = _cached(self, Policy._plan)
         self._default_title = f"No rule matched: default_action {self.default_action}"
 
         # people
@@ -350,7 +392,8 @@ class Policy:
             enforced, reason, rule_id, title = True, None, path.public_rule, PUBLIC_TITLE
         else:
             verdict = self._match(
-                v4, number, country, channel, self._plan_cache(path.functions, user if info is not None else ""),
+                v4, number, country, channel,
+                self._plan_cache(path.functions, user if info is not None and user is not None else ""),
                 info.groups if info is not None else _NO_GROUPS, at,
             )  # fmt: skip
             rule = verdict[0]
@@ -432,14 +475,15 @@ class Policy:
         Returns the enforced winner and the winner counting report-only rules.
         """
         best: Rule | None = None
-        best_key: Key | None = None
+        best_key: int | None = None
+        best_network = NO_NETWORK - 1  # the network component of best_key
         top: Rule | None = None
-        top_key: Key | None = None
+        top_key: int | None = None
         for level in plan:
             for bucket in level:
-                candidates: list[list[Candidate]] = []
+                candidates: list[Sequence[Candidate]] = []
                 for prefix, mask, table in bucket.nets.v4 if v4 else bucket.nets.v6:
-                    if best_key is not None and best_key[3] > prefix:
+                    if best_network > prefix:
                         break  # shorter prefixes cannot beat what this level already has
                     hits = table.get(number & mask)
                     if hits is not None:
@@ -469,7 +513,7 @@ class Policy:
                         if top_key is None or key > top_key:
                             top, top_key = rule, key
                         if not rule.report_only and (best_key is None or key > best_key):
-                            best, best_key = rule, key
+                            best, best_key, best_network = rule, key, rank_network(key)
             if best is not None:
                 break
         return best, top

@@ -14,8 +14,9 @@ address /128, like a single IPv6 address.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from gateway.policy.model import IPAddress
 from gateway.schema import IPNetwork, parse_network
@@ -169,9 +170,9 @@ class PrefixTable(Generic[T]):
     __slots__ = ("_building", "v4", "v6")
 
     def __init__(self) -> None:
-        # per version: [(prefix length in v6 terms, mask, {network int: [payload, ...]})], longest first
-        self.v4: list[tuple[int, int, dict[int, list[T]]]] = []
-        self.v6: list[tuple[int, int, dict[int, list[T]]]] = []
+        # per version: [(prefix length in v6 terms, mask, {network int: (payload, ...)})], longest first
+        self.v4: list[tuple[int, int, dict[int, Sequence[T]]]] = []
+        self.v6: list[tuple[int, int, dict[int, Sequence[T]]]] = []
         self._building: dict[tuple[int, int], tuple[int, dict[int, list[T]]]] = {}
 
     def add(self, cidr: Cidr, payload: T) -> None:
@@ -182,11 +183,22 @@ class PrefixTable(Generic[T]):
             level = self._building[(version, prefix)] = (mask, {})
         level[1].setdefault(network, []).append(payload)
 
-    def seal(self) -> None:
-        """Freeze the levels added so far into the longest-first lists lookups walk."""
+    def seal(self, order: Callable[[T], Any] | None = None) -> None:
+        """Freeze the levels added so far into the longest-first lists lookups walk.
+
+        Each block's payloads become a tuple, sorted by ``order`` descending when given.
+        """
         levels = sorted(self._building.items(), key=lambda item: -item[0][1])
-        self.v4 = [(prefix, mask, table) for (version, prefix), (mask, table) in levels if version == 4]
-        self.v6 = [(prefix, mask, table) for (version, prefix), (mask, table) in levels if version == 6]
+        sealed: list[tuple[int, int, int, dict[int, Sequence[T]]]] = []
+        for (version, prefix), (mask, building) in levels:
+            table: dict[int, Sequence[T]] = {
+                network: tuple(sorted(hits, key=order, reverse=True) if order and len(hits) > 1 else hits)
+                for network, hits in building.items()
+            }
+            sealed.append((version, prefix, mask, table))
+        self.v4 = [(prefix, mask, table) for version, prefix, mask, table in sealed if version == 4]
+        self.v6 = [(prefix, mask, table) for version, prefix, mask, table in sealed if version == 6]
+        self._building = {}
 
     def __bool__(self) -> bool:
         return bool(self.v4 or self.v6)

@@ -66,6 +66,14 @@ NO_NETWORK = -1  # the network component of a rule that names no network
 Key = tuple[int, ...]  # a specificity key (see Rule.key)
 
 SUBJECT_USERS, SUBJECT_GROUPS, SUBJECT_EVERYONE = 2, 1, 0
+_NETWORKS = 130  # network component values: -1 (none) .. 128
+_ORDER_BITS = 32
+_ORDER_SPAN = 1 << _ORDER_BITS  # rules per policy, at most
+
+
+def rank_network(rank: int) -> int:
+    """The network component of a :meth:`Rule.rank`."""
+    return (rank >> (_ORDER_BITS + 3)) % _NETWORKS - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +124,18 @@ class Rule:
             1 if self.block else 0,
             -self.order,
         )
+
+    def rank(self, network: int) -> int:
+        """:meth:`key` packed into one integer that sorts the same way (what the index stores).
+
+        Mixed radix, most significant first: each component is shifted into the
+        range of its radix, so comparing ranks compares keys lexicographically,
+        at a fraction of a tuple's memory and comparison time. :func:`rank_network`
+        unpacks the network component.
+        """
+        rank = ((self.priority * 2 + (self.function is not None)) * 3 + self.subject) * _NETWORKS + network + 1
+        rank = ((rank * 2 + (self.countries is not None)) * 2 + (self.channel is not None)) * 2 + self.block
+        return (rank << _ORDER_BITS) | (_ORDER_SPAN - 1 - self.order)
 
     def best_key(self) -> Key:
         """The highest key this rule can reach (its longest network entry)."""
