@@ -31,6 +31,7 @@ normally (fail closed). Login hours apply only to requests with a user.
 from __future__ import annotations
 
 import gc
+import operator
 import re
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -48,6 +49,7 @@ from gateway.policy.model import Decision, EffectiveSettings, IPAddress, Request
 from gateway.policy.networks import PrefixTable, judged_address
 from gateway.policy.patterns import PathMatcher
 from gateway.policy.rules import (
+    FILE_SHIFT,
     NO_NETWORK,
     Rule,
     SettingsSegment,
@@ -171,8 +173,8 @@ def _gc_paused() -> Iterator[None]:
 Tier = dict[str, dict[str, _Bucket]]  # function ('*' or name) -> subject ('u:x', 'g:y', '*') -> bucket
 
 
-def build_index(rules: Iterable[Rule]) -> list[Tier]:
-    """Tiers by priority, highest first."""
+def build_index(rules: Iterable[Rule]) -> dict[int, Tier]:
+    """Tiers by priority."""
     tiers: dict[int, Tier] = {}
     for rule in rules:
         if rule.users:
@@ -191,7 +193,43 @@ def build_index(rules: Iterable[Rule]) -> list[Tier]:
         for by_subject in tier.values():
             for bucket in by_subject.values():
                 bucket.seal()
-    return [tiers[priority] for priority in sorted(tiers, reverse=True)]
+    return tiers
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """The index of one policy file's rules (file 0: the defaults' and overrides' rules).
+
+    Each file is indexed on its own, so a reload that reuses a big file's rules
+    (:func:`compile_rules`) reuses its index too; a request's plan takes, at each
+    level, the buckets of every file (:meth:`Policy._plan`).
+    """
+
+    start: int  # its rules are policy.rules[start:end]
+    end: int
+    tiers: dict[int, Tier]
+
+
+def _segments(rules: tuple[Rule, ...], previous: tuple[Rule, ...], reusable: Iterable[_Segment]) -> list[_Segment]:
+    """Index the rules file by file, reusing a previous file's index when its rules are the same objects."""
+    by_first = {id(previous[s.start]): s for s in reusable if s.end > s.start}
+    out: list[_Segment] = []
+    start = 0
+    while start < len(rules):
+        file = rules[start].order >> FILE_SHIFT
+        end = start
+        while end < len(rules) and rules[end].order >> FILE_SHIFT == file:
+            end += 1
+        old = by_first.get(id(rules[start])) if file else None  # file 0 is small and always rebuilt
+        if (
+            old is not None and old.end - old.start == end - start
+            and all(map(operator.is_, previous[old.start:old.end], rules[start:end]))
+        ):  # fmt: skip
+            out.append(_Segment(start, end, old.tiers))
+        else:
+            out.append(_Segment(start, end, build_index(rules[start:end])))
+        start = end
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +264,9 @@ class Policy:
         totp_secrets_file: Path | None = None,
         totp_configured: bool = False,
         now: datetime | None = None,
+        previous: Policy | None = None,
     ) -> None:
+        """``previous``: the policy this one replaces, whose unchanged rules are reused (:func:`compile_rules`)."""
         self.spec = spec
         self.default_action = default_action
         self.mode = mode
@@ -237,12 +277,21 @@ class Policy:
         self.office = ZoneInfo(office_zone_name(spec.defaults))
         self.sources: tuple[PolicySource, ...] = ()  # the files it was read from, for the next reload
         with _gc_paused():
-            self._compile(spec, case_insensitive_paths, now)
+            self._compile(spec, case_insensitive_paths, now, previous)
 
-    def _compile(self, spec: PolicySpec, case_insensitive_paths: bool, now: datetime | None) -> None:
-        self.rules: tuple[Rule, ...] = tuple(compile_rules(spec))
+    def _compile(
+        self, spec: PolicySpec, case_insensitive_paths: bool, now: datetime | None, previous: Policy | None
+    ) -> None:
+        self.rules: tuple[Rule, ...] = tuple(compile_rules(spec, previous.rules if previous is not None else ()))
         self.rule_count = len(self.rules)
-        self._tiers = build_index(self.rules)
+        self._segments: list[_Segment] = _segments(
+            self.rules, previous.rules if previous else (), previous._segments if previous else ()
+        )
+        priorities = sorted({p for segment in self._segments for p in segment.tiers}, reverse=True)
+        # by priority, highest first: that priority's tier of every file
+        self._tiers: list[tuple[Tier, ...]] = [
+            tuple(s.tiers[p] for s in self._segments if p in s.tiers) for p in priorities
+        ]
 
         # channels: first match wins, in file order
         self._channel_names = tuple(c.name for c in spec.channels)
@@ -447,11 +496,12 @@ class Policy:
         subject_levels = info.levels if info is not None else self._anonymous_levels
         function_levels = (functions, _STAR) if functions else (_STAR,)
         plan: list[tuple[_Bucket, ...]] = []
-        for tier in self._tiers:
+        for tiers in self._tiers:
             for function_keys in function_levels:
                 for subject_keys in subject_levels:
                     level = tuple(
                         bucket
+                        for tier in tiers
                         for function_key in function_keys
                         for subject_key in subject_keys
                         if (bucket := tier.get(function_key, {}).get(subject_key)) is not None
@@ -614,6 +664,7 @@ def load_policy(
         totp_secrets_file=settings.totp.secrets_file if settings.totp is not None else None,
         totp_configured=settings.totp is not None,
         now=now,
+        previous=previous,
     )
     policy.sources = tuple(sources)
     return policy

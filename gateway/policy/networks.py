@@ -39,14 +39,22 @@ _MASKS: dict[tuple[int, int], int] = {
 class NetEntry:
     """One item of a ``networks`` list, as written and as CIDR blocks.
 
-    The blocks are kept as integers (:data:`Cidr`), which is what the index
-    needs and a fraction of the memory of :mod:`ipaddress` objects (a large
-    policy holds hundreds of thousands); :attr:`blocks` rebuilds those for
-    ``explain`` and ``check``.
+    The blocks are kept flat, ``(code, network, code, network, ...)`` where code
+    is :func:`_code` of the version and prefix (always one of Python's shared
+    small ints) and network the block's first address as an int, the same
+    object the index keys on: a large policy holds hundreds of thousands of
+    blocks, and :mod:`ipaddress` objects or tuples per block cost several times
+    the memory. :attr:`cidrs` unpacks them for the index; :attr:`blocks`
+    rebuilds :mod:`ipaddress` networks for ``explain`` and ``check``.
     """
 
     text: str
-    cidrs: tuple[Cidr, ...]
+    flat: tuple[int, ...]
+
+    @property
+    def cidrs(self) -> tuple[Cidr, ...]:
+        flat = self.flat
+        return tuple(_cidr(flat[i], flat[i + 1]) for i in range(0, len(flat), 2))
 
     @property
     def blocks(self) -> tuple[IPNetwork, ...]:
@@ -57,10 +65,19 @@ class NetEntry:
 
     @classmethod
     def of_blocks(cls, text: str, blocks: tuple[IPNetwork, ...]) -> NetEntry:
-        return cls(text, tuple(_cidr(b.version, v6_prefix(b), int(b.network_address)) for b in blocks))
+        flat: list[int] = []
+        for block in blocks:
+            flat += (_code(block.version, v6_prefix(block)), int(block.network_address))
+        return cls(text, tuple(flat))
 
 
-def _cidr(version: int, prefix: int, network: int) -> Cidr:
+def _code(version: int, prefix: int) -> int:
+    """Version and v6-terms prefix in one small int: IPv6 0..128, IPv4 (prefix 96..128) 129..161."""
+    return prefix if version == 6 else prefix + 33
+
+
+def _cidr(code: int, network: int) -> Cidr:
+    version, prefix = (6, code) if code <= 128 else (4, code - 33)
     return (version, prefix, _MASKS[(version, prefix)], network)
 
 
@@ -119,8 +136,7 @@ def _fast_entry(text: str) -> NetEntry | None:
         prefix = int(prefix_text)
         if prefix > 32:
             return None
-    mask = _MASKS[(4, 96 + prefix)]
-    return NetEntry(text, ((4, 96 + prefix, mask, number & mask),))
+    return NetEntry(text, (_code(4, 96 + prefix), number & _MASKS[(4, 96 + prefix)]))
 
 
 def parse_entry(value: object) -> NetEntry:
