@@ -12,7 +12,9 @@ that name networks sit in a prefix table (one dict probe per prefix length
 present), rules that name countries in a dict by country, and the rest in a
 short list sorted by key. Buckets are visited from the most specific level
 down; the first level that yields a match decides, so the work per request does
-not grow with the number of rules.
+not grow with the number of rules. Each policy file's rules are indexed on their
+own (a level takes the buckets of every file), so a reload reuses the index of
+every file it did not read again.
 
 Report-only rules never change what is enforced: the enforced verdict is the
 one the rules give as if report-only rules did not exist; when a more specific

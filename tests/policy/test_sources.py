@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config import load_config
-from gateway.policy import RequestFacts, sources
+from gateway.policy import Policy, RequestFacts, sources
 from gateway.policy.loader import read_policy_files
+from gateway.policy.rules import Rule
 from gateway.policy.sources import merge_sources, read_source, read_sources
 from gateway.yamlsrc import ConfigError, Mapping, Problems, Sequence, _LineLoader, _read_events, _Unusual
 from tests.policy.world import COUNTRIES, FIXTURES, MONDAY, write_country_db
@@ -160,3 +161,29 @@ def test_the_fast_yaml_reader_builds_what_the_full_loader_builds(document: objec
 def test_the_fast_yaml_reader_reads_the_example_files(name: str) -> None:
     text = (FIXTURES / name).read_text()
     assert _same(_read_events(text, "f.yaml"), _loaded_the_long_way(text))
+
+
+def test_after_a_reload_decisions_are_those_of_a_fresh_load(folder: Path) -> None:
+    """Reused rules and indexes (another file changed) decide exactly as a policy loaded from scratch."""
+    first = load_config(folder / "gateway.yaml")
+    with (folder / "people.yaml").open("a") as f:  # one more override: the overrides' rules renumber
+        f.write("  pat:\n    overrides:\n      - ip_lockdown: false\n        reason: On the road\n")
+    reloaded = load_config(folder / "gateway.yaml", previous=first).policy
+    fresh = load_config(folder / "gateway.yaml").policy
+    rules_yaml = str(folder / "rules.yaml")
+
+    def file_rules(policy: Policy) -> list[Rule]:  # the defaults' rules are written there too, but compiled anew
+        return [r for r in policy.rules if r.where.file == rules_yaml and not r.id.startswith("defaults.")]
+
+    assert file_rules(reloaded) and all(
+        a is b for a, b in zip(file_rules(reloaded), file_rules(first.policy), strict=True)
+    ), "rules.yaml did not change: its compiled rules are reused"
+    assert reloaded._segments[1].tiers is first.policy._segments[1].tiers, "and so is its index"
+    assert [(r.id, r.order) for r in reloaded.rules] == [(r.id, r.order) for r in fresh.rules]
+    for user in (None, "jim", "alice", "pat", "bob", "someone-else"):
+        for ip in ("193.167.1.70", "193.167.2.9", "81.2.69.142", "2001:db8:10::1", "8.8.8.8"):
+            for method, path in (("GET", "/"), ("POST", "/timeclock/clock-in"), ("GET", "/billing/x"),
+                                 ("GET", "/reports/1/csv"), ("GET", "/login")):
+                for agent in ("Mozilla/5.0", "AcmeCRM-Mobile/4.2"):
+                    facts = RequestFacts(ipaddress.ip_address(ip), method, path, agent, user, MONDAY)
+                    assert reloaded.decide(facts, explain=True) == fresh.decide(facts, explain=True), facts
