@@ -48,7 +48,7 @@ from zoneinfo import ZoneInfo
 from gateway.policy.geoip import GeoIP, GeoIPError
 from gateway.policy.loader import read_policy_files
 from gateway.policy.model import Decision, EffectiveSettings, IPAddress, RequestFacts
-from gateway.policy.networks import PrefixTable, judged_address
+from gateway.policy.networks import Cidr, PrefixTable, judged_address
 from gateway.policy.patterns import PathMatcher
 from gateway.policy.rules import (
     FILE_SHIFT,
@@ -59,6 +59,7 @@ from gateway.policy.rules import (
     compile_rules,
     expiry_instant,
     office_zone_name,
+    rank_for_network,
     rank_network,
     settings_timeline,
 )
@@ -96,22 +97,22 @@ class _Bucket:
         self.by_country: dict[str, Sequence[Candidate]] = _NO_COUNTRIES
         self.plain: Sequence[Candidate] = ()
 
-    def add(self, rule: Rule) -> None:
-        if rule.networks is not None:
+    def add(self, rule: Rule, plain_rank: int, net_ranks: list[tuple[Cidr, int]] | None) -> None:
+        """``plain_rank``: the rule's rank with no network; ``net_ranks``: each block with its rank."""
+        if net_ranks is not None:
             if self.nets is _NO_NETS:
                 self.nets = PrefixTable()
-            for entry in rule.networks:
-                for cidr in entry.cidrs:
-                    self.nets.add(cidr, (rule, rule.rank(cidr[1])))
+            for cidr, rank in net_ranks:
+                self.nets.add(cidr, (rule, rank))
         elif rule.countries is not None and not rule.countries_negated:
             if self.by_country is _NO_COUNTRIES:
                 self.by_country = {}
             for code in rule.countries:
                 hits = self.by_country.setdefault(code, [])
                 assert isinstance(hits, list)
-                hits.append((rule, rule.rank(NO_NETWORK)))
+                hits.append((rule, plain_rank))
         else:
-            self.plain = (*self.plain, (rule, rule.rank(NO_NETWORK)))
+            self.plain = (*self.plain, (rule, plain_rank))
 
     def seal(self) -> None:
         """Sort every list most specific first, so scans can stop early."""
@@ -179,18 +180,24 @@ def build_index(rules: Iterable[Rule]) -> dict[int, Tier]:
     """Tiers by priority."""
     tiers: dict[int, Tier] = {}
     for rule in rules:
-        if rule.users:
-            subjects = [f"u:{user}" for user in rule.users]
-        elif rule.groups:
-            subjects = [f"g:{group}" for group in rule.groups]
+        spec = rule.spec
+        subjects: Sequence[str]
+        if spec.users:
+            subjects = [f"u:{user}" for user in spec.users]
+        elif spec.groups:
+            subjects = [f"g:{group}" for group in spec.groups]
         else:
-            subjects = ["*"]
-        by_function = tiers.setdefault(rule.priority, {}).setdefault(rule.function or "*", {})
+            subjects = _STAR
+        plain_rank = rule.rank(NO_NETWORK)
+        net_ranks = None
+        if spec.networks is not None:  # ranks computed once, shared by the rule's buckets
+            net_ranks = [(cidr, rank_for_network(plain_rank, cidr[1])) for e in spec.networks for cidr in e.cidrs]
+        by_function = tiers.setdefault(spec.priority, {}).setdefault(spec.function or "*", {})
         for subject in subjects:
             bucket = by_function.get(subject)
             if bucket is None:
                 bucket = by_function[subject] = _Bucket()
-            bucket.add(rule)
+            bucket.add(rule, plain_rank, net_ranks)
     for tier in tiers.values():
         for by_subject in tier.values():
             for bucket in by_subject.values():

@@ -72,6 +72,11 @@ _ORDER_BITS = 48
 _ORDER_SPAN = 1 << _ORDER_BITS  # rules per policy, at most
 
 
+def rank_for_network(plain_rank: int, network: int) -> int:
+    """``rule.rank(network)`` from ``rule.rank(NO_NETWORK)``: the network component is a plain offset."""
+    return plain_rank + ((network - NO_NETWORK) << (_ORDER_BITS + 3))
+
+
 def rank_network(rank: int) -> int:
     """The network component of a :meth:`Rule.rank`."""
     return (rank >> (_ORDER_BITS + 3)) % _NETWORKS - 1
@@ -180,8 +185,10 @@ class Rule:
         at a fraction of a tuple's memory and comparison time. :func:`rank_network`
         unpacks the network component.
         """
-        rank = ((self.priority * 2 + (self.function is not None)) * 3 + self.subject) * _NETWORKS + network + 1
-        rank = ((rank * 2 + (self.countries is not None)) * 2 + (self.channel is not None)) * 2 + self.block
+        spec = self.spec
+        subject = SUBJECT_USERS if spec.users else SUBJECT_GROUPS if spec.groups else SUBJECT_EVERYONE
+        rank = ((spec.priority * 2 + (spec.function is not None)) * 3 + subject) * _NETWORKS + network + 1
+        rank = ((rank * 2 + (spec.countries is not None)) * 2 + (spec.channel is not None)) * 2 + self.block
         return (rank << _ORDER_BITS) | (_ORDER_SPAN - 1 - self.order)
 
     def best_key(self) -> Key:

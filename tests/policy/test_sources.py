@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from gateway.config import load_config
 from gateway.policy import Policy, RequestFacts, sources
 from gateway.policy.loader import read_policy_files
-from gateway.policy.rules import Rule
+from gateway.policy.rules import NO_NETWORK, Rule, rank_for_network, rank_network
 from gateway.policy.sources import merge_sources, read_source, read_sources
 from gateway.yamlsrc import ConfigError, Mapping, Problems, Sequence, _LineLoader, _read_events, _Unusual
 from tests.policy.world import COUNTRIES, FIXTURES, MONDAY, write_country_db
@@ -187,3 +187,14 @@ def test_after_a_reload_decisions_are_those_of_a_fresh_load(folder: Path) -> Non
                 for agent in ("Mozilla/5.0", "AcmeCRM-Mobile/4.2"):
                     facts = RequestFacts(ipaddress.ip_address(ip), method, path, agent, user, MONDAY)
                     assert reloaded.decide(facts, explain=True) == fresh.decide(facts, explain=True), facts
+
+
+def test_a_rank_packs_the_specificity_key_in_its_order(example: Policy) -> None:
+    """Rule.rank sorts as Rule.key, and rank_for_network shifts only the network component."""
+    networks = [NO_NETWORK, 0, 48, 104, 120, 128]
+    pairs = [(rule.key(n), rule.rank(n)) for rule in example.rules for n in networks]
+    assert [rank for _, rank in sorted(pairs)] == sorted(rank for _, rank in pairs)
+    for rule in example.rules:
+        for n in networks:
+            assert rank_for_network(rule.rank(NO_NETWORK), n) == rule.rank(n)
+            assert rank_network(rule.rank(n)) == n
