@@ -333,11 +333,17 @@ class Policy:
         known = set(self._user_specs) | set(group_sets)
         self._nobody = settings_timeline(spec.defaults, None, self.office)
         self._users: dict[str, _UserInfo] = {}
+        # members of the same groups share one set and one level (10,000 users, a few hundred groups)
+        group_levels: dict[frozenset[str], tuple[frozenset[str], tuple[str, ...]]] = {}
         for name in sorted(known):
             groups = frozenset(group_sets.get(name, ()))
+            shared = group_levels.get(groups)
+            if shared is None:
+                shared = group_levels[groups] = (groups, tuple(f"g:{g}" for g in sorted(groups)))
+            groups = shared[0]
             levels: list[tuple[str, ...]] = [(f"u:{name}",)]
             if groups:
-                levels.append(tuple(f"g:{g}" for g in sorted(groups)))
+                levels.append(shared[1])
             levels.append(_STAR)
             user_spec = self._user_specs.get(name)
             timeline = self._nobody  # most people simply have the defaults

@@ -29,6 +29,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -161,13 +162,17 @@ def _read_isolated(path: Path, data: bytes, *, geoip: bool, digest: bytes) -> Po
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     code = "from gateway.policy.sources import _child; _child()"
     try:
-        done = subprocess.run(  # noqa: S603 (our own interpreter and code; the file's bytes go in on stdin)
-            [sys.executable, "-c", code, str(path), "1" if geoip else "0"],
-            input=data, capture_output=True, env=env, check=False, timeout=600,
-        )  # fmt: skip
-        if done.returncode != 0:
-            return None
-        source = pickle.loads(done.stdout)  # noqa: S301 (written by our own child, just above)
+        # The pickle goes through a temporary file and is loaded from it as a stream: from a pipe it
+        # would arrive as a list of chunks joined into one more copy, beside the values it makes.
+        with tempfile.TemporaryFile() as out:
+            done = subprocess.run(  # noqa: S603 (our own interpreter and code; the file's bytes go in on stdin)
+                [sys.executable, "-c", code, str(path), "1" if geoip else "0"],
+                input=data, stdout=out, stderr=subprocess.DEVNULL, env=env, check=False, timeout=600,
+            )  # fmt: skip
+            if done.returncode != 0:
+                return None
+            out.seek(0)
+            source = pickle.load(out)  # noqa: S301 (written by our own child, just above)
     except Exception:  # the child is an optimisation: any trouble, and the file is read here
         return None
     if not isinstance(source, PolicySource) or source.digest != digest or source.path != str(path):
