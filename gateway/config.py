@@ -26,7 +26,8 @@ class Config:
         return (self.settings.path, *self.settings.policy_files)
 
 
-def load_config(path: Path | str) -> Config:
+def load_config(path: Path | str, *, previous: Config | None = None) -> Config:
+    """Load and check every file; ``previous`` (the running config) lets unchanged policy files be reused."""
     path = Path(path).absolute()
     data = load_yaml(path)
     if data is not None and not isinstance(data, dict):
@@ -34,6 +35,6 @@ def load_config(path: Path | str) -> Config:
     problems = Problems()
     settings = parse_settings(data, path, problems)
     problems.raise_if_any()
-    policy = load_policy(settings, problems)
+    policy = load_policy(settings, problems, previous=previous.policy if previous is not None else None)
     problems.raise_if_any()
     return Config(settings=settings, policy=policy)

@@ -12,7 +12,9 @@ that name networks sit in a prefix table (one dict probe per prefix length
 present), rules that name countries in a dict by country, and the rest in a
 short list sorted by key. Buckets are visited from the most specific level
 down; the first level that yields a match decides, so the work per request does
-not grow with the number of rules.
+not grow with the number of rules. Each policy file's rules are indexed on their
+own (a level takes the buckets of every file), so a reload reuses the index of
+every file it did not read again.
 
 Report-only rules never change what is enforced: the enforced verdict is the
 one the rules give as if report-only rules did not exist; when a more specific
@@ -31,38 +33,43 @@ normally (fail closed). Login hours apply only to requests with a user.
 from __future__ import annotations
 
 import gc
+import operator
 import re
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Concatenate, Literal, ParamSpec, TypeVar
 from zoneinfo import ZoneInfo
 
 from gateway.policy.geoip import GeoIP, GeoIPError
 from gateway.policy.loader import read_policy_files
 from gateway.policy.model import Decision, EffectiveSettings, IPAddress, RequestFacts
-from gateway.policy.networks import PrefixTable, judged_address
+from gateway.policy.networks import Cidr, PrefixTable, judged_address
 from gateway.policy.patterns import PathMatcher
 from gateway.policy.rules import (
+    FILE_SHIFT,
     NO_NETWORK,
-    Key,
     Rule,
     SettingsSegment,
     SettingsTimeline,
     compile_rules,
     expiry_instant,
     office_zone_name,
+    rank_for_network,
+    rank_network,
     settings_timeline,
 )
+from gateway.policy.sources import PolicySource, merge_sources, read_sources
 from gateway.policy.spec import DEFAULT_CHANNEL, PolicySpec, UserSpec, canonical_user
 from gateway.policy.trace import DEFAULT_RULE, explained
 from gateway.settings import Settings
 from gateway.yamlsrc import ConfigError, Mapping, Problems, Where, load_yaml
 
-Candidate = tuple[Rule, Key]
+Candidate = tuple[Rule, int]  # a rule and its rank (Rule.rank) for the matched entry
 _STAR = ("*",)
 # Paths and User-Agents come from clients: the caches keyed by them are bounded in
 # entries and skip long values, so a flood of random 8 KB URLs cannot grow them to
@@ -76,35 +83,76 @@ _NO_GROUPS: frozenset[str] = frozenset()
 
 
 class _Bucket:
-    """Rules of one (priority, function, subject): by network, by country, and the rest."""
+    """Rules of one (priority, function, subject): by network, by country, and the rest.
+
+    Candidates are ``(rule, rank)`` (:meth:`Rule.rank`). Most buckets of a big
+    policy hold one or two rules, so the parts a bucket does not use stay
+    shared empty values, and sealed lists become tuples.
+    """
 
     __slots__ = ("by_country", "nets", "plain")
 
     def __init__(self) -> None:
-        self.nets: PrefixTable[Candidate] = PrefixTable()
-        self.by_country: dict[str, list[Candidate]] = {}
-        self.plain: list[Candidate] = []
+        self.nets: PrefixTable[Candidate] = _NO_NETS
+        self.by_country: dict[str, Sequence[Candidate]] = _NO_COUNTRIES
+        self.plain: Sequence[Candidate] = ()
 
-    def add(self, rule: Rule) -> None:
-        if rule.networks is not None:
-            for entry in rule.networks:
-                for cidr in entry.cidrs:
-                    self.nets.add(cidr, (rule, rule.key(cidr[1])))
+    def add(self, rule: Rule, plain_rank: int, net_ranks: list[tuple[Cidr, int]] | None) -> None:
+        """``plain_rank``: the rule's rank with no network; ``net_ranks``: each block with its rank."""
+        if net_ranks is not None:
+            if self.nets is _NO_NETS:
+                self.nets = PrefixTable()
+            for cidr, rank in net_ranks:
+                self.nets.add(cidr, (rule, rank))
         elif rule.countries is not None and not rule.countries_negated:
+            if self.by_country is _NO_COUNTRIES:
+                self.by_country = {}
             for code in rule.countries:
-                self.by_country.setdefault(code, []).append((rule, rule.key(NO_NETWORK)))
+                hits = self.by_country.setdefault(code, [])
+                assert isinstance(hits, list)
+                hits.append((rule, plain_rank))
         else:
-            self.plain.append((rule, rule.key(NO_NETWORK)))
+            self.plain = (*self.plain, (rule, plain_rank))
 
     def seal(self) -> None:
         """Sort every list most specific first, so scans can stop early."""
-        self.nets.seal()
-        for _, _, table in (*self.nets.v4, *self.nets.v6):
-            for hits in table.values():
-                hits.sort(key=lambda c: c[1], reverse=True)
-        for hits in self.by_country.values():
-            hits.sort(key=lambda c: c[1], reverse=True)
-        self.plain.sort(key=lambda c: c[1], reverse=True)
+        if self.nets is not _NO_NETS:
+            self.nets.seal(_rank_of)
+        for code, hits in self.by_country.items():
+            self.by_country[code] = tuple(sorted(hits, key=_rank_of, reverse=True))
+        if len(self.plain) > 1:
+            self.plain = tuple(sorted(self.plain, key=_rank_of, reverse=True))
+
+
+def _rank_of(candidate: Candidate) -> int:
+    return candidate[1]
+
+
+_NO_NETS: PrefixTable[Candidate] = PrefixTable()
+_NO_COUNTRIES: dict[str, Sequence[Candidate]] = {}
+
+
+_R = TypeVar("_R")
+_Args = ParamSpec("_Args")
+
+
+def _cached(policy: Policy, method: Callable[Concatenate[Policy, _Args], _R]) -> Callable[_Args, _R]:
+    """An LRU cache over one policy's method that does not keep the policy alive.
+
+    ``lru_cache(self.method)`` would hold the bound method, hence the policy: a
+    reference cycle, so a replaced policy (hundreds of thousands of objects)
+    would wait for a full garbage collection, which then walks every one of
+    them. Through a weak reference the old policy is freed as soon as the last
+    request using it is done.
+    """
+    ref = weakref.ref(policy)
+
+    def call(*args: _Args.args, **kwargs: _Args.kwargs) -> _R:
+        owner = ref()
+        assert owner is not None, "the cache lives inside its policy"
+        return method(owner, *args, **kwargs)
+
+    return lru_cache(maxsize=_CACHE_SIZE)(call)  # type: ignore[return-value]
 
 
 @contextmanager
@@ -128,27 +176,69 @@ def _gc_paused() -> Iterator[None]:
 Tier = dict[str, dict[str, _Bucket]]  # function ('*' or name) -> subject ('u:x', 'g:y', '*') -> bucket
 
 
-def build_index(rules: Iterable[Rule]) -> list[Tier]:
-    """Tiers by priority, highest first."""
+def build_index(rules: Iterable[Rule]) -> dict[int, Tier]:
+    """Tiers by priority."""
     tiers: dict[int, Tier] = {}
     for rule in rules:
-        if rule.users:
-            subjects = [f"u:{user}" for user in rule.users]
-        elif rule.groups:
-            subjects = [f"g:{group}" for group in rule.groups]
+        spec = rule.spec
+        subjects: Sequence[str]
+        if spec.users:
+            subjects = [f"u:{user}" for user in spec.users]
+        elif spec.groups:
+            subjects = [f"g:{group}" for group in spec.groups]
         else:
-            subjects = ["*"]
-        by_function = tiers.setdefault(rule.priority, {}).setdefault(rule.function or "*", {})
+            subjects = _STAR
+        plain_rank = rule.rank(NO_NETWORK)
+        net_ranks = None
+        if spec.networks is not None:  # ranks computed once, shared by the rule's buckets
+            net_ranks = [(cidr, rank_for_network(plain_rank, cidr[1])) for e in spec.networks for cidr in e.cidrs]
+        by_function = tiers.setdefault(spec.priority, {}).setdefault(spec.function or "*", {})
         for subject in subjects:
             bucket = by_function.get(subject)
             if bucket is None:
                 bucket = by_function[subject] = _Bucket()
-            bucket.add(rule)
+            bucket.add(rule, plain_rank, net_ranks)
     for tier in tiers.values():
         for by_subject in tier.values():
             for bucket in by_subject.values():
                 bucket.seal()
-    return [tiers[priority] for priority in sorted(tiers, reverse=True)]
+    return tiers
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """The index of one policy file's rules (file 0: the defaults' and overrides' rules).
+
+    Each file is indexed on its own, so a reload that reuses a big file's rules
+    (:func:`compile_rules`) reuses its index too; a request's plan takes, at each
+    level, the buckets of every file (:meth:`Policy._plan`).
+    """
+
+    start: int  # its rules are policy.rules[start:end]
+    end: int
+    tiers: dict[int, Tier]
+
+
+def _segments(rules: tuple[Rule, ...], previous: tuple[Rule, ...], reusable: Iterable[_Segment]) -> list[_Segment]:
+    """Index the rules file by file, reusing a previous file's index when its rules are the same objects."""
+    by_first = {id(previous[s.start]): s for s in reusable if s.end > s.start}
+    out: list[_Segment] = []
+    start = 0
+    while start < len(rules):
+        file = rules[start].order >> FILE_SHIFT
+        end = start
+        while end < len(rules) and rules[end].order >> FILE_SHIFT == file:
+            end += 1
+        old = by_first.get(id(rules[start])) if file else None  # file 0 is small and always rebuilt
+        if (
+            old is not None and old.end - old.start == end - start
+            and all(map(operator.is_, previous[old.start:old.end], rules[start:end]))
+        ):  # fmt: skip
+            out.append(_Segment(start, end, old.tiers))
+        else:
+            out.append(_Segment(start, end, build_index(rules[start:end])))
+        start = end
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +273,9 @@ class Policy:
         totp_secrets_file: Path | None = None,
         totp_configured: bool = False,
         now: datetime | None = None,
+        previous: Policy | None = None,
     ) -> None:
+        """``previous``: the policy this one replaces, whose unchanged rules are reused (:func:`compile_rules`)."""
         self.spec = spec
         self.default_action = default_action
         self.mode = mode
@@ -192,13 +284,23 @@ class Policy:
         self.totp_secrets_file = totp_secrets_file
         self.totp_configured = totp_configured
         self.office = ZoneInfo(office_zone_name(spec.defaults))
+        self.sources: tuple[PolicySource, ...] = ()  # the files it was read from, for the next reload
         with _gc_paused():
-            self._compile(spec, case_insensitive_paths, now)
+            self._compile(spec, case_insensitive_paths, now, previous)
 
-    def _compile(self, spec: PolicySpec, case_insensitive_paths: bool, now: datetime | None) -> None:
-        self.rules: tuple[Rule, ...] = tuple(compile_rules(spec))
+    def _compile(
+        self, spec: PolicySpec, case_insensitive_paths: bool, now: datetime | None, previous: Policy | None
+    ) -> None:
+        self.rules: tuple[Rule, ...] = tuple(compile_rules(spec, previous.rules if previous is not None else ()))
         self.rule_count = len(self.rules)
-        self._tiers = build_index(self.rules)
+        self._segments: list[_Segment] = _segments(
+            self.rules, previous.rules if previous else (), previous._segments if previous else ()
+        )
+        priorities = sorted({p for segment in self._segments for p in segment.tiers}, reverse=True)
+        # by priority, highest first: that priority's tier of every file
+        self._tiers: list[tuple[Tier, ...]] = [
+            tuple(s.tiers[p] for s in self._segments if p in s.tiers) for p in priorities
+        ]
 
         # channels: first match wins, in file order
         self._channel_names = tuple(c.name for c in spec.channels)
@@ -209,8 +311,8 @@ class Policy:
             PathMatcher(((0, p) for p in c.paths), lower=case_insensitive_paths) if c.paths else None
             for c in spec.channels
         )
-        self._agent_cache = lru_cache(maxsize=_CACHE_SIZE)(self._agents_uncached)
-        self._channel_cache = lru_cache(maxsize=_CACHE_SIZE)(self._channel_uncached)
+        self._agent_cache = _cached(self, Policy._agents_uncached)
+        self._channel_cache = _cached(self, Policy._channel_uncached)
 
         # functions
         self._functions = spec.functions
@@ -218,8 +320,8 @@ class Policy:
             ((index, pattern) for index, f in enumerate(spec.functions) for pattern in f.paths),
             lower=case_insensitive_paths,
         )
-        self._path_cache = lru_cache(maxsize=_CACHE_SIZE)(self._path_info)
-        self._plan_cache = lru_cache(maxsize=_CACHE_SIZE)(self._plan)
+        self._path_cache = _cached(self, Policy._path_info)
+        self._plan_cache = _cached(self, Policy._plan)
         self._default_title = f"No rule matched: default_action {self.default_action}"
 
         # people
@@ -231,11 +333,17 @@ class Policy:
         known = set(self._user_specs) | set(group_sets)
         self._nobody = settings_timeline(spec.defaults, None, self.office)
         self._users: dict[str, _UserInfo] = {}
+        # members of the same groups share one set and one level (10,000 users, a few hundred groups)
+        group_levels: dict[frozenset[str], tuple[frozenset[str], tuple[str, ...]]] = {}
         for name in sorted(known):
             groups = frozenset(group_sets.get(name, ()))
+            shared = group_levels.get(groups)
+            if shared is None:
+                shared = group_levels[groups] = (groups, tuple(f"g:{g}" for g in sorted(groups)))
+            groups = shared[0]
             levels: list[tuple[str, ...]] = [(f"u:{name}",)]
             if groups:
-                levels.append(tuple(f"g:{g}" for g in sorted(groups)))
+                levels.append(shared[1])
             levels.append(_STAR)
             user_spec = self._user_specs.get(name)
             timeline = self._nobody  # most people simply have the defaults
@@ -348,7 +456,8 @@ class Policy:
             enforced, reason, rule_id, title = True, None, path.public_rule, PUBLIC_TITLE
         else:
             verdict = self._match(
-                v4, number, country, channel, self._plan_cache(path.functions, user if info is not None else ""),
+                v4, number, country, channel,
+                self._plan_cache(path.functions, user if info is not None and user is not None else ""),
                 info.groups if info is not None else _NO_GROUPS, at,
             )  # fmt: skip
             rule = verdict[0]
@@ -402,11 +511,12 @@ class Policy:
         subject_levels = info.levels if info is not None else self._anonymous_levels
         function_levels = (functions, _STAR) if functions else (_STAR,)
         plan: list[tuple[_Bucket, ...]] = []
-        for tier in self._tiers:
+        for tiers in self._tiers:
             for function_keys in function_levels:
                 for subject_keys in subject_levels:
                     level = tuple(
                         bucket
+                        for tier in tiers
                         for function_key in function_keys
                         for subject_key in subject_keys
                         if (bucket := tier.get(function_key, {}).get(subject_key)) is not None
@@ -430,14 +540,15 @@ class Policy:
         Returns the enforced winner and the winner counting report-only rules.
         """
         best: Rule | None = None
-        best_key: Key | None = None
+        best_key: int | None = None
+        best_network = NO_NETWORK - 1  # the network component of best_key
         top: Rule | None = None
-        top_key: Key | None = None
+        top_key: int | None = None
         for level in plan:
             for bucket in level:
-                candidates: list[list[Candidate]] = []
+                candidates: list[Sequence[Candidate]] = []
                 for prefix, mask, table in bucket.nets.v4 if v4 else bucket.nets.v6:
-                    if best_key is not None and best_key[3] > prefix:
+                    if best_network > prefix:
                         break  # shorter prefixes cannot beat what this level already has
                     hits = table.get(number & mask)
                     if hits is not None:
@@ -467,7 +578,7 @@ class Policy:
                         if top_key is None or key > top_key:
                             top, top_key = rule, key
                         if not rule.report_only and (best_key is None or key > best_key):
-                            best, best_key = rule, key
+                            best, best_key, best_network = rule, key, rank_network(key)
             if best is not None:
                 break
         return best, top
@@ -532,12 +643,16 @@ def _main_file_where(settings: Settings, key: str) -> Where:
     return Where(str(settings.path), 1)
 
 
-def load_policy(settings: Settings, problems: Problems, *, now: datetime | None = None) -> Policy:
+def load_policy(
+    settings: Settings, problems: Problems, *, now: datetime | None = None, previous: Policy | None = None
+) -> Policy:
     """Read, validate and compile the policy files that ``settings`` names.
 
     Every problem goes to ``problems`` (the caller raises); when there are any,
     an empty policy is returned so that nothing half-checked is ever compiled.
     ``now`` is when "already expired" is judged for ``expired_at_load``.
+    ``previous`` is the running policy on a reload: the files it was read from
+    that are unchanged are not read again (:mod:`gateway.policy.sources`).
     """
     before = len(problems.items)
     geoip = None
@@ -546,10 +661,16 @@ def load_policy(settings: Settings, problems: Problems, *, now: datetime | None 
             geoip = GeoIP(settings.geoip_database)
         except GeoIPError as exc:
             problems.add(_main_file_where(settings, "geoip"), f"geoip.database: {exc}")
-    spec = read_policy_files(settings.policy_files, problems, geoip=settings.geoip_database is not None)
+    with_geoip = settings.geoip_database is not None
+    sources = read_sources(settings.policy_files, geoip=with_geoip, previous=previous.sources if previous else ())
+    merged = merge_sources(sources, problems)
+    if merged is None:  # a name defined in two files: one reader over all files reports it exactly
+        sources = []
+        merged = read_policy_files(settings.policy_files, problems, geoip=with_geoip)
+    spec = merged
     if len(problems.items) > before:
-        spec = PolicySpec()
-    return Policy(
+        spec, sources = PolicySpec(), []
+    policy = Policy(
         spec,
         default_action=settings.default_action,
         mode=settings.mode,
@@ -558,4 +679,7 @@ def load_policy(settings: Settings, problems: Problems, *, now: datetime | None 
         totp_secrets_file=settings.totp.secrets_file if settings.totp is not None else None,
         totp_configured=settings.totp is not None,
         now=now,
+        previous=previous,
     )
+    policy.sources = tuple(sources)
+    return policy

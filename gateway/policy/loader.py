@@ -148,6 +148,7 @@ class _Reader:
         self.group_members: set[str] = set()
         self.refs: list[tuple[str, str, Where]] = []  # (kind, name, where used)
         self.mobile_refs: list[Where] = []  # places that rely on the `mobile` channel existing
+        self.shared_sets: dict[frozenset[str], frozenset[str]] = {}
 
     # -- helpers -------------------------------------------------------------------------------
     def add(self, where: Where, message: str) -> None:
@@ -514,7 +515,8 @@ class _Reader:
             name = canonical_user(str(item)) if kind == "user" else str(item)
             self.refs.append((kind, name, item_where))
             out.add(name)
-        return frozenset(out)
+        names = frozenset(out)
+        return self.shared_sets.setdefault(names, names)  # a big policy repeats the same few sets
 
     def countries(self, section: Section, label: str) -> tuple[frozenset[str] | None, bool]:
         if not section.has("countries"):

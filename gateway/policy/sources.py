@@ -1,0 +1,279 @@
+"""Policy files read one by one, so a reload re-reads only the files that changed.
+
+Each policy file is read and checked on its own into a :class:`PolicySource`,
+keyed by its path and the SHA-256 of its bytes. A reload hands the previous
+policy's sources to :func:`read_sources`, which reuses every source whose file
+is byte-for-byte unchanged: editing ``people.yaml`` no longer re-parses a
+100,000-rule ``generated.yaml``. What spans files (a name defined twice, a
+reference to a name another file defines, the ``mobile`` channel that
+``mobile_any_ip`` needs) is checked by :func:`merge_sources` on every load, from
+compact tables kept in each source.
+
+A name defined in two files is the one case merged sources cannot report
+exactly as one reader walking the files in order would (which definition comes
+"first" depends on the order the files are read in); :func:`merge_sources` then
+returns None and the caller reads all files together, as before.
+
+A large file is read in a short-lived child process (:func:`_read_isolated`),
+which hands back the compact source as a pickle: the YAML values of a 12 MB file
+take several hundred MiB while they exist, and memory a process has once
+grown to is not given back to the system, so the serving process never holds
+them. Small files, and any failure to run the child, are read in-process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.policy.loader import _known, _Reader
+from gateway.policy.spec import (
+    DEFAULT_CHANNEL,
+    MOBILE_CHANNEL,
+    ChannelSpec,
+    DefaultsSpec,
+    FunctionSpec,
+    GroupSpec,
+    PolicySpec,
+    RuleSpec,
+    UserSpec,
+)
+from gateway.yamlsrc import ConfigError, Problem, Problems, Where, parse_yaml
+
+# Files at least this big are read in a child process (see the module docstring).
+ISOLATE_BYTES = 1 << 20
+_REF_KINDS = ("function", "channel", "group", "user")
+_NAME_KINDS = ("channel", "function", "group", "user")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySource:
+    """One policy file, read and checked on its own; what a reload reuses while the file is unchanged."""
+
+    path: str
+    digest: bytes  # SHA-256 of the file's bytes
+    geoip: bool  # whether it was read with a GeoIP database configured (countries need one)
+    problems: tuple[Problem, ...]  # this file's own problems, in reading order
+    channels: tuple[ChannelSpec, ...]
+    functions: tuple[FunctionSpec, ...]
+    defaults: DefaultsSpec | None
+    groups: tuple[GroupSpec, ...]
+    users: tuple[UserSpec, ...]
+    rules: tuple[RuleSpec, ...]
+    defined: tuple[tuple[str, frozenset[str]], ...]  # kind -> names this file defines (rule ids apart)
+    rule_ids: frozenset[str] | None  # the rule ids it defines; None: exactly the ids of `rules`
+    group_members: frozenset[str]
+    # references to names, in reading order, as three columns (a 100,000-rule file makes ~100,000)
+    ref_kinds: bytes  # index into _REF_KINDS
+    ref_names: tuple[str, ...]
+    ref_lines: array[int]
+    mobile_refs: tuple[Where, ...]
+
+    def names(self, kind: str) -> frozenset[str]:
+        if kind == "rule id":
+            return self.rule_ids if self.rule_ids is not None else frozenset(rule.id for rule in self.rules)
+        return dict(self.defined).get(kind, frozenset())
+
+    def ref_names_of(self, kind: str) -> set[str]:
+        """The distinct names this file refers to as ``kind``."""
+        code = _REF_KINDS.index(kind)
+        return {name for k, name in zip(self.ref_kinds, self.ref_names, strict=True) if k == code}
+
+    def refs(self) -> Iterable[tuple[str, str, Where]]:
+        for kind, name, line in zip(self.ref_kinds, self.ref_names, self.ref_lines, strict=True):
+            yield _REF_KINDS[kind], name, Where(self.path, line)
+
+
+def _source(reader: _Reader, path: str, digest: bytes, problems: Problems) -> PolicySource:
+    """What ``reader`` made of one file, packed."""
+    kinds = bytearray()
+    names: list[str] = []
+    lines = array("q")
+    for kind, name, where in reader.refs:
+        # every place in one file names that file: the column keeps only the line
+        assert where.file == path, (where, path)
+        kinds.append(_REF_KINDS.index(kind))
+        names.append(name)
+        lines.append(where.line)
+    rule_ids = frozenset(reader.defined["rule id"])
+    clean = len(rule_ids) == len(reader.rules)  # every id defined made a rule
+    return PolicySource(
+        path=path,
+        digest=digest,
+        geoip=reader.geoip,
+        problems=tuple(problems.items),
+        channels=tuple(reader.channels),
+        functions=tuple(reader.functions),
+        defaults=reader.defaults,
+        groups=tuple(reader.groups),
+        users=tuple(reader.users),
+        rules=tuple(reader.rules),
+        defined=tuple((kind, frozenset(reader.defined[kind])) for kind in _NAME_KINDS),
+        rule_ids=None if clean else rule_ids,
+        group_members=frozenset(reader.group_members),
+        ref_kinds=bytes(kinds),
+        ref_names=tuple(names),
+        ref_lines=lines,
+        mobile_refs=tuple(reader.mobile_refs),
+    )
+
+
+def _decode(data: bytes) -> str:
+    """The text ``Path.read_text(encoding='utf-8')`` gives for these bytes (newlines translated)."""
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").read()
+
+
+def read_source(path: Path, data: bytes, *, geoip: bool, digest: bytes | None = None) -> PolicySource:
+    """Read one policy file's bytes in this process."""
+    name = str(path)
+    problems = Problems()
+    reader = _Reader(problems, geoip=geoip)
+    digest = digest if digest is not None else hashlib.sha256(data).digest()
+    try:
+        text = _decode(data)
+    except UnicodeDecodeError as exc:
+        problems.add(Where(name, 1), f"cannot read: {exc}")
+        return _source(reader, name, digest, problems)
+    try:
+        parsed = parse_yaml(text, name)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            problems.add(problem.where, problem.message)
+        return _source(reader, name, digest, problems)
+    reader.read_file(parsed, path)
+    return _source(reader, name, digest, problems)
+
+
+def _read_isolated(path: Path, data: bytes, *, geoip: bool, digest: bytes) -> PolicySource | None:
+    """:func:`read_source` in a child process; None when that cannot be done (read here instead)."""
+    if not sys.executable:
+        return None
+    root = str(Path(__file__).resolve().parent.parent.parent)  # where the `gateway` package lives
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    code = "from gateway.policy.sources import _child; _child()"
+    try:
+        # The pickle goes through a temporary file and is loaded from it as a stream: from a pipe it
+        # would arrive as a list of chunks joined into one more copy, beside the values it makes.
+        with tempfile.TemporaryFile() as out:
+            done = subprocess.run(  # noqa: S603 (our own interpreter and code; the file's bytes go in on stdin)
+                [sys.executable, "-c", code, str(path), "1" if geoip else "0"],
+                input=data, stdout=out, stderr=subprocess.DEVNULL, env=env, check=False, timeout=600,
+            )  # fmt: skip
+            if done.returncode != 0:
+                return None
+            out.seek(0)
+            source = pickle.load(out)  # noqa: S301 (written by our own child, just above)
+    except Exception:  # the child is an optimisation: any trouble, and the file is read here
+        return None
+    if not isinstance(source, PolicySource) or source.digest != digest or source.path != str(path):
+        return None
+    return source
+
+
+def _child() -> None:
+    """The child process: file bytes on stdin, path and geoip flag as arguments, a pickle out."""
+    data = sys.stdin.buffer.read()
+    source = read_source(Path(sys.argv[1]), data, geoip=sys.argv[2] == "1")
+    sys.stdout.buffer.write(pickle.dumps(source, protocol=pickle.HIGHEST_PROTOCOL))
+    sys.stdout.flush()
+    os._exit(0)  # the parent has what it needs: skip tearing down the heap
+
+
+def read_sources(
+    files: Iterable[Path], *, geoip: bool, previous: Iterable[PolicySource] = (), isolate: bool = True
+) -> list[PolicySource]:
+    """Every policy file as a source, reusing ``previous`` ones whose file is unchanged.
+
+    A file that cannot be read becomes a source holding that one problem.
+    """
+    known = {(s.path, s.digest, s.geoip): s for s in previous}
+    out: list[PolicySource] = []
+    for path in files:
+        name = str(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            out.append(_failed(name, "file not found", geoip))
+            continue
+        except OSError as exc:
+            out.append(_failed(name, f"cannot read: {exc}", geoip))
+            continue
+        digest = hashlib.sha256(data).digest()
+        source = known.get((name, digest, geoip))
+        if source is None and isolate and len(data) >= ISOLATE_BYTES:
+            source = _read_isolated(path, data, geoip=geoip, digest=digest)
+        if source is None:
+            source = read_source(path, data, geoip=geoip, digest=digest)
+        out.append(source)
+    return out
+
+
+def _failed(name: str, message: str, geoip: bool) -> PolicySource:
+    problems = Problems()
+    problems.add(Where(name, 1), message)
+    return _source(_Reader(problems, geoip=geoip), name, b"", problems)
+
+
+def merge_sources(sources: list[PolicySource], problems: Problems) -> PolicySpec | None:
+    """One spec from the files' sources, with the checks across files; None when a name is defined twice.
+
+    Problems go to ``problems`` in the order one reader walking the files would
+    record them: each file's own, then every unknown reference, then ``mobile``.
+    """
+    seen: dict[str, set[str]] = {kind: set() for kind in (*_NAME_KINDS, "rule id")}
+    with_defaults = 0
+    for source in sources:
+        with_defaults += source.defaults is not None
+        for kind, names in seen.items():
+            own = source.names(kind)
+            if not names.isdisjoint(own):
+                return None
+            names |= own
+    if with_defaults > 1:
+        return None
+    for source in sources:
+        problems.items.extend(source.problems)
+    functions, groups, channels = seen["function"], seen["group"], {DEFAULT_CHANNEL, *seen["channel"]}
+    known_users = seen["user"].union(*(source.group_members for source in sources))
+    by_kind = {"function": functions, "channel": channels, "group": groups, "user": known_users}
+    for source in sources:
+        unknown = {
+            (kind, name) for kind, names in by_kind.items() for name in source.ref_names_of(kind) if name not in names
+        }
+        if not unknown:
+            continue
+        for kind, name, where in source.refs():
+            if (kind, name) not in unknown:
+                continue
+            if kind == "function":
+                problems.add(where, f"function: unknown function {name!r}{_known(functions)}")
+            elif kind == "channel":
+                problems.add(where, f"channel: unknown channel {name!r}{_known(channels)}")
+            elif kind == "group":
+                problems.add(where, f"groups: unknown group {name!r}{_known(groups)}")
+            else:
+                problems.add(where, f"users: unknown user {name!r} (a user exists when `users` or a group lists them)")
+    if MOBILE_CHANNEL not in seen["channel"]:
+        for source in sources:
+            for where in source.mobile_refs:
+                problems.add(
+                    where, "mobile_any_ip: there is no channel named 'mobile' to exempt; define it under channels"
+                )
+    return PolicySpec(
+        channels=tuple(c for s in sources for c in s.channels),
+        functions=tuple(f for s in sources for f in s.functions),
+        defaults=next((s.defaults for s in sources if s.defaults is not None), None),
+        groups=tuple(g for s in sources for g in s.groups),
+        users=tuple(u for s in sources for u in s.users),
+        rules=tuple(r for s in sources for r in s.rules),
+    )
