@@ -10,30 +10,51 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from gateway import __version__
-from gateway.config import Config, load_config
 from gateway.yamlsrc import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+    from gateway.settings import Settings
 
 
 def _load_or_exit(path: str) -> Config:
+    # Imported here: the ``serve --workers N`` parent must not import (or hold) the policy.
+    from gateway.config import load_config
+
     try:
         return load_config(path)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        raise SystemExit(1) from None
+        _exit_with_problems(exc)
+
+
+def _load_settings_or_exit(path: str) -> Settings:
+    from gateway.settings import load_settings
+
+    try:
+        return load_settings(Path(path).absolute())
+    except ConfigError as exc:
+        _exit_with_problems(exc)
+
+
+def _exit_with_problems(exc: ConfigError) -> NoReturn:
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+    raise SystemExit(1) from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.workers > 1 and not args.validate_only:
+        return _serve_workers(args)
+    config = _load_or_exit(args.config)
+    if args.validate_only:  # the workers parent's check, run in a child of its own
+        return 0
     from gateway import logs
     from gateway.server import Server, install_event_loop_policy
-    from gateway.workers import run_workers
 
-    config = _load_or_exit(args.config)
     logs.configure(level=config.settings.logging.level, fmt=config.settings.logging.format)
-    if args.workers > 1:
-        return run_workers(args.config, workers=args.workers, drain_timeout=args.drain_timeout)
     install_event_loop_policy()
     server = Server(
         config_path=Path(args.config),
@@ -43,6 +64,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         reuse_port=args.reuse_port,
     )
     return asyncio.run(server.run())
+
+
+def _serve_workers(args: argparse.Namespace) -> int:
+    """The ``--workers N`` parent: it reads the main file (for its logging) but never the policy.
+
+    The whole config is checked first in a throwaway child (``serve --validate-only``) that
+    prints any problem as ``file:line: message``; only then are the workers spawned, so a bad
+    config exits 1 with no worker started, and the parent's memory does not grow with the rules.
+    """
+    from gateway import logs
+    from gateway.workers import config_is_valid, run_workers
+
+    settings = _load_settings_or_exit(args.config)
+    if not config_is_valid(args.config):
+        return 1
+    logs.configure(level=settings.logging.level, fmt=settings.logging.format)
+    return run_workers(args.config, workers=args.workers, drain_timeout=args.drain_timeout)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -134,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds in-flight requests get to finish on SIGTERM (default 30)")
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    serve.add_argument("--validate-only", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="run the bundled demo CRM with a gateway in front of it")

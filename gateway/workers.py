@@ -1,5 +1,8 @@
 """``serve --workers N``: a small parent that runs N gateway processes on one port.
 
+The parent never loads the policy (its memory would grow with the rule count for
+nothing): a throwaway child checks the whole config before any worker starts.
+
 Each worker binds the port with SO_REUSEPORT, so the kernel spreads connections
 across them. The parent forwards SIGHUP (reload) and SIGTERM/SIGINT (drain) to
 every worker, restarts a worker that dies unexpectedly, and exits 0 once all
@@ -19,6 +22,14 @@ from types import FrameType
 from gateway.logs import get_logger
 
 log = get_logger("workers")
+
+
+def config_is_valid(config: str) -> bool:
+    """Load the whole config once in a child process, as a worker would; it prints any problem."""
+    check = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "gateway", "serve", "-c", config, "--validate-only"], check=False
+    )
+    return check.returncode == 0
 
 
 def _spawn(config: str, index: int, drain_timeout: float, env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -91,3 +91,52 @@ def test_a_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     result = run("check", "-c", str(tmp_path / "nope.yaml"))
     assert result.returncode == 1
     assert result.stderr.strip() == f"{tmp_path / 'nope.yaml'}:1: file not found"
+
+
+def break_rules(example: Path) -> tuple[Path, int]:
+    rules = example.parent / "rules.yaml"
+    lines = rules.read_text().splitlines()
+    lines.append("  - title: Broken rule")
+    lines.append("    action: maybe")
+    rules.write_text("\n".join(lines) + "\n")
+    return rules, len(lines)
+
+
+def test_serve_with_workers_reports_a_bad_policy_with_file_and_line_and_starts_no_worker(example: Path) -> None:
+    rules, line = break_rules(example)
+    result = run("serve", "-c", str(example), "--workers", "2")
+    assert result.returncode == 1
+    errors = result.stderr.strip().splitlines()
+    assert any(e.startswith(f"{rules}:{line}:") and "action" in e for e in errors), errors
+    assert len(errors) == len(set(errors)), "each problem printed once, by the one checking child"
+    assert "workers.started" not in result.stdout + result.stderr
+
+
+def test_serve_with_workers_reports_a_bad_main_file_and_exits_1(example: Path) -> None:
+    example.write_text(example.read_text() + "\nno_such_setting: 1\n")
+    result = run("serve", "-c", str(example), "--workers", "2")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"{example}:"), result.stderr
+    assert "workers.started" not in result.stdout + result.stderr
+
+
+WORKERS_PARENT = """
+import sys
+import gateway.workers
+
+started = []
+gateway.workers.run_workers = lambda config, **options: started.append(options) or 0
+from gateway.cli import main
+
+code = main(["serve", "-c", sys.argv[1], "--workers", "2"])
+assert code == 0 and started == [{"workers": 2, "drain_timeout": 30.0}], (code, started)
+held = sorted(name for name in sys.modules if name.startswith(("gateway.policy", "gateway.config", "aiohttp")))
+assert not held, held
+"""
+
+
+def test_the_workers_parent_never_imports_the_policy(example: Path) -> None:
+    """The parent of ``serve --workers N`` stays small whatever the rule count: the policy lives in the workers."""
+    result = subprocess.run([sys.executable, "-c", WORKERS_PARENT, str(example)], capture_output=True, text=True,
+                            cwd=REPO, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
