@@ -109,6 +109,12 @@ class _Connection(asyncio.Protocol):
             raise UpstreamError("the connection to the CRM closed while the request was sent")
         self.transport.write(data)
 
+    def writelines(self, parts: list[bytes]) -> None:
+        """Several buffers in one go, not joined: uvloop hands them to one writev()."""
+        if self.lost or self.transport is None or self.transport.is_closing():
+            raise UpstreamError("the connection to the CRM closed while the request was sent")
+        self.transport.writelines(parts)
+
     async def drain(self) -> None:
         if self._write_paused and not self.lost:
             self._drain = self.loop.create_future()
@@ -524,7 +530,10 @@ async def _send_body(conn: _Connection, body: AsyncIterable[bytes], *, chunked: 
     async for chunk in body:
         if not chunk:
             continue
-        conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        if chunked:  # the chunk is not copied into its framing: a copy per chunk was a quarter of the CPU
+            conn.writelines([b"%x\r\n" % len(chunk), chunk, b"\r\n"])
+        else:
+            conn.write(chunk)
         await conn.drain()
     if chunked:
         conn.write(b"0\r\n\r\n")

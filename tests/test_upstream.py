@@ -194,6 +194,13 @@ async def test_request_head_and_body_framing() -> None:
     assert bodies == [b"form=1", b"abcdefg", b"abcdefg", b""]
 
 
+
+def test_request_body_framing_on_uvloop_too() -> None:
+    """The gateway runs on uvloop, whose transports write several buffers (a chunk and its framing) at once."""
+    uvloop = pytest.importorskip("uvloop")
+    uvloop.run(test_request_head_and_body_framing())
+
+
 async def test_a_line_break_in_a_header_is_never_sent() -> None:
     async with serving(answering(OK)) as (server, pool):
         with pytest.raises(ValueError, match="line break"):
