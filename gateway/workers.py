@@ -41,9 +41,14 @@ def _spawn(config: str, index: int, drain_timeout: float, env: dict[str, str]) -
 
 
 def run_workers(config: str, *, workers: int, drain_timeout: float) -> int:
-    env = dict(os.environ)
-    metrics_dir = tempfile.mkdtemp(prefix="crmgw-metrics-")
-    env.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return _supervise(config, workers, drain_timeout, dict(os.environ))
+    # The workers' metric files live as long as the parent: removed when it exits.
+    with tempfile.TemporaryDirectory(prefix="crmgw-metrics-") as metrics_dir:
+        return _supervise(config, workers, drain_timeout, {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir})
+
+
+def _supervise(config: str, workers: int, drain_timeout: float, env: dict[str, str]) -> int:
     children = {i: _spawn(config, i, drain_timeout, env) for i in range(workers)}
     stopping = False
 

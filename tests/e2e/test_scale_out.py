@@ -145,7 +145,9 @@ async def test_workers_share_a_port_reload_together_and_drain(tmp_path: Path, cr
     port = free_port()
     main = main_config(crm_port, listen={"host": "127.0.0.1", "port": port})
     path = write_config(tmp_path, main, POLICY)
-    gw = GatewayProcess(path, extra_args=("--workers", "2"))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    gw = GatewayProcess(path, extra_args=("--workers", "2"), env={"TMPDIR": str(scratch)})
     gw.start(port)
     try:
         pids: set[int] = set()
@@ -186,5 +188,6 @@ async def test_workers_share_a_port_reload_together_and_drain(tmp_path: Path, cr
             resp.release()
         assert gw.proc is not None
         assert await asyncio.get_running_loop().run_in_executor(None, gw.proc.wait, 15) == 0
+        assert list(scratch.iterdir()) == []  # the workers' metric files went with the parent
     finally:
         gw.stop()
