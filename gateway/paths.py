@@ -127,8 +127,6 @@ def _canonical_escapes(raw_path: str) -> str:
     """Decode unreserved escapes, upper-case the others, encode stray characters; validate."""
     if _RAW_ONLY.fullmatch(raw_path):  # e.g. only ';params' or '//': nothing to decode
         return raw_path
-    if _DOUBLE_ENCODED.search(raw_path):
-        raise BadPath(f"path contains a double-encoded character (%25 and two hex digits): {_echo(raw_path)}")
     if _BAD_ESCAPE.search(raw_path):
         raise BadPath(f"invalid percent-encoding in path: {_echo(raw_path)}")
 
@@ -154,6 +152,9 @@ def _canonical_escapes(raw_path: str) -> str:
         return "".join(f"%{byte:02X}" for byte in raw_bytes)
 
     encoded = _STRAY.sub(stray, _ESCAPE.sub(escape, raw_path))
+    # Checked on the result: '%25%30%30' is '%2500' once the unreserved '0's are decoded.
+    if _DOUBLE_ENCODED.search(encoded):
+        raise BadPath(f"path contains a double-encoded character (%25 and two hex digits): {_echo(raw_path)}")
     if "%" in encoded:
         _check_decoded(encoded, raw_path)
     return encoded
