@@ -32,8 +32,9 @@ import sys
 import tempfile
 from array import array
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 from gateway.policy.loader import _known, _Reader
 from gateway.policy.spec import (
@@ -51,6 +52,8 @@ from gateway.yamlsrc import ConfigError, Problem, Problems, Where, parse_yaml
 
 # Files at least this big are read in a child process (see the module docstring).
 ISOLATE_BYTES = 1 << 20
+# The child pickles a big file's rules in chunks of this many, each with its own memo (see _child).
+PICKLE_CHUNK = 2000
 _REF_KINDS = ("function", "channel", "group", "user")
 _NAME_KINDS = ("channel", "function", "group", "user")
 
@@ -172,7 +175,7 @@ def _read_isolated(path: Path, data: bytes, *, geoip: bool, digest: bytes) -> Po
             if done.returncode != 0:
                 return None
             out.seek(0)
-            source = pickle.load(out)  # noqa: S301 (written by our own child, just above)
+            source = _load_chunked(out)
     except Exception:  # the child is an optimisation: any trouble, and the file is read here
         return None
     if not isinstance(source, PolicySource) or source.digest != digest or source.path != str(path):
@@ -184,9 +187,47 @@ def _child() -> None:
     """The child process: file bytes on stdin, path and geoip flag as arguments, a pickle out."""
     data = sys.stdin.buffer.read()
     source = read_source(Path(sys.argv[1]), data, geoip=sys.argv[2] == "1")
-    sys.stdout.buffer.write(pickle.dumps(source, protocol=pickle.HIGHEST_PROTOCOL))
+    _dump_chunked(source, sys.stdout.buffer)
     sys.stdout.flush()
     os._exit(0)  # the parent has what it needs: skip tearing down the heap
+
+
+def _dump_chunked(source: PolicySource, out: BinaryIO) -> None:
+    """The source without its rules, their count, then the rules :data:`PICKLE_CHUNK` at a time.
+
+    One pickle of everything would be loaded with one memo, which keeps every
+    object the load made alive until its end, including the transient state
+    list of each frozen dataclass: at 100,000 rules ~57 MiB more at the peak,
+    scattered among the objects that stay, so most of it is never given back
+    to the system (idle RSS ~30 MiB higher). Each chunk is its own pickle, so
+    the transients of one chunk are freed before the next is read and their
+    memory is reused. What chunks share (the file name, names of users and
+    groups) is stored once per chunk.
+    """
+    rules = source.rules
+    dump = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
+    dump.dump((replace(source, rules=()), len(rules)))
+    for start in range(0, len(rules), PICKLE_CHUNK):
+        dump.clear_memo()
+        dump.dump(rules[start:start + PICKLE_CHUNK])
+
+
+def _load_chunked(stream: BinaryIO) -> PolicySource | None:
+    """What :func:`_dump_chunked` wrote (None if it is not that)."""
+    head = pickle.load(stream)  # noqa: S301 (written by our own child)
+    if not (isinstance(head, tuple) and len(head) == 2 and isinstance(head[0], PolicySource)):
+        return None
+    source: PolicySource = head[0]
+    count: int = head[1]
+    rules: list[RuleSpec] = []
+    while len(rules) < count:
+        chunk = pickle.load(stream)  # noqa: S301 (written by our own child)
+        if not isinstance(chunk, tuple) or not chunk:
+            return None
+        rules += chunk
+    if len(rules) != count:
+        return None
+    return replace(source, rules=tuple(rules))
 
 
 def read_sources(
