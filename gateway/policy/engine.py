@@ -241,6 +241,50 @@ def _segments(rules: tuple[Rule, ...], previous: tuple[Rule, ...], reusable: Ite
     return out
 
 
+def _merged_tier(parts: list[Tier]) -> Tier:
+    """One tier from the files' tiers of a priority, so a decision looks at one bucket per key, not one per file.
+
+    Copy-on-write: a function or subject only one file has is that file's own
+    dict or bucket, shared (a file's index must stay as built: a reload reuses
+    it); only what several files have is merged, into new objects.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    merged: Tier = {}
+    copied: set[int] = set()  # ids of the subject dicts made here (the others are a file's own)
+    for tier in parts:
+        for function, by_subject in tier.items():
+            have = merged.get(function)
+            if have is None:
+                merged[function] = by_subject
+                continue
+            if id(have) not in copied:
+                have = merged[function] = dict(have)
+                copied.add(id(have))
+            for subject, bucket in by_subject.items():
+                old = have.get(subject)
+                have[subject] = bucket if old is None else _merged_bucket(old, bucket)
+    return merged
+
+
+def _merged_bucket(a: _Bucket, b: _Bucket) -> _Bucket:
+    """A new bucket with the rules of both (neither is changed)."""
+    out = _Bucket()
+    out.nets = b.nets if a.nets is _NO_NETS else a.nets if b.nets is _NO_NETS else a.nets.merged(b.nets)
+    if a.by_country and b.by_country:
+        out.by_country = {
+            code: tuple(sorted((*a.by_country.get(code, ()), *b.by_country.get(code, ())), key=_rank_of, reverse=True))
+            for code in {**a.by_country, **b.by_country}
+        }
+    else:
+        out.by_country = a.by_country or b.by_country
+    if a.plain and b.plain:
+        out.plain = tuple(sorted((*a.plain, *b.plain), key=_rank_of, reverse=True))
+    else:
+        out.plain = a.plain or b.plain
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class _PathInfo:
     functions: tuple[str, ...]
@@ -297,9 +341,9 @@ class Policy:
             self.rules, previous.rules if previous else (), previous._segments if previous else ()
         )
         priorities = sorted({p for segment in self._segments for p in segment.tiers}, reverse=True)
-        # by priority, highest first: that priority's tier of every file
-        self._tiers: list[tuple[Tier, ...]] = [
-            tuple(s.tiers[p] for s in self._segments if p in s.tiers) for p in priorities
+        # by priority, highest first: that priority's tier of every file, merged into one
+        self._tiers: list[Tier] = [
+            _merged_tier([s.tiers[p] for s in self._segments if p in s.tiers]) for p in priorities
         ]
 
         # channels: first match wins, in file order
@@ -511,12 +555,11 @@ class Policy:
         subject_levels = info.levels if info is not None else self._anonymous_levels
         function_levels = (functions, _STAR) if functions else (_STAR,)
         plan: list[tuple[_Bucket, ...]] = []
-        for tiers in self._tiers:
+        for tier in self._tiers:
             for function_keys in function_levels:
                 for subject_keys in subject_levels:
                     level = tuple(
                         bucket
-                        for tier in tiers
                         for function_key in function_keys
                         for subject_key in subject_keys
                         if (bucket := tier.get(function_key, {}).get(subject_key)) is not None
