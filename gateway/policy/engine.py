@@ -52,6 +52,7 @@ from gateway.policy.networks import Cidr, PrefixTable, judged_address
 from gateway.policy.patterns import PathMatcher
 from gateway.policy.rules import (
     FILE_SHIFT,
+    NETWORK_OFFSETS,
     NO_NETWORK,
     Rule,
     SettingsSegment,
@@ -59,7 +60,6 @@ from gateway.policy.rules import (
     compile_rules,
     expiry_instant,
     office_zone_name,
-    rank_for_network,
     rank_network,
     settings_timeline,
 )
@@ -69,7 +69,6 @@ from gateway.policy.trace import DEFAULT_RULE, explained
 from gateway.settings import Settings
 from gateway.yamlsrc import ConfigError, Mapping, Problems, Where, load_yaml
 
-Candidate = tuple[Rule, int]  # a rule and its rank (Rule.rank) for the matched entry
 _STAR = ("*",)
 # Paths and User-Agents come from clients: the caches keyed by them are bounded in
 # entries and skip long values, so a flood of random 8 KB URLs cannot grow them to
@@ -85,51 +84,54 @@ _NO_GROUPS: frozenset[str] = frozenset()
 class _Bucket:
     """Rules of one (priority, function, subject): by network, by country, and the rest.
 
-    Candidates are ``(rule, rank)`` (:meth:`Rule.rank`). Most buckets of a big
-    policy hold one or two rules, so the parts a bucket does not use stay
-    shared empty values, and sealed lists become tuples.
+    Every list holds rules sorted by :attr:`Rule.plain`, highest first: within
+    one list a rule's rank is its ``plain`` plus the same network offset
+    (:data:`NETWORK_OFFSETS`), so the order is the order of their ranks and the
+    decision adds the offset as it goes; no rank is stored per network block.
+    Most buckets of a big policy hold one or two rules, so the parts a bucket
+    does not use stay shared empty values, and sealed lists become tuples.
     """
 
     __slots__ = ("by_country", "nets", "plain")
 
     def __init__(self) -> None:
-        self.nets: PrefixTable[Candidate] = _NO_NETS
-        self.by_country: dict[str, Sequence[Candidate]] = _NO_COUNTRIES
-        self.plain: Sequence[Candidate] = ()
+        self.nets: PrefixTable[Rule] = _NO_NETS
+        self.by_country: dict[str, Sequence[Rule]] = _NO_COUNTRIES
+        self.plain: Sequence[Rule] = ()
 
-    def add(self, rule: Rule, plain_rank: int, net_ranks: list[tuple[Cidr, int]] | None) -> None:
-        """``plain_rank``: the rule's rank with no network; ``net_ranks``: each block with its rank."""
-        if net_ranks is not None:
+    def add(self, rule: Rule, cidrs: Sequence[Cidr] | None) -> None:
+        """``cidrs``: the rule's network blocks (None when it names no network)."""
+        if cidrs is not None:
             if self.nets is _NO_NETS:
                 self.nets = PrefixTable()
-            for cidr, rank in net_ranks:
-                self.nets.add(cidr, (rule, rank))
+            for cidr in cidrs:
+                self.nets.add(cidr, rule)
         elif rule.countries is not None and not rule.countries_negated:
             if self.by_country is _NO_COUNTRIES:
                 self.by_country = {}
             for code in rule.countries:
                 hits = self.by_country.setdefault(code, [])
                 assert isinstance(hits, list)
-                hits.append((rule, plain_rank))
+                hits.append(rule)
         else:
-            self.plain = (*self.plain, (rule, plain_rank))
+            self.plain = (*self.plain, rule)
 
     def seal(self) -> None:
         """Sort every list most specific first, so scans can stop early."""
         if self.nets is not _NO_NETS:
-            self.nets.seal(_rank_of)
+            self.nets.seal(_plain_of)
         for code, hits in self.by_country.items():
-            self.by_country[code] = tuple(sorted(hits, key=_rank_of, reverse=True))
+            self.by_country[code] = tuple(sorted(hits, key=_plain_of, reverse=True))
         if len(self.plain) > 1:
-            self.plain = tuple(sorted(self.plain, key=_rank_of, reverse=True))
+            self.plain = tuple(sorted(self.plain, key=_plain_of, reverse=True))
 
 
-def _rank_of(candidate: Candidate) -> int:
-    return candidate[1]
+def _plain_of(rule: Rule) -> int:
+    return rule.plain
 
 
-_NO_NETS: PrefixTable[Candidate] = PrefixTable()
-_NO_COUNTRIES: dict[str, Sequence[Candidate]] = {}
+_NO_NETS: PrefixTable[Rule] = PrefixTable()
+_NO_COUNTRIES: dict[str, Sequence[Rule]] = {}
 
 
 _R = TypeVar("_R")
@@ -188,16 +190,15 @@ def build_index(rules: Iterable[Rule]) -> dict[int, Tier]:
             subjects = [f"g:{group}" for group in spec.groups]
         else:
             subjects = _STAR
-        plain_rank = rule.rank(NO_NETWORK)
-        net_ranks = None
-        if spec.networks is not None:  # ranks computed once, shared by the rule's buckets
-            net_ranks = [(cidr, rank_for_network(plain_rank, cidr[1])) for e in spec.networks for cidr in e.cidrs]
+        cidrs = None
+        if spec.networks is not None:  # unpacked once, shared by the rule's buckets
+            cidrs = [cidr for entry in spec.networks for cidr in entry.cidrs]
         by_function = tiers.setdefault(spec.priority, {}).setdefault(spec.function or "*", {})
         for subject in subjects:
             bucket = by_function.get(subject)
             if bucket is None:
                 bucket = by_function[subject] = _Bucket()
-            bucket.add(rule, plain_rank, net_ranks)
+            bucket.add(rule, cidrs)
     for tier in tiers.values():
         for by_subject in tier.values():
             for bucket in by_subject.values():
@@ -273,13 +274,13 @@ def _merged_bucket(a: _Bucket, b: _Bucket) -> _Bucket:
     out.nets = b.nets if a.nets is _NO_NETS else a.nets if b.nets is _NO_NETS else a.nets.merged(b.nets)
     if a.by_country and b.by_country:
         out.by_country = {
-            code: tuple(sorted((*a.by_country.get(code, ()), *b.by_country.get(code, ())), key=_rank_of, reverse=True))
+            code: tuple(sorted((*a.by_country.get(code, ()), *b.by_country.get(code, ())), key=_plain_of, reverse=True))
             for code in {**a.by_country, **b.by_country}
         }
     else:
         out.by_country = a.by_country or b.by_country
     if a.plain and b.plain:
-        out.plain = tuple(sorted((*a.plain, *b.plain), key=_rank_of, reverse=True))
+        out.plain = tuple(sorted((*a.plain, *b.plain), key=_plain_of, reverse=True))
     else:
         out.plain = a.plain or b.plain
     return out
@@ -589,21 +590,22 @@ class Policy:
         top_key: int | None = None
         for level in plan:
             for bucket in level:
-                candidates: list[Sequence[Candidate]] = []
+                candidates: list[tuple[Sequence[Rule], int]] = []  # rules, and what their network adds
                 for prefix, mask, table in bucket.nets.v4 if v4 else bucket.nets.v6:
                     if best_network > prefix:
                         break  # shorter prefixes cannot beat what this level already has
-                    hits = table.get(number & mask)
-                    if hits is not None:
-                        candidates.append(hits)
+                    found = table.get(number & mask)
+                    if found is not None:  # one rule is kept bare (PrefixTable)
+                        candidates.append(((found,) if isinstance(found, Rule) else found, NETWORK_OFFSETS[prefix]))
                 if country is not None and bucket.by_country:
                     hits = bucket.by_country.get(country)
                     if hits is not None:
-                        candidates.append(hits)
+                        candidates.append((hits, 0))
                 if bucket.plain:
-                    candidates.append(bucket.plain)
-                for hits in candidates:
-                    for rule, key in hits:
+                    candidates.append((bucket.plain, 0))
+                for hits, offset in candidates:
+                    for rule in hits:
+                        key = rule.plain + offset  # rule.rank(prefix or NO_NETWORK)
                         if best_key is not None and key < best_key:
                             break  # sorted: nothing further in this list can win
                         expires = rule.expires_at
