@@ -35,6 +35,7 @@ from __future__ import annotations
 import gc
 import operator
 import re
+import sys
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -184,10 +185,11 @@ def build_index(rules: Iterable[Rule]) -> dict[int, Tier]:
     for rule in rules:
         spec = rule.spec
         subjects: Sequence[str]
+        # interned: one string per user or group, whatever the number of rules naming them (and _plan's)
         if spec.users:
-            subjects = [f"u:{user}" for user in spec.users]
+            subjects = [sys.intern(f"u:{user}") for user in spec.users]
         elif spec.groups:
-            subjects = [f"g:{group}" for group in spec.groups]
+            subjects = [sys.intern(f"g:{group}") for group in spec.groups]
         else:
             subjects = _STAR
         cidrs = None
@@ -384,9 +386,9 @@ class Policy:
             groups = frozenset(group_sets.get(name, ()))
             shared = group_levels.get(groups)
             if shared is None:
-                shared = group_levels[groups] = (groups, tuple(f"g:{g}" for g in sorted(groups)))
+                shared = group_levels[groups] = (groups, tuple(sys.intern(f"g:{g}") for g in sorted(groups)))
             groups = shared[0]
-            levels: list[tuple[str, ...]] = [(f"u:{name}",)]
+            levels: list[tuple[str, ...]] = [(sys.intern(f"u:{name}"),)]
             if groups:
                 levels.append(shared[1])
             levels.append(_STAR)

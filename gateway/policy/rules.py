@@ -105,8 +105,6 @@ class Rule:
     expires_at: datetime | None  # exclusive: the rule is ignored from this instant on
     deny_reason: str  # DESIGN.md §5 code when this rule blocks
     plain: int  # rank(NO_NETWORK); made by compiled()
-    id: str = field(init=False)
-    title: str = field(init=False)
     block: bool = field(init=False)
     channel: str | None = field(init=False)
     countries: frozenset[str] | None = field(init=False)
@@ -116,8 +114,6 @@ class Rule:
 
     def __post_init__(self) -> None:
         spec, set_ = self.spec, object.__setattr__
-        set_(self, "id", spec.id)
-        set_(self, "title", spec.title)
         set_(self, "block", spec.action == "block")
         set_(self, "channel", spec.channel)
         set_(self, "countries", spec.countries)
@@ -139,6 +135,14 @@ class Rule:
     @property
     def order(self) -> int:
         return _ORDER_SPAN - 1 - (self.plain & (_ORDER_SPAN - 1))
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def title(self) -> str:
+        return self.spec.title
 
     @property
     def action(self) -> str:
