@@ -93,12 +93,13 @@ class _Bucket:
     does not use stay shared empty values, and sealed lists become tuples.
     """
 
-    __slots__ = ("by_country", "nets", "plain")
+    __slots__ = ("by_country", "nets", "plain", "plain_hits")
 
     def __init__(self) -> None:
         self.nets: PrefixTable[Rule] = _NO_NETS
         self.by_country: dict[str, Sequence[Rule]] = _NO_COUNTRIES
         self.plain: Sequence[Rule] = ()
+        self.plain_hits: tuple[Sequence[Rule], int] | None = None  # (plain, 0) as the decision takes it
 
     def add(self, rule: Rule, cidrs: Sequence[Cidr] | None) -> None:
         """``cidrs``: the rule's network blocks (None when it names no network)."""
@@ -125,6 +126,7 @@ class _Bucket:
             self.by_country[code] = tuple(sorted(hits, key=_plain_of, reverse=True))
         if len(self.plain) > 1:
             self.plain = tuple(sorted(self.plain, key=_plain_of, reverse=True))
+        self.plain_hits = (self.plain, 0) if self.plain else None
 
 
 def _plain_of(rule: Rule) -> int:
@@ -285,6 +287,7 @@ def _merged_bucket(a: _Bucket, b: _Bucket) -> _Bucket:
         out.plain = tuple(sorted((*a.plain, *b.plain), key=_plain_of, reverse=True))
     else:
         out.plain = a.plain or b.plain
+    out.plain_hits = (out.plain, 0) if out.plain else None
     return out
 
 
@@ -514,7 +517,8 @@ class Policy:
                 reason = None if allows else "ip_not_allowed"
             else:
                 allows = not rule.block
-                rule_id, title = rule.id, rule.title
+                rule_spec = rule.spec
+                rule_id, title = rule_spec.id, rule_spec.title
                 reason = None if allows else rule.deny_reason
             top = verdict[1]
             hours = segment.settings.login_hours
@@ -590,21 +594,24 @@ class Policy:
         best_network = NO_NETWORK - 1  # the network component of best_key
         top: Rule | None = None
         top_key: int | None = None
+        offsets = NETWORK_OFFSETS
         for level in plan:
             for bucket in level:
                 candidates: list[tuple[Sequence[Rule], int]] = []  # rules, and what their network adds
-                for prefix, mask, table in bucket.nets.v4 if v4 else bucket.nets.v6:
+                nets = bucket.nets
+                for prefix, mask, table in nets.v4 if v4 else nets.v6:
                     if best_network > prefix:
                         break  # shorter prefixes cannot beat what this level already has
                     found = table.get(number & mask)
                     if found is not None:  # one rule is kept bare (PrefixTable)
-                        candidates.append(((found,) if isinstance(found, Rule) else found, NETWORK_OFFSETS[prefix]))
+                        candidates.append(((found,) if isinstance(found, Rule) else found, offsets[prefix]))
                 if country is not None and bucket.by_country:
                     hits = bucket.by_country.get(country)
                     if hits is not None:
                         candidates.append((hits, 0))
-                if bucket.plain:
-                    candidates.append((bucket.plain, 0))
+                plain = bucket.plain_hits
+                if plain is not None:
+                    candidates.append(plain)
                 for hits, offset in candidates:
                     for rule in hits:
                         key = rule.plain + offset  # rule.rank(prefix or NO_NETWORK)
