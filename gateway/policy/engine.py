@@ -13,8 +13,9 @@ present), rules that name countries in a dict by country, and the rest in a
 short list sorted by key. Buckets are visited from the most specific level
 down; the first level that yields a match decides, so the work per request does
 not grow with the number of rules. Each policy file's rules are indexed on their
-own (a level takes the buckets of every file), so a reload reuses the index of
-every file it did not read again.
+own, so a reload reuses the index of every file it did not read again; the
+files' tiers are then merged copy-on-write (:func:`_merged_tier`), so a level
+is one bucket per key whatever the number of files.
 
 Report-only rules never change what is enforced: the enforced verdict is the
 one the rules give as if report-only rules did not exist; when a more specific
@@ -215,8 +216,8 @@ class _Segment:
     """The index of one policy file's rules (file 0: the defaults' and overrides' rules).
 
     Each file is indexed on its own, so a reload that reuses a big file's rules
-    (:func:`compile_rules`) reuses its index too; a request's plan takes, at each
-    level, the buckets of every file (:meth:`Policy._plan`).
+    (:func:`compile_rules`) reuses its index too; the policy merges the files'
+    tiers (:func:`_merged_tier`) without changing them.
     """
 
     start: int  # its rules are policy.rules[start:end]
