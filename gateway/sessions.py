@@ -21,11 +21,9 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as redis
 from aiohttp import web
 from aiohttp_session import AbstractStorage, Session
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
-from aiohttp_session.redis_storage import RedisStorage
 from cryptography.fernet import Fernet
 
 from gateway.logs import get_logger
@@ -119,7 +117,13 @@ class SessionStore:
             "path": "/",
         }
         self.storage: AbstractStorage
+        # what a storage failure raises: redis (and its ~9 MiB of modules) is imported only for its store
+        self._errors: tuple[type[Exception], ...] = (OSError,)
         if settings.store == "redis":
+            import redis.asyncio as redis
+            from aiohttp_session.redis_storage import RedisStorage
+
+            self._errors = (redis.RedisError, OSError)
             client = redis_client or redis.from_url(settings.redis_url, socket_timeout=0.5,
                                                     socket_connect_timeout=0.5)
             self.storage = RedisStorage(client, key_factory=lambda: os.urandom(24).hex(), **params)
@@ -135,7 +139,7 @@ class SessionStore:
         """The request's live session, or a new empty one if absent, expired or revoked."""
         try:
             session = await self.storage.load_session(request)
-        except (redis.RedisError, OSError) as exc:
+        except self._errors as exc:
             raise StateUnavailable(str(exc)) from exc
         if session.new or "user" not in session:
             return session
@@ -178,7 +182,7 @@ class SessionStore:
             return  # nothing to say; do not hand anonymous clients a cookie
         try:
             await self.storage.save_session(request, response, session)
-        except (redis.RedisError, OSError) as exc:
+        except self._errors as exc:
             raise StateUnavailable(str(exc)) from exc
 
 

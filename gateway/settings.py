@@ -160,8 +160,12 @@ def parse_settings(data: Any, path: Path, problems: Problems) -> Settings:
     if not url:
         problems.add(top.where("upstream"), "upstream.url is required")
     else:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(url)
+            usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # e.g. an unclosed '[' ("Invalid IPv6 URL")
+            usable = False
+        if not usable:
             problems.add(up_s.where("url"), f"upstream.url: expected http(s)://host[:port], got {url!r}")
     upstream = Upstream(
         url=url.rstrip("/"),

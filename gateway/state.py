@@ -18,13 +18,10 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+if TYPE_CHECKING:  # redis is imported only when a Redis store is opened (~9 MiB otherwise never used)
+    import redis.asyncio as aioredis
 
 __all__ = [
     "MemoryState",
@@ -205,6 +202,13 @@ class RedisState:
         # Bound the whole operation too (connect + retry + reply), whatever the
         # socket layer does: a request never waits on the store for longer.
         self._deadline = 2.5 * timeout
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import RedisError
+
+        self._errors: tuple[type[Exception], ...] = (RedisError, OSError, TimeoutError)
         self._client: aioredis.Redis = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -228,7 +232,7 @@ class RedisState:
         try:
             async with asyncio.timeout(self._deadline):
                 return await op()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except self._errors as exc:
             raise StateUnavailable(f"redis: {what} failed: {type(exc).__name__}: {exc}") from exc
 
     async def first_use(self, key: str, ttl: float) -> bool:

@@ -13,8 +13,9 @@ present), rules that name countries in a dict by country, and the rest in a
 short list sorted by key. Buckets are visited from the most specific level
 down; the first level that yields a match decides, so the work per request does
 not grow with the number of rules. Each policy file's rules are indexed on their
-own (a level takes the buckets of every file), so a reload reuses the index of
-every file it did not read again.
+own, so a reload reuses the index of every file it did not read again; the
+files' tiers are then merged copy-on-write (:func:`_merged_tier`), so a level
+is one bucket per key whatever the number of files.
 
 Report-only rules never change what is enforced: the enforced verdict is the
 one the rules give as if report-only rules did not exist; when a more specific
@@ -35,6 +36,7 @@ from __future__ import annotations
 import gc
 import operator
 import re
+import sys
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -52,6 +54,7 @@ from gateway.policy.networks import Cidr, PrefixTable, judged_address
 from gateway.policy.patterns import PathMatcher
 from gateway.policy.rules import (
     FILE_SHIFT,
+    NETWORK_OFFSETS,
     NO_NETWORK,
     Rule,
     SettingsSegment,
@@ -59,7 +62,6 @@ from gateway.policy.rules import (
     compile_rules,
     expiry_instant,
     office_zone_name,
-    rank_for_network,
     rank_network,
     settings_timeline,
 )
@@ -69,7 +71,6 @@ from gateway.policy.trace import DEFAULT_RULE, explained
 from gateway.settings import Settings
 from gateway.yamlsrc import ConfigError, Mapping, Problems, Where, load_yaml
 
-Candidate = tuple[Rule, int]  # a rule and its rank (Rule.rank) for the matched entry
 _STAR = ("*",)
 # Paths and User-Agents come from clients: the caches keyed by them are bounded in
 # entries and skip long values, so a flood of random 8 KB URLs cannot grow them to
@@ -85,51 +86,56 @@ _NO_GROUPS: frozenset[str] = frozenset()
 class _Bucket:
     """Rules of one (priority, function, subject): by network, by country, and the rest.
 
-    Candidates are ``(rule, rank)`` (:meth:`Rule.rank`). Most buckets of a big
-    policy hold one or two rules, so the parts a bucket does not use stay
-    shared empty values, and sealed lists become tuples.
+    Every list holds rules sorted by :attr:`Rule.plain`, highest first: within
+    one list a rule's rank is its ``plain`` plus the same network offset
+    (:data:`NETWORK_OFFSETS`), so the order is the order of their ranks and the
+    decision adds the offset as it goes; no rank is stored per network block.
+    Most buckets of a big policy hold one or two rules, so the parts a bucket
+    does not use stay shared empty values, and sealed lists become tuples.
     """
 
-    __slots__ = ("by_country", "nets", "plain")
+    __slots__ = ("by_country", "nets", "plain", "plain_hits")
 
     def __init__(self) -> None:
-        self.nets: PrefixTable[Candidate] = _NO_NETS
-        self.by_country: dict[str, Sequence[Candidate]] = _NO_COUNTRIES
-        self.plain: Sequence[Candidate] = ()
+        self.nets: PrefixTable[Rule] = _NO_NETS
+        self.by_country: dict[str, Sequence[Rule]] = _NO_COUNTRIES
+        self.plain: Sequence[Rule] = ()
+        self.plain_hits: tuple[Sequence[Rule], int] | None = None  # (plain, 0) as the decision takes it
 
-    def add(self, rule: Rule, plain_rank: int, net_ranks: list[tuple[Cidr, int]] | None) -> None:
-        """``plain_rank``: the rule's rank with no network; ``net_ranks``: each block with its rank."""
-        if net_ranks is not None:
+    def add(self, rule: Rule, cidrs: Sequence[Cidr] | None) -> None:
+        """``cidrs``: the rule's network blocks (None when it names no network)."""
+        if cidrs is not None:
             if self.nets is _NO_NETS:
                 self.nets = PrefixTable()
-            for cidr, rank in net_ranks:
-                self.nets.add(cidr, (rule, rank))
+            for cidr in cidrs:
+                self.nets.add(cidr, rule)
         elif rule.countries is not None and not rule.countries_negated:
             if self.by_country is _NO_COUNTRIES:
                 self.by_country = {}
             for code in rule.countries:
                 hits = self.by_country.setdefault(code, [])
                 assert isinstance(hits, list)
-                hits.append((rule, plain_rank))
+                hits.append(rule)
         else:
-            self.plain = (*self.plain, (rule, plain_rank))
+            self.plain = (*self.plain, rule)
 
     def seal(self) -> None:
         """Sort every list most specific first, so scans can stop early."""
         if self.nets is not _NO_NETS:
-            self.nets.seal(_rank_of)
+            self.nets.seal(_plain_of)
         for code, hits in self.by_country.items():
-            self.by_country[code] = tuple(sorted(hits, key=_rank_of, reverse=True))
+            self.by_country[code] = tuple(sorted(hits, key=_plain_of, reverse=True))
         if len(self.plain) > 1:
-            self.plain = tuple(sorted(self.plain, key=_rank_of, reverse=True))
+            self.plain = tuple(sorted(self.plain, key=_plain_of, reverse=True))
+        self.plain_hits = (self.plain, 0) if self.plain else None
 
 
-def _rank_of(candidate: Candidate) -> int:
-    return candidate[1]
+def _plain_of(rule: Rule) -> int:
+    return rule.plain
 
 
-_NO_NETS: PrefixTable[Candidate] = PrefixTable()
-_NO_COUNTRIES: dict[str, Sequence[Candidate]] = {}
+_NO_NETS: PrefixTable[Rule] = PrefixTable()
+_NO_COUNTRIES: dict[str, Sequence[Rule]] = {}
 
 
 _R = TypeVar("_R")
@@ -182,22 +188,22 @@ def build_index(rules: Iterable[Rule]) -> dict[int, Tier]:
     for rule in rules:
         spec = rule.spec
         subjects: Sequence[str]
+        # interned: one string per user or group, whatever the number of rules naming them (and _plan's)
         if spec.users:
-            subjects = [f"u:{user}" for user in spec.users]
+            subjects = [sys.intern(f"u:{user}") for user in spec.users]
         elif spec.groups:
-            subjects = [f"g:{group}" for group in spec.groups]
+            subjects = [sys.intern(f"g:{group}") for group in spec.groups]
         else:
             subjects = _STAR
-        plain_rank = rule.rank(NO_NETWORK)
-        net_ranks = None
-        if spec.networks is not None:  # ranks computed once, shared by the rule's buckets
-            net_ranks = [(cidr, rank_for_network(plain_rank, cidr[1])) for e in spec.networks for cidr in e.cidrs]
+        cidrs = None
+        if spec.networks is not None:  # unpacked once, shared by the rule's buckets
+            cidrs = [cidr for entry in spec.networks for cidr in entry.cidrs]
         by_function = tiers.setdefault(spec.priority, {}).setdefault(spec.function or "*", {})
         for subject in subjects:
             bucket = by_function.get(subject)
             if bucket is None:
                 bucket = by_function[subject] = _Bucket()
-            bucket.add(rule, plain_rank, net_ranks)
+            bucket.add(rule, cidrs)
     for tier in tiers.values():
         for by_subject in tier.values():
             for bucket in by_subject.values():
@@ -210,8 +216,8 @@ class _Segment:
     """The index of one policy file's rules (file 0: the defaults' and overrides' rules).
 
     Each file is indexed on its own, so a reload that reuses a big file's rules
-    (:func:`compile_rules`) reuses its index too; a request's plan takes, at each
-    level, the buckets of every file (:meth:`Policy._plan`).
+    (:func:`compile_rules`) reuses its index too; the policy merges the files'
+    tiers (:func:`_merged_tier`) without changing them.
     """
 
     start: int  # its rules are policy.rules[start:end]
@@ -238,6 +244,51 @@ def _segments(rules: tuple[Rule, ...], previous: tuple[Rule, ...], reusable: Ite
         else:
             out.append(_Segment(start, end, build_index(rules[start:end])))
         start = end
+    return out
+
+
+def _merged_tier(parts: list[Tier]) -> Tier:
+    """One tier from the files' tiers of a priority, so a decision looks at one bucket per key, not one per file.
+
+    Copy-on-write: a function or subject only one file has is that file's own
+    dict or bucket, shared (a file's index must stay as built: a reload reuses
+    it); only what several files have is merged, into new objects.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    merged: Tier = {}
+    copied: set[int] = set()  # ids of the subject dicts made here (the others are a file's own)
+    for tier in parts:
+        for function, by_subject in tier.items():
+            have = merged.get(function)
+            if have is None:
+                merged[function] = by_subject
+                continue
+            if id(have) not in copied:
+                have = merged[function] = dict(have)
+                copied.add(id(have))
+            for subject, bucket in by_subject.items():
+                old = have.get(subject)
+                have[subject] = bucket if old is None else _merged_bucket(old, bucket)
+    return merged
+
+
+def _merged_bucket(a: _Bucket, b: _Bucket) -> _Bucket:
+    """A new bucket with the rules of both (neither is changed)."""
+    out = _Bucket()
+    out.nets = b.nets if a.nets is _NO_NETS else a.nets if b.nets is _NO_NETS else a.nets.merged(b.nets)
+    if a.by_country and b.by_country:
+        out.by_country = {
+            code: tuple(sorted((*a.by_country.get(code, ()), *b.by_country.get(code, ())), key=_plain_of, reverse=True))
+            for code in {**a.by_country, **b.by_country}
+        }
+    else:
+        out.by_country = a.by_country or b.by_country
+    if a.plain and b.plain:
+        out.plain = tuple(sorted((*a.plain, *b.plain), key=_plain_of, reverse=True))
+    else:
+        out.plain = a.plain or b.plain
+    out.plain_hits = (out.plain, 0) if out.plain else None
     return out
 
 
@@ -297,9 +348,9 @@ class Policy:
             self.rules, previous.rules if previous else (), previous._segments if previous else ()
         )
         priorities = sorted({p for segment in self._segments for p in segment.tiers}, reverse=True)
-        # by priority, highest first: that priority's tier of every file
-        self._tiers: list[tuple[Tier, ...]] = [
-            tuple(s.tiers[p] for s in self._segments if p in s.tiers) for p in priorities
+        # by priority, highest first: that priority's tier of every file, merged into one
+        self._tiers: list[Tier] = [
+            _merged_tier([s.tiers[p] for s in self._segments if p in s.tiers]) for p in priorities
         ]
 
         # channels: first match wins, in file order
@@ -339,9 +390,9 @@ class Policy:
             groups = frozenset(group_sets.get(name, ()))
             shared = group_levels.get(groups)
             if shared is None:
-                shared = group_levels[groups] = (groups, tuple(f"g:{g}" for g in sorted(groups)))
+                shared = group_levels[groups] = (groups, tuple(sys.intern(f"g:{g}") for g in sorted(groups)))
             groups = shared[0]
-            levels: list[tuple[str, ...]] = [(f"u:{name}",)]
+            levels: list[tuple[str, ...]] = [(sys.intern(f"u:{name}"),)]
             if groups:
                 levels.append(shared[1])
             levels.append(_STAR)
@@ -467,7 +518,8 @@ class Policy:
                 reason = None if allows else "ip_not_allowed"
             else:
                 allows = not rule.block
-                rule_id, title = rule.id, rule.title
+                rule_spec = rule.spec
+                rule_id, title = rule_spec.id, rule_spec.title
                 reason = None if allows else rule.deny_reason
             top = verdict[1]
             hours = segment.settings.login_hours
@@ -511,12 +563,11 @@ class Policy:
         subject_levels = info.levels if info is not None else self._anonymous_levels
         function_levels = (functions, _STAR) if functions else (_STAR,)
         plan: list[tuple[_Bucket, ...]] = []
-        for tiers in self._tiers:
+        for tier in self._tiers:
             for function_keys in function_levels:
                 for subject_keys in subject_levels:
                     level = tuple(
                         bucket
-                        for tier in tiers
                         for function_key in function_keys
                         for subject_key in subject_keys
                         if (bucket := tier.get(function_key, {}).get(subject_key)) is not None
@@ -544,23 +595,27 @@ class Policy:
         best_network = NO_NETWORK - 1  # the network component of best_key
         top: Rule | None = None
         top_key: int | None = None
+        offsets = NETWORK_OFFSETS
         for level in plan:
             for bucket in level:
-                candidates: list[Sequence[Candidate]] = []
-                for prefix, mask, table in bucket.nets.v4 if v4 else bucket.nets.v6:
+                candidates: list[tuple[Sequence[Rule], int]] = []  # rules, and what their network adds
+                nets = bucket.nets
+                for prefix, mask, table in nets.v4 if v4 else nets.v6:
                     if best_network > prefix:
                         break  # shorter prefixes cannot beat what this level already has
-                    hits = table.get(number & mask)
-                    if hits is not None:
-                        candidates.append(hits)
+                    found = table.get(number & mask)
+                    if found is not None:  # one rule is kept bare (PrefixTable)
+                        candidates.append(((found,) if isinstance(found, Rule) else found, offsets[prefix]))
                 if country is not None and bucket.by_country:
                     hits = bucket.by_country.get(country)
                     if hits is not None:
-                        candidates.append(hits)
-                if bucket.plain:
-                    candidates.append(bucket.plain)
-                for hits in candidates:
-                    for rule, key in hits:
+                        candidates.append((hits, 0))
+                plain = bucket.plain_hits
+                if plain is not None:
+                    candidates.append(plain)
+                for hits, offset in candidates:
+                    for rule in hits:
+                        key = rule.plain + offset  # rule.rank(prefix or NO_NETWORK)
                         if best_key is not None and key < best_key:
                             break  # sorted: nothing further in this list can win
                         expires = rule.expires_at

@@ -15,8 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import maxminddb
-
 from gateway.policy.model import IPAddress
 
 _CACHE_LIMIT = 65536
@@ -31,9 +29,12 @@ class GeoIP:
     """Address -> ISO 3166 alpha-2 code (upper case), or None."""
 
     def __init__(self, path: Path) -> None:
+        import maxminddb  # only with a GeoIP database: a gateway without one never loads the reader
+
+        self._errors: tuple[type[Exception], ...] = (ValueError, maxminddb.InvalidDatabaseError)
         try:
             self._reader: Any = maxminddb.open_database(str(path), maxminddb.MODE_MEMORY)
-        except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
+        except (OSError, *self._errors) as exc:
             raise GeoIPError(f"cannot open GeoIP database {str(path)!r}: {exc}") from None
         self.path = path
         # keyed by the address as an int (IPv6 offset past the IPv4 space): hashing
@@ -59,7 +60,7 @@ class GeoIP:
     def _lookup(self, address: IPAddress) -> str | None:
         try:
             record = self._reader.get(address)
-        except (ValueError, maxminddb.InvalidDatabaseError):
+        except self._errors:
             # e.g. an IPv6 address asked of an IPv4-only database: unknown, not an error
             return None
         if not isinstance(record, dict):

@@ -14,7 +14,7 @@ address /128, like a single IPv6 address.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -39,22 +39,44 @@ _MASKS: dict[tuple[int, int], int] = {
 class NetEntry:
     """One item of a ``networks`` list, as written and as CIDR blocks.
 
-    The blocks are kept flat, ``(code, network, code, network, ...)`` where code
-    is :func:`_code` of the version and prefix (always one of Python's shared
+    The blocks are kept flat: the first as ``code`` and ``network``, any others
+    in ``more`` as ``(code, network, code, network, ...)``, where code is
+    :func:`_code` of the version and prefix (always one of Python's shared
     small ints) and network the block's first address as an int, the same
     object the index keys on: a large policy holds hundreds of thousands of
     blocks, and :mod:`ipaddress` objects or tuples per block cost several times
-    the memory. :attr:`cidrs` unpacks them for the index; :attr:`blocks`
-    rebuilds :mod:`ipaddress` networks for ``explain`` and ``check``.
+    the memory. ``written`` is the text as written, or None when it is the
+    plain spelling of its one IPv4 block (``a.b.c.d`` or ``a.b.c.d/p`` with
+    ``p < 32``), which :attr:`text` rebuilds: a 100,000-rule ban list then
+    keeps no string and no tuple per address. :attr:`cidrs` unpacks the blocks
+    for the index; :attr:`blocks` rebuilds :mod:`ipaddress` networks for
+    ``explain`` and ``check``.
     """
 
-    text: str
-    flat: tuple[int, ...]
+    written: str | None
+    code: int
+    network: int
+    more: tuple[int, ...] = ()
+
+    @property
+    def text(self) -> str:
+        if self.written is not None:
+            return self.written
+        number, prefix = self.network, self.code - 129
+        dotted = f"{number >> 24}.{number >> 16 & 255}.{number >> 8 & 255}.{number & 255}"
+        return dotted if prefix == 32 else f"{dotted}/{prefix}"
+
+    @property
+    def flat(self) -> tuple[int, ...]:
+        return (self.code, self.network, *self.more)
 
     @property
     def cidrs(self) -> tuple[Cidr, ...]:
-        flat = self.flat
-        return tuple(_cidr(flat[i], flat[i + 1]) for i in range(0, len(flat), 2))
+        more = self.more
+        first = _cidr(self.code, self.network)
+        if not more:
+            return (first,)
+        return (first, *(_cidr(more[i], more[i + 1]) for i in range(0, len(more), 2)))
 
     @property
     def blocks(self) -> tuple[IPNetwork, ...]:
@@ -68,7 +90,7 @@ class NetEntry:
         flat: list[int] = []
         for block in blocks:
             flat += (_code(block.version, v6_prefix(block)), int(block.network_address))
-        return cls(text, tuple(flat))
+        return cls(text, flat[0], flat[1], tuple(flat[2:]))
 
 
 def _code(version: int, prefix: int) -> int:
@@ -136,7 +158,10 @@ def _fast_entry(text: str) -> NetEntry | None:
         prefix = int(prefix_text)
         if prefix > 32:
             return None
-    return NetEntry(text, (_code(4, 96 + prefix), number & _MASKS[(4, 96 + prefix)]))
+    network = number & _MASKS[(4, 96 + prefix)]
+    # the plain spelling of the block is rebuilt by NetEntry.text (a trailing /32 is kept as written)
+    plain = network == number and (not slash or prefix < 32)
+    return NetEntry(None if plain else text, _code(4, 96 + prefix), network)
 
 
 def parse_entry(value: object) -> NetEntry:
@@ -181,40 +206,67 @@ class PrefixTable(Generic[T]):
     A lookup costs one dict probe per distinct prefix length in the table (at most
     33 for IPv4, 129 for IPv6; a handful in practice), whatever the number of
     blocks. Lengths are walked longest first, so the first hit is the most specific.
+
+    A block with one payload holds it bare, several as a tuple (so a payload must
+    never itself be a tuple): most blocks of a big policy have one rule, and a
+    1-tuple each would be ~5 MiB at 100,000 rules. The dicts built by :meth:`add`
+    are the ones lookups use (sealing sorts in place; nothing is copied), and an
+    unused version is the shared empty tuple.
     """
 
     __slots__ = ("_building", "v4", "v6")
 
     def __init__(self) -> None:
-        # per version: [(prefix length in v6 terms, mask, {network int: (payload, ...)})], longest first
-        self.v4: list[tuple[int, int, dict[int, Sequence[T]]]] = []
-        self.v6: list[tuple[int, int, dict[int, Sequence[T]]]] = []
-        self._building: dict[tuple[int, int], tuple[int, dict[int, list[T]]]] = {}
+        # per version: ((prefix length in v6 terms, mask, {network int: payload or (payload, ...)}), ...),
+        # longest first
+        self.v4: tuple[tuple[int, int, dict[int, T | tuple[T, ...]]], ...] = ()
+        self.v6: tuple[tuple[int, int, dict[int, T | tuple[T, ...]]], ...] = ()
+        self._building: dict[tuple[int, int], tuple[int, dict[int, T | tuple[T, ...]]]] | None = None
 
     def add(self, cidr: Cidr, payload: T) -> None:
         """Add a payload under one of :attr:`NetEntry.cidrs`; call :meth:`seal` when done."""
+        assert not isinstance(payload, tuple), "a payload is never a tuple (see the class docstring)"
         version, prefix, mask, network = cidr
+        if self._building is None:
+            self._building = {}
         level = self._building.get((version, prefix))
         if level is None:
             level = self._building[(version, prefix)] = (mask, {})
-        level[1].setdefault(network, []).append(payload)
+        table = level[1]
+        old = table.get(network)
+        table[network] = payload if old is None else (*old, payload) if isinstance(old, tuple) else (old, payload)
 
     def seal(self, order: Callable[[T], Any] | None = None) -> None:
         """Freeze the levels added so far into the longest-first lists lookups walk.
 
-        Each block's payloads become a tuple, sorted by ``order`` descending when given.
+        Each block with several payloads has them sorted by ``order`` descending when given.
         """
+        if self._building is None:
+            return
         levels = sorted(self._building.items(), key=lambda item: -item[0][1])
-        sealed: list[tuple[int, int, int, dict[int, Sequence[T]]]] = []
-        for (version, prefix), (mask, building) in levels:
-            table: dict[int, Sequence[T]] = {
-                network: tuple(sorted(hits, key=order, reverse=True) if order and len(hits) > 1 else hits)
-                for network, hits in building.items()
-            }
-            sealed.append((version, prefix, mask, table))
-        self.v4 = [(prefix, mask, table) for version, prefix, mask, table in sealed if version == 4]
-        self.v6 = [(prefix, mask, table) for version, prefix, mask, table in sealed if version == 6]
-        self._building = {}
+        for _, (_, table) in levels:
+            if order is not None:
+                for network, hits in table.items():
+                    if isinstance(hits, tuple):
+                        table[network] = tuple(sorted(hits, key=order, reverse=True))
+        self.v4 = tuple((prefix, mask, table) for (version, prefix), (mask, table) in levels if version == 4)
+        self.v6 = tuple((prefix, mask, table) for (version, prefix), (mask, table) in levels if version == 6)
+        self._building = None
+
+    def merged(self, other: PrefixTable[T]) -> PrefixTable[T]:
+        """A sealed table with the blocks of both, sharing their dicts (neither is changed).
+
+        A prefix length both have is walked twice (two dicts of that length, one
+        after the other): a lookup then probes both, and no dict is copied.
+        """
+        out: PrefixTable[T] = PrefixTable()
+        out.v4 = tuple(sorted((*self.v4, *other.v4), key=_longest_first))
+        out.v6 = tuple(sorted((*self.v6, *other.v6), key=_longest_first))
+        return out
 
     def __bool__(self) -> bool:
         return bool(self.v4 or self.v6)
+
+
+def _longest_first(level: tuple[int, int, object]) -> int:
+    return -level[0]

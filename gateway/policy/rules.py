@@ -77,6 +77,10 @@ def rank_for_network(plain_rank: int, network: int) -> int:
     return plain_rank + ((network - NO_NETWORK) << (_ORDER_BITS + 3))
 
 
+# what rank_for_network adds for a network component of 0 .. 128 (the index adds it at match time)
+NETWORK_OFFSETS = tuple((network - NO_NETWORK) << (_ORDER_BITS + 3) for network in range(129))
+
+
 def rank_network(rank: int) -> int:
     """The network component of a :meth:`Rule.rank`."""
     return (rank >> (_ORDER_BITS + 3)) % _NETWORKS - 1
@@ -92,14 +96,15 @@ class Rule:
     its own keeps a file's rules the same objects across a reload that changed
     another file (see :func:`compile_rules`). What the decision reads on every
     request is copied out of the spec into slots; the rest is read through it.
+    The order is kept inside ``plain`` (:meth:`rank` with no network, which the
+    index sorts by and the decision compares): one int per rule, no rank per
+    network block.
     """
 
     spec: RuleSpec
     expires_at: datetime | None  # exclusive: the rule is ignored from this instant on
     deny_reason: str  # DESIGN.md §5 code when this rule blocks
-    order: int
-    id: str = field(init=False)
-    title: str = field(init=False)
+    plain: int  # rank(NO_NETWORK); made by compiled()
     block: bool = field(init=False)
     channel: str | None = field(init=False)
     countries: frozenset[str] | None = field(init=False)
@@ -109,14 +114,35 @@ class Rule:
 
     def __post_init__(self) -> None:
         spec, set_ = self.spec, object.__setattr__
-        set_(self, "id", spec.id)
-        set_(self, "title", spec.title)
         set_(self, "block", spec.action == "block")
         set_(self, "channel", spec.channel)
         set_(self, "countries", spec.countries)
         set_(self, "countries_negated", spec.countries_negated)
         set_(self, "report_only", spec.report_only)
         set_(self, "also_groups", spec.groups if spec.users else None)
+
+    @classmethod
+    def compiled(cls, spec: RuleSpec, expires_at: datetime | None, deny_reason: str, order: int) -> Rule:
+        """The rule that ``spec`` compiles to, ``order``-th in the files (see the class docstring)."""
+        subject = SUBJECT_USERS if spec.users else SUBJECT_GROUPS if spec.groups else SUBJECT_EVERYONE
+        rank = ((spec.priority * 2 + (spec.function is not None)) * 3 + subject) * _NETWORKS + NO_NETWORK + 1
+        rank = ((rank * 2 + (spec.countries is not None)) * 2 + (spec.channel is not None)) * 2
+        rank += spec.action == "block"
+        if not 0 <= order < _ORDER_SPAN:
+            raise ValueError(f"rule order out of range: {order}")
+        return cls(spec, expires_at, deny_reason, (rank << _ORDER_BITS) | (_ORDER_SPAN - 1 - order))
+
+    @property
+    def order(self) -> int:
+        return _ORDER_SPAN - 1 - (self.plain & (_ORDER_SPAN - 1))
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def title(self) -> str:
+        return self.spec.title
 
     @property
     def action(self) -> str:
@@ -178,18 +204,15 @@ class Rule:
         )
 
     def rank(self, network: int) -> int:
-        """:meth:`key` packed into one integer that sorts the same way (what the index stores).
+        """:meth:`key` packed into one integer that sorts the same way (what the decision compares).
 
         Mixed radix, most significant first: each component is shifted into the
         range of its radix, so comparing ranks compares keys lexicographically,
         at a fraction of a tuple's memory and comparison time. :func:`rank_network`
-        unpacks the network component.
+        unpacks the network component; ``plain`` is the rank with no network and
+        :data:`NETWORK_OFFSETS` what a network adds to it.
         """
-        spec = self.spec
-        subject = SUBJECT_USERS if spec.users else SUBJECT_GROUPS if spec.groups else SUBJECT_EVERYONE
-        rank = ((spec.priority * 2 + (spec.function is not None)) * 3 + subject) * _NETWORKS + network + 1
-        rank = ((rank * 2 + (spec.countries is not None)) * 2 + (spec.channel is not None)) * 2 + self.block
-        return (rank << _ORDER_BITS) | (_ORDER_SPAN - 1 - self.order)
+        return rank_for_network(self.plain, network)
 
     def best_key(self) -> Key:
         """The highest key this rule can reach (its longest network entry)."""
@@ -281,7 +304,7 @@ class _Builder:
 
     def compiled(self, spec: RuleSpec, deny_reason: str, order: int) -> None:
         expires_at = expiry_instant(spec.expires, self.office) if spec.expires is not None else None
-        self.rules.append(Rule(spec, expires_at, deny_reason, order))
+        self.rules.append(Rule.compiled(spec, expires_at, deny_reason, order))
 
 
 def compile_rules(spec: PolicySpec, previous: Iterable[Rule] = ()) -> list[Rule]:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gc
+import hashlib
+import io
 import ipaddress
+import pickle
 import shutil
 import weakref
 from pathlib import Path
@@ -112,6 +115,22 @@ def test_a_big_file_read_in_a_child_process_is_the_same_source(folder: Path, mon
     [child] = read_sources([path], geoip=True)
     assert child == here
     assert child is not here
+    digest = hashlib.sha256(data).digest()
+    assert sources._read_isolated(path, data, geoip=True, digest=digest) == here  # not the fallback
+
+
+def test_a_source_pickled_in_chunks_comes_back_whole(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = folder / "rules.yaml"
+    here = read_source(path, path.read_bytes(), geoip=True)
+    assert len(here.rules) > 2
+    monkeypatch.setattr(sources, "PICKLE_CHUNK", 2)
+    stream = io.BytesIO()
+    sources._dump_chunked(here, stream)
+    stream.seek(0)
+    back = sources._load_chunked(stream)
+    assert back == here
+    assert stream.read() == b""
+    assert sources._load_chunked(io.BytesIO(pickle.dumps(here))) is None  # not what the child writes
 
 
 def _loaded_the_long_way(text: str) -> object:
