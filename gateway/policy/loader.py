@@ -551,20 +551,18 @@ class _Reader:
 
     # -- across files --------------------------------------------------------------------------
     def check_references(self) -> None:
-        known_users = set(self.defined["user"]) | self.group_members
-        channels = {DEFAULT_CHANNEL, *self.defined["channel"]}
+        known = {
+            "function": self.defined["function"],
+            "channel": {DEFAULT_CHANNEL, *self.defined["channel"]},
+            "group": self.defined["group"],
+            "user": set(self.defined["user"]) | self.group_members,
+        }
         for kind, name, where in self.refs:
-            if kind == "function" and name not in self.defined["function"]:
-                self.add(where, f"function: unknown function {name!r}{_known(self.defined['function'])}")
-            elif kind == "channel" and name not in channels:
-                self.add(where, f"channel: unknown channel {name!r}{_known(channels)}")
-            elif kind == "group" and name not in self.defined["group"]:
-                self.add(where, f"groups: unknown group {name!r}{_known(self.defined['group'])}")
-            elif kind == "user" and name not in known_users:
-                self.add(where, f"users: unknown user {name!r} (a user exists when `users` or a group lists them)")
+            if name not in known[kind]:
+                self.add(where, unknown_reference(kind, name, known[kind]))
         if MOBILE_CHANNEL not in self.defined["channel"]:
             for where in self.mobile_refs:
-                self.add(where, "mobile_any_ip: there is no channel named 'mobile' to exempt; define it under channels")
+                self.add(where, NO_MOBILE_CHANNEL)
 
     def spec(self) -> PolicySpec:
         return PolicySpec(
@@ -575,6 +573,17 @@ class _Reader:
             users=tuple(self.users),
             rules=tuple(self.rules),
         )
+
+
+NO_MOBILE_CHANNEL = "mobile_any_ip: there is no channel named 'mobile' to exempt; define it under channels"
+
+
+def unknown_reference(kind: str, name: str, known: Iterable[str]) -> str:
+    """The message for a reference to a ``kind`` ('function', 'channel', 'group', 'user') nobody defines."""
+    if kind == "user":
+        return f"users: unknown user {name!r} (a user exists when `users` or a group lists them)"
+    key = "groups" if kind == "group" else kind
+    return f"{key}: unknown {kind} {name!r}{_known(known)}"
 
 
 def _known(names: Iterable[str]) -> str:

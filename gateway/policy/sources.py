@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
-from gateway.policy.loader import _known, _Reader
+from gateway.policy.loader import NO_MOBILE_CHANNEL, _Reader, unknown_reference
 from gateway.policy.spec import (
     DEFAULT_CHANNEL,
     MOBILE_CHANNEL,
@@ -350,9 +350,12 @@ def merge_sources(sources: list[PolicySource], problems: Problems) -> PolicySpec
         return None
     for source in sources:
         problems.items.extend(source.problems)
-    functions, groups, channels = seen["function"], seen["group"], {DEFAULT_CHANNEL, *seen["channel"]}
-    known_users = seen["user"].union(*(source.group_members for source in sources))
-    by_kind = {"function": functions, "channel": channels, "group": groups, "user": known_users}
+    by_kind = {
+        "function": seen["function"],
+        "channel": {DEFAULT_CHANNEL, *seen["channel"]},
+        "group": seen["group"],
+        "user": seen["user"].union(*(source.group_members for source in sources)),
+    }
     for source in sources:
         unknown = {
             (kind, name) for kind, names in by_kind.items() for name in source.ref_names_of(kind) if name not in names
@@ -360,22 +363,12 @@ def merge_sources(sources: list[PolicySource], problems: Problems) -> PolicySpec
         if not unknown:
             continue
         for kind, name, where in source.refs():
-            if (kind, name) not in unknown:
-                continue
-            if kind == "function":
-                problems.add(where, f"function: unknown function {name!r}{_known(functions)}")
-            elif kind == "channel":
-                problems.add(where, f"channel: unknown channel {name!r}{_known(channels)}")
-            elif kind == "group":
-                problems.add(where, f"groups: unknown group {name!r}{_known(groups)}")
-            else:
-                problems.add(where, f"users: unknown user {name!r} (a user exists when `users` or a group lists them)")
+            if (kind, name) in unknown:
+                problems.add(where, unknown_reference(kind, name, by_kind[kind]))
     if MOBILE_CHANNEL not in seen["channel"]:
         for source in sources:
             for where in source.mobile_refs:
-                problems.add(
-                    where, "mobile_any_ip: there is no channel named 'mobile' to exempt; define it under channels"
-                )
+                problems.add(where, NO_MOBILE_CHANNEL)
     return PolicySpec(
         channels=tuple(c for s in sources for c in s.channels),
         functions=tuple(f for s in sources for f in s.functions),
