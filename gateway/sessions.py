@@ -18,6 +18,7 @@ import binascii
 import functools
 import hashlib
 import os
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +72,48 @@ def fingerprint(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-class CachedCookieStorage(EncryptedCookieStorage):
+class _Unsure(Exception):
+    """The Cookie header is not plain RFC 6265 pairs: only the full parser reads it right."""
+
+
+# RFC 6265 §4.2.1: name=value pairs, a value optionally quoted, made of cookie-octets
+# (no whitespace, '"', ',', ';' or '\\'), separated by ';' and optional spaces.
+_PAIR = r"""[!#$%&'*+\-.^_`|~0-9A-Za-z]+=(?:[!#-+\--:<-\[\]-~]*|"[!#-+\--:<-\[\]-~]*")"""
+_PLAIN_COOKIES = re.compile(rf"[ \t]*{_PAIR}(?:[ \t]*;[ \t]*{_PAIR})*[ \t]*;?[ \t]*")
+
+
+def cookie_value(header: str, name: str) -> str | None:
+    """The value of cookie ``name`` in a Cookie header (the last copy, as aiohttp's parser keeps).
+
+    The cheap path of every request: aiohttp's parser builds a Morsel per cookie.
+    Raises :class:`_Unsure` unless the header is plain RFC 6265 pairs, where
+    splitting at ';' and the first '=' is exact (a quoted value elsewhere may
+    hold a ';' and, in it, text that looks like this cookie).
+    """
+    if not _PLAIN_COOKIES.fullmatch(header):
+        raise _Unsure
+    found = None
+    for part in header.split(";"):
+        key, _, value = part.partition("=")
+        if key.strip() == name:
+            found = value.strip().strip('"')
+    return found
+
+
+class FastCookieRead(AbstractStorage):
+    """Reads the session cookie without parsing every cookie of the request (see cookie_value)."""
+
+    def load_cookie(self, request: web.Request) -> str | None:
+        header = request.headers.get("Cookie")
+        if header is None:
+            return None
+        try:
+            return cookie_value(header, self.cookie_name)
+        except _Unsure:
+            return super().load_cookie(request)
+
+
+class CachedCookieStorage(FastCookieRead, EncryptedCookieStorage):
     """Encrypted-cookie sessions that remember what recent cookies decrypted to.
 
     A browser sends the same cookie on every request until the session changes,
@@ -126,7 +168,10 @@ class SessionStore:
             self._errors = (redis.RedisError, OSError)
             client = redis_client or redis.from_url(settings.redis_url, socket_timeout=0.5,
                                                     socket_connect_timeout=0.5)
-            self.storage = RedisStorage(client, key_factory=lambda: os.urandom(24).hex(), **params)
+            class FastRedisStorage(FastCookieRead, RedisStorage):
+                pass
+
+            self.storage = FastRedisStorage(client, key_factory=lambda: os.urandom(24).hex(), **params)
         else:
             self.storage = CachedCookieStorage(Fernet(base64.urlsafe_b64encode(load_secret_key(settings))),
                                                   **params)

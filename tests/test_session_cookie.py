@@ -1,0 +1,74 @@
+"""Reading the gateway's session cookie without aiohttp's full parser, and never differently from it."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp._cookie_helpers import parse_cookie_header
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.sessions import _Unsure, cookie_value
+
+NAME = "crmgw_session"
+
+
+def full_parser(header: str) -> str | None:
+    """What aiohttp's request.cookies would give for NAME (the last copy wins in its dict)."""
+    return {name: morsel.value for name, morsel in parse_cookie_header(header)}.get(NAME)
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ("", None),
+    ("theme=dark", None),
+    (f"{NAME}=abc", "abc"),
+    (f'{NAME}="gAAAAB-x_y=="', "gAAAAB-x_y=="),
+    (f"theme=dark; {NAME}=abc; lang=en", "abc"),
+    (f"{NAME}=first; {NAME}=second", "second"),
+    (f"{NAME}=", ""),
+    (f"{NAME}", ""),
+    (f"x{NAME}=abc; {NAME}x=def", None),
+    (f"  {NAME}  =  abc  ", "abc"),
+])
+def test_reads_what_the_full_parser_reads(header: str, expected: str | None) -> None:
+    assert full_parser(header) == expected
+    try:
+        assert cookie_value(header, NAME) == expected
+    except _Unsure:
+        assert header in ("", NAME) or " =" in header  # not plain pairs: read by the full parser
+
+
+def test_what_browsers_send_is_read_on_the_fast_path() -> None:
+    header = f'theme=dark; {NAME}="gAAAAABn-x_Y0=="; csrftoken=a1b2; crm_session=0123abcd'
+    assert cookie_value(header, NAME) == "gAAAAABn-x_Y0=="
+
+
+@pytest.mark.parametrize("header", [
+    f'a="x; {NAME}=EVIL"',  # a quoted value holding a ';' and a fake copy of the cookie
+    f'{NAME}="a\\"b"',  # an escaped quote
+    f'{NAME}="abc',  # an unclosed quote
+    f"{NAME}\ta",  # whitespace inside a name
+    f"{NAME}=a b",
+    f'{NAME}=a"b',
+    f'"{NAME}"=abc',
+    f"{NAME}=\\101bc",
+])
+def test_quoting_it_cannot_read_goes_to_the_full_parser(header: str) -> None:
+    with pytest.raises(_Unsure):
+        cookie_value(header, NAME)
+
+
+def test_a_fake_cookie_inside_another_quoted_value_is_not_read_as_the_session() -> None:
+    header = f'a="x; {NAME}=EVIL"'
+    assert full_parser(header) is None  # what load_cookie answers: the fast path declined
+
+
+_PIECES = st.lists(st.sampled_from([*'ab=;" \\,\t\x00é', NAME, f"{NAME}=", "gAAAA==", "; "]), max_size=24)
+
+
+@given(_PIECES.map("".join))
+def test_never_disagrees_with_the_full_parser(header: str) -> None:
+    try:
+        fast = cookie_value(header, NAME)
+    except _Unsure:
+        return
+    assert fast == full_parser(header)
