@@ -7,6 +7,7 @@ the gateway (or before it was installed) is useless through it.
 
 from __future__ import annotations
 
+import functools
 import json
 import unicodedata
 from collections.abc import Iterable
@@ -171,6 +172,7 @@ class UnreadableCookie(ValueError):
     """A CRM session cookie hidden where the gateway cannot remove it alone: answered 400."""
 
 
+@functools.lru_cache(maxsize=1024)  # the same few cookie names arrive on every request
 def cookie_name_key(name: str) -> str:
     """What a lenient back end takes a cookie name for: PHP decodes and mangles it, ASP.NET ignores case."""
     return php_field_name(unquote(name.strip())).lower()
@@ -191,7 +193,7 @@ def crm_cookies(lines: Iterable[str], name: str) -> list[tuple[str, str]]:
             sent, _, value = part.partition("=")
             if cookie_name_key(sent) == wanted and sent.strip():
                 found.append((sent.strip(), value.strip().strip('"')))
-            for hidden in value.split(",")[1:]:
+            for hidden in value.split(",")[1:] if "," in value else ():
                 if cookie_name_key(hidden.partition("=")[0]) == wanted:
                     raise UnreadableCookie(f"a {name!r} cookie is hidden after a comma")
     return found
