@@ -8,7 +8,7 @@ from random import getrandbits
 
 from aiohttp import web
 
-from gateway.client_ip import parse_address
+from gateway.client_ip import parse_peer
 from gateway.exchange import Exchange
 from gateway.filters import Filter
 from gateway.headers import REQUEST_ID
@@ -36,7 +36,7 @@ class Chain:
         request_id = new_request_id()
         peer = request.transport.get_extra_info("peername") if request.transport else None
         try:
-            peer_ip = parse_address(peer[0] if peer else "")
+            peer_ip = parse_peer(peer[0] if peer else "")
         except ValueError:
             # A Unix socket or a vanished transport: nobody to judge, nothing to forward.
             raise web.HTTPBadRequest() from None

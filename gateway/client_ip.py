@@ -12,13 +12,16 @@ This module is pure (no aiohttp): the filter that reads the request wraps it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 
 from gateway.schema import IPAddress, IPNetwork
 
-__all__ = ["HEADERS", "BadClientAddress", "ClientIPResolver", "IPAddress", "parse_address"]
+__all__ = [
+    "HEADERS", "BadClientAddress", "ClientIPResolver", "IPAddress", "address_text", "parse_address", "parse_peer",
+]
 
 HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
 """The forwarding headers the resolver can read (``client_ip.header`` in the main file)."""
@@ -106,6 +109,18 @@ def parse_address(text: str) -> IPAddress:
         raise BadClientAddress(f"not an IP address: {_echo(text)}") from None
     return _normalise(address)
 
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_peer(text: str) -> IPAddress:
+    """parse_address for the socket peer of every request: the same few proxies and clients recur."""
+    return parse_address(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def address_text(address: IPAddress) -> str:
+    """str(address), computed once per address rather than per request and header."""
+    return str(address)
 
 def _valid_port(port: str) -> bool:
     if not _PORT.fullmatch(port):

@@ -20,6 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway import headers as h
+from gateway.client_ip import address_text
 from gateway.exchange import Exchange
 from gateway.logs import get_logger
 from gateway.metrics import UPSTREAM_ERRORS, UPSTREAM_LATENCY
@@ -136,7 +137,7 @@ class Proxy:
                 out["Cookie"] = cookie
         if not self.preserve_host:
             out.popall("Host", None)
-        client_ip = str(ex.client_ip)
+        client_ip = address_text(ex.client_ip)
         out[h.X_FORWARDED_FOR] = client_ip
         out[h.X_REAL_IP] = client_ip
         out[h.X_FORWARDED_PROTO] = ex.scheme or request.scheme

@@ -410,6 +410,7 @@ class UpstreamPool:
         self._open: set[_Connection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def idle(self) -> int:
@@ -483,7 +484,9 @@ class UpstreamPool:
         return text.encode("utf-8", "surrogateescape")
 
     async def _acquire(self) -> _Connection:
-        loop = asyncio.get_running_loop()
+        # Not asyncio.get_running_loop(): Python 3.11's asks getpid(), a system call, every time.
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
         cutoff = loop.time() - self.keepalive
         while self._idle:
             conn = self._idle.pop()  # the most recently used: the least likely to be timed out
