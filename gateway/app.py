@@ -14,8 +14,9 @@ import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-from aiohttp import ClientSession, WSCloseCode, web
+from aiohttp import ClientSession, WSCloseCode, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from gateway.chain import Chain
 from gateway.config import Config
@@ -162,6 +163,12 @@ class Gateway:
         """Install a new config; requests already running finish with the chain they started with."""
         self.chain = self.build_chain(config)
         self.config = config
+
+    async def serve(self, request: web.Request) -> web.StreamResponse:
+        """The HTTP server's handler (see server.DirectRunner): the application's one route, without its router."""
+        if hdrs.EXPECT in request.headers:
+            await _default_expect_handler(request)  # what the router would run: 100 Continue, or 417
+        return await self.handle(request)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         assert self.chain is not None

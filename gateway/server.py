@@ -25,7 +25,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.app import Gateway
+from gateway.app import GATEWAY, Gateway
 from gateway.config import Config, load_config
 from gateway.logs import get_logger
 from gateway.metrics import RELOADS
@@ -61,6 +61,18 @@ def freeze_heap() -> None:
     gc.collect()
     gc.freeze()
     trim_heap()
+
+
+# The cyclic collector's thresholds while serving (Python's default: 700, 10, 10). A request
+# allocates a few hundred container objects, nearly all freed by reference counting, so the
+# default runs a young collection every few requests: 3% of a worker's CPU in the profile.
+# Collecting 30x less often keeps at most ~20,000 young objects (a few MiB) waiting.
+GC_THRESHOLDS = (20_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Collect cyclic garbage less often than Python's default (see GC_THRESHOLDS)."""
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def trim_heap() -> None:
@@ -194,7 +206,8 @@ class Server:
     async def start(self) -> None:
         settings = self.config.settings
         freeze_heap()
-        self.runner = web.AppRunner(
+        tune_gc()
+        self.runner = DirectRunner(
             self.gateway.app,
             handle_signals=False,
             shutdown_timeout=CANCEL_GRACE,
@@ -267,6 +280,22 @@ class Server:
             log.warning("gateway.drain_timeout", in_flight=self.gateway.in_flight, timeout=self.drain_timeout,
                         worker=self.worker)
         await self.runner.cleanup()
+
+
+class DirectRunner(web.AppRunner):
+    """An AppRunner whose HTTP server hands every request straight to the gateway.
+
+    The application has a single catch-all route. Resolving it on every request (a
+    regex match, a match-info object) and aiohttp's per-request ``get_event_loop()``
+    (a getpid() system call on Python 3.11) cost ~4% of a worker's CPU in the
+    profile, for an answer that is always the same. The application's lifecycle
+    (startup, cleanup_ctx, shutdown) is the AppRunner's, unchanged.
+    """
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.request_handler = self.app[GATEWAY].serve  # type: ignore[assignment]
+        return server
 
 
 def install_event_loop_policy() -> None:

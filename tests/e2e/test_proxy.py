@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from pathlib import Path
@@ -229,3 +230,37 @@ async def test_slow_upstream_answers_504(tmp_path: Path) -> None:
             assert resp.status == 504
         async with s.client().get(s.url("/health")) as resp:
             assert resp.status == 200
+
+
+async def test_expect_100_continue_is_answered_then_the_body_is_forwarded(tmp_path: Path) -> None:
+    """The server runs without aiohttp's router (server.DirectRunner), so it answers Expect itself."""
+    body = b"name=x&value=" + b"y" * 5000
+    async with stack(tmp_path, policy=OPEN) as s:
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+        try:
+            writer.write(
+                b"POST /echo HTTP/1.1\r\nHost: crm.example\r\nExpect: 100-continue\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+            )
+            await writer.drain()
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(body)
+            await writer.drain()
+            final = await asyncio.wait_for(reader.read(), 5)
+        finally:
+            writer.close()
+        assert final.startswith(b"HTTP/1.1 200 ")
+        [entry] = await s.crm_requests()
+        assert entry["method"] == "POST" and entry["body_length"] == len(body)
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+        try:
+            writer.write(b"POST /echo HTTP/1.1\r\nHost: crm.example\r\nExpect: teapot\r\n"
+                         b"Content-Length: 3\r\nConnection: close\r\n\r\nabc")
+            answer = await asyncio.wait_for(reader.read(), 5)
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 417 ")
+        assert len(await s.crm_requests()) == 1  # nothing more reached the CRM
