@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from aiohttp import web
 
 from gateway.exchange import Exchange
@@ -9,6 +11,10 @@ from gateway.logs import get_logger
 from gateway.paths import BadPath, normalise_path, split_target
 
 log = get_logger("paths")
+
+# A pure function of the path, and the same few pages are asked for again and again;
+# NormalisedPath is frozen, and a refused path (BadPath) is not cached.
+_normalise = functools.lru_cache(maxsize=4096)(normalise_path)
 
 
 class PathFilter:
@@ -20,7 +26,7 @@ class PathFilter:
     async def __call__(self, ex: Exchange) -> web.StreamResponse | None:
         try:
             raw_path, ex.query = split_target(ex.request.raw_path)
-            ex.path = normalise_path(raw_path, case_insensitive=self.case_insensitive)
+            ex.path = _normalise(raw_path, case_insensitive=self.case_insensitive)
         except BadPath as exc:
             log.warning(
                 "request.bad_path",
