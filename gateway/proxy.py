@@ -54,18 +54,20 @@ def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set
 
 # What end_to_end drops besides the hop-by-hop headers, per use: built once, not per request.
 _CLIENT_SKIP = h.HOP_BY_HOP | h.OWNED_HEADERS  # the gateway sets these itself
-_SMALL_BODY_SKIP = h.HOP_BY_HOP | {"content-length"}  # the response is re-framed
+_CLIENT_SKIP_HOST = _CLIENT_SKIP | {"host"}  # ... and Host, when the upstream's own is sent
+# The response is re-framed, and the CRM's own request id (if any) replaced by the gateway's.
+_SMALL_BODY_SKIP = h.HOP_BY_HOP | {"content-length", h.REQUEST_ID.lower()}
 
 
 def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str],
-               skip: frozenset[str] = h.HOP_BY_HOP) -> CIMultiDict[str]:
-    """Copy headers without RFC 9110 §7.6.1 hop-by-hop ones (and those named in Connection).
+               skip: frozenset[str] = h.HOP_BY_HOP) -> list[tuple[str, str]]:
+    """The headers without RFC 9110 §7.6.1 hop-by-hop ones (and those named in Connection), as pairs.
 
     ``skip`` holds lower-case names and includes the hop-by-hop ones.
     """
     if "Connection" in headers:
         skip = skip | _connection_tokens(headers)
-    return CIMultiDict((name, value) for name, value in headers.items() if name.lower() not in skip)
+    return [(name, value) for name, value in headers.items() if name.lower() not in skip]
 
 
 def _strip_cookies(values: list[str], names: set[str]) -> str | None:
@@ -123,29 +125,45 @@ class Proxy:
         """The CRM's URL for this request: its base (and any base path) plus the normalised path."""
         return URL(self.base_text + upstream_target(ex), encoded=True)
 
-    def upstream_headers(self, ex: Exchange, *, websocket: bool = False) -> CIMultiDict[str]:
+    def upstream_header_pairs(self, ex: Exchange) -> list[tuple[str, str]]:
+        """The headers the CRM gets, in order: the client's end-to-end ones, then the gateway's.
+
+        Dropped from the client's: hop-by-hop ones (and those its Connection names), every
+        spelling of a header the gateway owns (forwarding, identity), Host unless
+        ``preserve_host``, and cookies the identity filter struck out. A list of pairs, built
+        in one pass: the upstream client writes them as they are (no multidict per request).
+        """
         request = ex.request
-        out = end_to_end(request.headers, _CLIENT_SKIP)
+        headers = request.headers
+        skip = _CLIENT_SKIP if self.preserve_host else _CLIENT_SKIP_HOST
+        if "Connection" in headers:
+            skip = skip | _connection_tokens(headers)
+        pairs = [(name, value) for name, value in headers.items() if name.lower() not in skip]
+        if ex.strip_cookies and "Cookie" in headers:
+            cookie = _strip_cookies(headers.getall("Cookie"), ex.strip_cookies)
+            pairs = [(name, value) for name, value in pairs if name.lower() != "cookie"]
+            if cookie:
+                pairs.append(("Cookie", cookie))
+        client_ip = address_text(ex.client_ip)
+        pairs += ((h.X_FORWARDED_FOR, client_ip), (h.X_REAL_IP, client_ip),
+                  (h.X_FORWARDED_PROTO, ex.scheme or request.scheme))
+        host = ex.forwarded_host or headers.get("Host")
+        if host:
+            pairs.append((h.X_FORWARDED_HOST, host))
+        pairs.append((h.REQUEST_ID, ex.request_id))
+        if ex.upstream_headers:
+            replaced = {name.lower() for name in ex.upstream_headers}
+            pairs = [(name, value) for name, value in pairs if name.lower() not in replaced]
+            pairs += ex.upstream_headers.items()
+        return pairs
+
+    def upstream_headers(self, ex: Exchange, *, websocket: bool = False) -> CIMultiDict[str]:
+        """upstream_header_pairs as a multidict (aiohttp's WebSocket client), without the client's handshake."""
+        out = CIMultiDict(self.upstream_header_pairs(ex))
         if websocket:
             for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
                          "Sec-WebSocket-Protocol"):
                 out.popall(name, None)
-        if ex.strip_cookies and "Cookie" in out:
-            cookie = _strip_cookies(out.getall("Cookie"), ex.strip_cookies)
-            out.popall("Cookie")
-            if cookie:
-                out["Cookie"] = cookie
-        if not self.preserve_host:
-            out.popall("Host", None)
-        client_ip = address_text(ex.client_ip)
-        out[h.X_FORWARDED_FOR] = client_ip
-        out[h.X_REAL_IP] = client_ip
-        out[h.X_FORWARDED_PROTO] = ex.scheme or request.scheme
-        host = ex.forwarded_host or request.headers.get("Host")
-        if host:
-            out[h.X_FORWARDED_HOST] = host
-        out[h.REQUEST_ID] = ex.request_id
-        out.update(ex.upstream_headers)
         return out
 
     async def __call__(self, ex: Exchange) -> web.StreamResponse:
@@ -158,7 +176,7 @@ class Proxy:
             body, length = _client_body(ex), request.content_length
         started = time.perf_counter()
         try:
-            upstream = await self.pool.request(request.method, upstream_target(ex), self.upstream_headers(ex),
+            upstream = await self.pool.request(request.method, upstream_target(ex), self.upstream_header_pairs(ex),
                                                body, content_length=length)
         except (TimeoutError, UpstreamError, OSError) as exc:
             if ex.state.get(_STALLED_BODY):
@@ -231,7 +249,7 @@ class Proxy:
             upstream.close()
             return self._failure(ex, 502, "upstream_unavailable", error=type(exc).__name__)
         headers = end_to_end(upstream.headers, _SMALL_BODY_SKIP)
-        headers[h.REQUEST_ID] = ex.request_id
+        headers.append((h.REQUEST_ID, ex.request_id))
         response = web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
         await ex.before_send(response)
         return response

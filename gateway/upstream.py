@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import cast
 
 import httptools
@@ -48,7 +48,7 @@ _HIGH_WATER = 256 * 1024
 MAX_IDLE = 100
 # Methods for which an absent body means "no Content-Length" (aiohttp's rule, kept).
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-_FRAMING_HEADERS = ("Content-Length", "Transfer-Encoding")
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
 
 
 class UpstreamError(Exception):
@@ -416,14 +416,15 @@ class UpstreamPool:
     def idle(self) -> int:
         return len(self._idle)
 
-    async def request(self, method: str, target: str, headers: CIMultiDict[str],
+    async def request(self, method: str, target: str, headers: CIMultiDict[str] | Sequence[tuple[str, str]],
                       body: bytes | AsyncIterable[bytes] | None = None, *,
                       content_length: int | None = None) -> UpstreamResponse:
         """Send one request (once) and wait for the response's head.
 
-        ``target`` is the path and query below the upstream URL's own path. ``headers`` are
-        completed in place (Host when absent, the body's framing). A streamed body goes with
-        ``content_length`` when the client gave one, else chunked.
+        ``target`` is the path and query below the upstream URL's own path. ``headers`` (a
+        multidict, or name-value pairs written in their order) are completed with Host when
+        absent and the body's framing. A streamed body goes with ``content_length`` when the
+        client gave one, else chunked.
         """
         head = self._head(method, target, headers, body, content_length)
         conn = await self._acquire()
@@ -459,25 +460,27 @@ class UpstreamPool:
         self._idle.clear()
         await asyncio.sleep(0)  # let the transports call connection_lost
 
-    def _head(self, method: str, target: str, headers: CIMultiDict[str],
+    def _head(self, method: str, target: str, headers: CIMultiDict[str] | Sequence[tuple[str, str]],
               body: bytes | AsyncIterable[bytes] | None, content_length: int | None) -> bytes:
-        out = headers
-        if "Host" not in out:
-            out["Host"] = self.host_header
+        lines = [f"{method} {self.base_path}{target} HTTP/1.1"]
+        host = length = False
+        for name, value in headers.items() if isinstance(headers, CIMultiDict) else headers:
+            lower = name.lower()
+            if lower in _FRAMING_HEADERS:
+                if body is not None:
+                    continue  # the body's own framing is written below
+                length = length or lower == "content-length"
+            host = host or lower == "host"
+            lines.append(f"{name}: {value}")
+        if not host:
+            lines.append(f"Host: {self.host_header}")
         if isinstance(body, bytes):
-            for name in _FRAMING_HEADERS:
-                out.popall(name, None)
-            out["Content-Length"] = str(len(body))
-        elif body is not None:
-            for name in _FRAMING_HEADERS:
-                out.popall(name, None)
-            if content_length is None:
-                out["Transfer-Encoding"] = "chunked"
-            else:
-                out["Content-Length"] = str(content_length)
-        elif method not in _BODYLESS_METHODS and "Content-Length" not in out:
-            out["Content-Length"] = "0"
-        lines = [f"{method} {self.base_path}{target} HTTP/1.1", *(f"{k}: {v}" for k, v in out.items())]
+            lines.append(f"Content-Length: {len(body)}")
+        elif body is not None:  # a stream: of the length the client gave, else chunked
+            chunked = content_length is None
+            lines.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {content_length}")
+        elif method not in _BODYLESS_METHODS and not length:
+            lines.append("Content-Length: 0")
         text = "\r\n".join(lines) + "\r\n\r\n"
         if text.count("\n") != len(lines) + 1 or text.count("\r") != len(lines) + 1:
             raise ValueError("a line break inside the request line or a header")  # never sent: no smuggling
