@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from aiohttp._cookie_helpers import parse_cookie_header
 from hypothesis import given
@@ -72,3 +74,18 @@ def test_never_disagrees_with_the_full_parser(header: str) -> None:
     except _Unsure:
         return
     assert fast == full_parser(header)
+
+
+@pytest.mark.parametrize("header", [
+    "a=b" + " " * 16000 + "x",  # spaces the separator and the end could both take: 1 s before
+    "a=b" + "\t" * 8000 + ";" + " " * 8000 + "x",
+    "; ".join(f"k{i}=v" for i in range(2000)) + " \x00",
+    'a="' + "b" * 16000,
+])
+def test_a_16_kib_cookie_header_is_refused_at_once(header: str) -> None:
+    """A denial-of-service guard, not a speed target: the plain-header check must not backtrack."""
+    started = time.process_time()
+    for _ in range(20):
+        with pytest.raises(_Unsure):
+            cookie_value(header, NAME)
+    assert time.process_time() - started < 0.5
