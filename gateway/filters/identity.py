@@ -29,6 +29,11 @@ from gateway.state import StateUnavailable
 log = get_logger("identity")
 
 MAX_LOGIN_BODY = 64 * 1024
+# What a multipart login body may hold. The standard library's MIME parser costs ~10 us per byte
+# of part headers (and more than linear in the number of parts): 64 KiB of them held the event
+# loop for over half a second. A login form has a handful of fields and short part headers.
+MAX_LOGIN_PARTS = 16
+MAX_LOGIN_PART_HEADERS = 2048  # bytes, all parts together
 FORM = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
 # Charsets under which the body's bytes mean what the gateway reads: anything else
@@ -133,6 +138,8 @@ def _from_json(body: bytes, field: str) -> str | None:
         data = json.loads(body.decode("utf-8"), object_pairs_hook=pairs)
     except UnicodeDecodeError:
         raise UnreadableLogin("JSON body is not UTF-8") from None
+    except RecursionError:
+        raise UnreadableLogin("JSON body nested too deeply") from None
     except ValueError as exc:
         if isinstance(exc, UnreadableLogin):
             raise
@@ -145,7 +152,27 @@ def _from_json(body: bytes, field: str) -> str | None:
     return normalise_username(value)
 
 
+def _bound_multipart(body: bytes, content_type: str) -> None:
+    """Refuse a multipart body the MIME parser would spend long on (see MAX_LOGIN_PARTS).
+
+    Counted on every occurrence of the delimiter and on each piece's bytes up to its
+    first blank line: never less than what the parser will find, so a body that
+    passes here is cheap to parse.
+    """
+    message = Message()
+    message["Content-Type"] = content_type
+    boundary = message.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        return  # not multipart to the parser either
+    pieces = body.split(b"--" + boundary.encode("utf-8", "surrogateescape"))
+    if len(pieces) - 1 > MAX_LOGIN_PARTS + 1:  # the closing delimiter is one more
+        raise UnreadableLogin(f"multipart login body with more than {MAX_LOGIN_PARTS} parts")
+    if sum(len(piece.partition(b"\r\n\r\n")[0]) for piece in pieces[1:]) > MAX_LOGIN_PART_HEADERS:
+        raise UnreadableLogin(f"multipart login body with over {MAX_LOGIN_PART_HEADERS} bytes of part headers")
+
+
 def _from_multipart(body: bytes, content_type: str, field: str) -> str | None:
+    _bound_multipart(body, content_type)
     message = BytesParser(policy=HTTP).parsebytes(
         b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from gateway.filters.identity import UnreadableLogin, username_from_body
 from tests.adversarial.support import (
     CRM_COOKIE,
     GATEWAY_COOKIE,
@@ -115,6 +117,14 @@ SHAPES = [
     LoginShape("multipart, base64 part", "/login", MULTIPART,
                multipart(('Content-Disposition: form-data; name="username"\r\n'
                           "Content-Transfer-Encoding: base64", b"Ym9i"), field("password", "S3same")), 403),
+    LoginShape("JSON nested too deeply for the parser", "/login", "application/json",
+               b'{"username": "bob", "password": "S3same", "x": ' + b"[" * 30000 + b"]" * 30000 + b"}", 400),
+    LoginShape("multipart with more parts than a login form has", "/login", MULTIPART,
+               multipart(*(field(f"pad{i}", "x") for i in range(40)), field("username", "bob"),
+                         field("password", "S3same")), 400),
+    LoginShape("multipart with kilobytes of part headers", "/login", MULTIPART,
+               multipart(('Content-Disposition: form-data; name="username"' + "; a=b" * 1000, b"bob"),
+                         field("password", "S3same")), 400),
     LoginShape("a media type the gateway cannot read", "/login", "text/plain", b"username=bob&password=S3same", 400),
     LoginShape("login path with a trailing slash", "/login/", FORM, b"username=bob&password=S3same", 403),
     LoginShape("login path with ;params", "/login;jsessionid=1", FORM, b"username=bob&password=S3same", 403),
@@ -132,6 +142,20 @@ async def test_login_shapes_cannot_log_in_a_suspended_user(tmp_path: Path, shape
         assert await s.crm_logins() == [], "the login reached the CRM"
         assert await s.crm_requests() == []
         assert "S3same" not in s.logs.getvalue()  # refused or denied, the password is never logged
+
+
+@pytest.mark.parametrize(("content_type", "body"), [
+    (MULTIPART, multipart(*(field(f"f{i}", "x") for i in range(1300)))),
+    (MULTIPART, multipart(('Content-Disposition: form-data; name="username"' + "; a=b" * 10000, b"bob"))),
+    ("application/json", b'{"username": ' + b"[" * 30000 + b"]" * 30000 + b"}"),
+], ids=["multipart, 1,300 parts", "multipart, 10,000 header parameters", "JSON nested 30,000 deep"])
+def test_a_64_kib_login_body_is_read_or_refused_at_once(content_type: str, body: bytes) -> None:
+    """A denial-of-service guard, not a speed target: the login body is read on the event loop, and
+    the MIME parser took 0.3-0.6 s on such bodies (every other request of the worker waiting)."""
+    started = time.process_time()
+    with pytest.raises(UnreadableLogin):
+        username_from_body(body, content_type, "username")
+    assert time.process_time() - started < 0.1
 
 
 async def test_a_login_the_gateway_cannot_attribute_never_reaches_the_crm(tmp_path: Path) -> None:
