@@ -6,11 +6,16 @@ Most cases try to reach the example config's guarded routes (``/billing/**``,
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import uuid
 from dataclasses import dataclass
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 
+from gateway.exchange import Exchange
+from gateway.filters import paths as path_filter
 from gateway.paths import BadPath, NormalisedPath, normalise_path, split_target
 
 
@@ -224,3 +229,16 @@ def test_split_target(case: Target) -> None:
 def test_split_then_normalise_absolute_form() -> None:
     path, query = split_target("http://crm.example/x/../%62illing;s=1?id=7")
     assert (normalise_path(path), query) == (NormalisedPath("/billing;s=1", "/billing"), "id=7")
+
+
+async def test_long_paths_are_normalised_but_not_kept() -> None:
+    """The path cache holds short paths only: 4,096 distinct 16 KiB paths would pin ~100 MiB."""
+    step = path_filter.PathFilter(case_insensitive=False)
+    peer = ipaddress.ip_address("127.0.0.1")
+    for target in (f"/short/{uuid.uuid4().hex}", f"/long/{uuid.uuid4().hex}" + "x" * 4000):
+        ex = Exchange(request=make_mocked_request("GET", target), request_id="r", peer_ip=peer, client_ip=peer)
+        before = path_filter._normalise_cached.cache_info().currsize
+        assert await step(ex) is None
+        assert ex.path is not None and ex.path.forward == target
+        kept = path_filter._normalise_cached.cache_info().currsize - before
+        assert kept == (1 if len(target) <= path_filter._CACHEABLE else 0)

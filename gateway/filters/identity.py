@@ -199,10 +199,16 @@ class UnreadableCookie(ValueError):
     """A CRM session cookie hidden where the gateway cannot remove it alone: answered 400."""
 
 
-@functools.lru_cache(maxsize=1024)  # the same few cookie names arrive on every request
 def cookie_name_key(name: str) -> str:
     """What a lenient back end takes a cookie name for: PHP decodes and mangles it, ASP.NET ignores case."""
+    return _cookie_name_key(name) if len(name) <= 128 else _name_key(name)  # long names: not kept
+
+
+def _name_key(name: str) -> str:
     return php_field_name(unquote(name.strip())).lower()
+
+
+_cookie_name_key = functools.lru_cache(maxsize=1024)(_name_key)  # the same few names on every request
 
 
 def crm_cookies(lines: Iterable[str], name: str) -> list[tuple[str, str]]:
