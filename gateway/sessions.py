@@ -66,10 +66,18 @@ def load_secret_key(settings: SessionSettings) -> bytes:
     return key
 
 
-@functools.lru_cache(maxsize=4096)  # a browser sends the same CRM cookie on every request
 def fingerprint(value: str) -> str:
     """What the session stores of the CRM's cookie: never the cookie itself."""
+    # A browser sends the same CRM cookie on every request: cached, unless it is long (the
+    # client chooses it: 4,096 cookies of 16 KiB would otherwise pin 64 MiB).
+    return _fingerprint_cached(value) if len(value) <= 512 else _sha256(value)
+
+
+def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+_fingerprint_cached = functools.lru_cache(maxsize=4096)(_sha256)
 
 
 class _Unsure(Exception):

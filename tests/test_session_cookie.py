@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
+import uuid
 
 import pytest
 from aiohttp._cookie_helpers import parse_cookie_header
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway import sessions
 from gateway.sessions import _Unsure, cookie_value
 
 NAME = "crmgw_session"
@@ -89,3 +92,12 @@ def test_a_16_kib_cookie_header_is_refused_at_once(header: str) -> None:
         with pytest.raises(_Unsure):
             cookie_value(header, NAME)
     assert time.process_time() - started < 0.5
+
+
+def test_long_crm_cookies_are_fingerprinted_but_not_kept() -> None:
+    """The client chooses the CRM cookie it sends: a long one is hashed, not held in the cache."""
+    short, long = "s" + uuid.uuid4().hex, "l" + uuid.uuid4().hex * 500
+    before = sessions._fingerprint_cached.cache_info().currsize
+    assert sessions.fingerprint(short) == hashlib.sha256(short.encode()).hexdigest()
+    assert sessions.fingerprint(long) == hashlib.sha256(long.encode()).hexdigest()
+    assert sessions._fingerprint_cached.cache_info().currsize == before + 1
