@@ -36,6 +36,10 @@ SMALL_BODY = 64 * 1024
 # The longest a client may leave a response unread before it is cut off (nginx's send_timeout).
 # A stalled reader otherwise holds its upstream connection, and a CRM worker, for ever.
 SEND_TIMEOUT = 60.0
+# The largest WebSocket message a client may send: aiohttp assembles a message whole before
+# handing it on, so without a bound one client could make the gateway hold gigabytes. A larger
+# one closes the client's socket with 1009 (message too big). The CRM's messages are not bounded.
+WS_MAX_CLIENT_MESSAGE = 16 * 1024 * 1024
 # The longest a request body may pause (nginx's client_body_timeout): a slow POST otherwise
 # holds its upstream connection, and a CRM worker waiting for the rest, for ever.
 RECEIVE_TIMEOUT = 60.0
@@ -276,7 +280,8 @@ class Proxy:
         except (aiohttp.ClientError, OSError, TimeoutError):
             return self._failure(ex, 502, "upstream_unavailable")
         client_ws = web.WebSocketResponse(
-            protocols=[upstream_ws.protocol] if upstream_ws.protocol else (), max_msg_size=0, autoping=True
+            protocols=[upstream_ws.protocol] if upstream_ws.protocol else (), max_msg_size=WS_MAX_CLIENT_MESSAGE,
+            autoping=True,
         )
         client_ws.headers[h.REQUEST_ID] = ex.request_id
         await ex.before_send(client_ws)

@@ -10,6 +10,7 @@ away) instead of letting it hold the drain until the timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import signal
 import time
@@ -20,6 +21,7 @@ import aiohttp
 import pytest
 
 from gateway.demo_crm.testbench import pattern_chunk
+from gateway.proxy import WS_MAX_CLIENT_MESSAGE
 from tests.e2e.harness import HOME, OFFICE, POLICY, GatewayProcess
 from tests.faults.support import MiB, start_gateway
 
@@ -146,3 +148,41 @@ async def test_sigterm_closes_websockets_with_going_away_instead_of_waiting_out_
         gw.stop()
     assert closed_after < 2, f"WebSockets closed {closed_after:.1f}s after SIGTERM"
     assert took < 4, f"exit {took:.1f}s after SIGTERM: the drain waited on WebSockets"
+
+
+def peak_rss(gw: GatewayProcess) -> int:
+    assert gw.proc is not None
+    with open(f"/proc/{gw.proc.pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
+async def test_a_websocket_message_too_big_closes_with_1009_and_is_never_held_whole(
+    tmp_path: Path, crm_port: int
+) -> None:
+    """aiohttp assembles a message before relaying it: a client's 64 MiB message must not become 64 MiB here."""
+    gw = start_gateway(tmp_path, f"http://127.0.0.1:{crm_port}", policy=POLICY)
+    url = f"http://127.0.0.1:{gw.port}"
+    try:
+        async with client() as c:
+            async with c.post(f"{url}/login", data={"username": "jim", "password": "demo"},
+                              allow_redirects=False) as resp:
+                assert resp.status == 302
+            async with c.ws_connect(f"{url}/ws/notifications", max_msg_size=0) as ws:
+                assert await ws.receive_str() == "hello jim"
+                await ws.send_bytes(b"\x01" * MiB)  # a large message within every limit is relayed
+                assert await ws.receive_bytes(timeout=10) == b"\x01" * MiB
+                before = peak_rss(gw)
+                with contextlib.suppress(ConnectionError):  # the gateway may cut the send short
+                    await ws.send_bytes(bytes(4 * WS_MAX_CLIENT_MESSAGE))
+                message = await ws.receive(timeout=10)
+                assert message.type == aiohttp.WSMsgType.CLOSE, message
+                assert message.data == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+            grown = peak_rss(gw) - before
+            assert grown < 2 * WS_MAX_CLIENT_MESSAGE, f"peak RSS grew by {grown / MiB:.0f} MiB"
+            async with c.get(f"{url}/_gateway/health") as resp:  # and the gateway serves on
+                assert resp.status == 200
+    finally:
+        gw.stop()
