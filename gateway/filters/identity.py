@@ -29,6 +29,7 @@ from gateway.state import StateUnavailable
 log = get_logger("identity")
 
 MAX_LOGIN_BODY = 64 * 1024
+MAX_USERNAME = 256  # characters, as submitted
 # What a multipart login body may hold. The standard library's MIME parser costs ~10 us per byte
 # of part headers (and more than linear in the number of parts): 64 KiB of them held the event
 # loop for over half a second. A login form has a handful of fields and short part headers.
@@ -55,8 +56,12 @@ def normalise_username(value: str) -> str | None:
 
     'JIM ' and a fullwidth 'jim' (U+FF4A U+FF49 U+FF4D) must not slip past a rule
     about 'jim' (many CRMs, Django's among them, apply NFKC to usernames). Control
-    characters are refused: a C back end stops at NUL, so 'bob%00x' is bob there.
+    characters are refused: a C back end stops at NUL, so 'bob%00x' is bob there. So are
+    names longer than MAX_USERNAME: each failed login keeps a counter named after the
+    username, and 100,000 of them at 64 KiB would hold gigabytes.
     """
+    if len(value) > MAX_USERNAME:
+        raise UnreadableLogin(f"username longer than {MAX_USERNAME} characters")
     name = unicodedata.normalize("NFKC", value).strip().lower()
     if any(unicodedata.category(char) in ("Cc", "Cs") for char in name):
         raise UnreadableLogin("username contains a control character or is not valid UTF-8")

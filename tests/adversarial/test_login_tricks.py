@@ -117,6 +117,8 @@ SHAPES = [
     LoginShape("multipart, base64 part", "/login", MULTIPART,
                multipart(('Content-Disposition: form-data; name="username"\r\n'
                           "Content-Transfer-Encoding: base64", b"Ym9i"), field("password", "S3same")), 403),
+    LoginShape("a username of 60,000 characters (each failure keeps a counter named after it)", "/login", FORM,
+               b"password=S3same&username=bob" + b"x" * 60000, 400),
     LoginShape("JSON nested too deeply for the parser", "/login", "application/json",
                b'{"username": "bob", "password": "S3same", "x": ' + b"[" * 30000 + b"]" * 30000 + b"}", 400),
     LoginShape("multipart with more parts than a login form has", "/login", MULTIPART,
