@@ -14,6 +14,7 @@ used, or whether a user is locked out, must not guess (fail closed).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -81,6 +82,7 @@ def _check_ttl(ttl: float) -> None:
 class _Entry:
     value: int
     expires: float
+    counter: bool  # written by hit(): the first to go when the table is full
 
 
 class MemoryState:
@@ -89,8 +91,11 @@ class MemoryState:
     Expired entries are dropped when they are next read and in sweeps. When the
     table reaches ``max_keys`` a sweep drops every expired entry; if the live
     entries still fill more than 90% of it, the oldest-written are evicted, so a
-    flood of distinct keys (usernames sprayed at the 2FA form) costs bounded
+    flood of distinct keys (usernames sprayed at the login form) costs bounded
     memory and an amortised O(1) per write rather than a sweep per write.
+    Failure counters go first, then flags and used-code markers: a flood is made
+    of counters (one per sprayed name or address), and evicting a ban or the
+    marker of a used TOTP code would undo it (the code could be replayed).
     """
 
     def __init__(
@@ -112,22 +117,26 @@ class MemoryState:
             return None
         return entry
 
-    def _put(self, key: str, value: int, ttl: float) -> None:
+    def _put(self, key: str, value: int, ttl: float, *, counter: bool = False) -> None:
         # Re-inserting moves the key to the end, so insertion order is write order.
         self._entries.pop(key, None)
         if len(self._entries) >= self._max_keys:
             self._make_room()
-        self._entries[key] = _Entry(value, self._clock() + ttl)
+        self._entries[key] = _Entry(value, self._clock() + ttl, counter)
 
     def _make_room(self) -> None:
         now = self._clock()
         for key in [k for k, e in self._entries.items() if e.expires <= now]:
             del self._entries[key]
-        target = self._max_keys * 9 // 10
-        excess = len(self._entries) - target
-        if excess > 0:
-            for key in list(self._entries)[:excess]:
+        excess = len(self._entries) - self._max_keys * 9 // 10
+        for counters_only in (True, False):
+            if excess <= 0:
+                return
+            doomed = list(itertools.islice((k for k, e in self._entries.items() if e.counter or not counters_only),
+                                           excess))
+            for key in doomed:
                 del self._entries[key]
+            excess -= len(doomed)
 
     async def first_use(self, key: str, ttl: float) -> bool:
         _check_ttl(ttl)
@@ -140,7 +149,7 @@ class MemoryState:
         _check_ttl(window)
         entry = self._live(key)
         if entry is None:
-            self._put(key, 1, window)
+            self._put(key, 1, window, counter=True)
             return 1
         entry.value += 1
         return entry.value

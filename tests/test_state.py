@@ -386,3 +386,26 @@ def test_open_state(store: str, expected: type) -> None:
 def test_open_state_refuses_an_unknown_store() -> None:
     with pytest.raises(ValueError, match="unknown session store 'memcached'"):
         open_state("memcached", "redis://127.0.0.1:6379/0")
+
+
+async def test_a_flood_of_failure_counters_evicts_counters_not_bans_or_used_codes() -> None:
+    """Evicting a ban or a used-code marker would undo it (the code could be replayed): counters go first."""
+    state = MemoryState(clock=FakeClock(), max_keys=100)
+    await state.flag("login:ban:user:jim", 900)
+    assert await state.first_use("totp:used:jim:12345", 120)
+    await state.hit("login:fail:user:old", 600)
+    for i in range(1000):  # names sprayed at the login form
+        await state.hit(f"login:fail:user:sprayed{i}", 600)
+    assert len(state) <= 100
+    assert await state.flagged("login:ban:user:jim") is not None
+    assert not await state.first_use("totp:used:jim:12345", 120), "the used code could be replayed"
+    assert await state.count("login:fail:user:old") == 0, "the oldest counter is the one evicted"
+    assert await state.count("login:fail:user:sprayed999") == 1
+
+
+async def test_flags_are_evicted_too_when_nothing_else_is_left() -> None:
+    state = MemoryState(clock=FakeClock(), max_keys=100)
+    for i in range(1000):
+        await state.flag(f"login:ban:ip:10.0.{i // 256}.{i % 256}", 900)
+    assert len(state) <= 100
+    assert await state.flagged("login:ban:ip:10.0.3.231") is not None  # the newest
