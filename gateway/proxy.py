@@ -143,8 +143,8 @@ class Proxy:
         if "Connection" in headers:
             skip = skip | _connection_tokens(headers)
         pairs = [(name, value) for name, value in headers.items() if name.lower() not in skip]
-        if ex.strip_cookies and "Cookie" in headers:
-            cookie = _strip_cookies(headers.getall("Cookie"), ex.strip_cookies)
+        if ex.strip_cookies and (sent := [value for name, value in pairs if name.lower() == "cookie"]):
+            cookie = _strip_cookies(sent, ex.strip_cookies)
             pairs = [(name, value) for name, value in pairs if name.lower() != "cookie"]
             if cookie:
                 pairs.append(("Cookie", cookie))

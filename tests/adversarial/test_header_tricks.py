@@ -9,6 +9,7 @@ through shows up there.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -270,3 +271,16 @@ async def test_metrics_stay_closed_to_a_spoofed_loopback_address(tmp_path: Path)
         response = await send_raw(s.port, raw_request("GET", "/_gateway/metrics", ()), source=OFFICE)
         assert status_of(response) == 200  # control: the office reads them
         assert await s.crm_requests() == []
+
+
+async def test_a_cookie_header_named_in_connection_is_not_forwarded_even_when_a_cookie_is_struck(
+    tmp_path: Path,
+) -> None:
+    """Connection: Cookie makes the Cookie header hop-by-hop; striking an unbound CRM cookie from it
+    must not bring the rest back."""
+    async with stack(tmp_path, policy=OPEN) as s:
+        headers = (("Connection", "Cookie"), ("Cookie", "crm_session=stolen; theme=dark"))
+        response = await send_raw(s.port, raw_request("GET", "/echo", headers), source=OFFICE)
+        assert status_of(response) == 200
+        echoed = json.loads(response.split(b"\r\n\r\n", 1)[1])  # what /echo received, every header
+        assert [value for name, value in echoed["headers"] if name.lower() == "cookie"] == []
