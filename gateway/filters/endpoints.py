@@ -44,6 +44,12 @@ async def tcp_probe(url: str, limit: float = 2.0) -> bool:
     return True
 
 
+# How long one round of readiness probes answers for. ``ready`` is reachable from anywhere (load
+# balancers and kubelets probe it), and each round opens a connection to the CRM: unshared, a
+# locked-out address could turn a flood of ``ready`` requests into a flood of CRM connections.
+READY_REUSE = 1.0
+
+
 class OpsEndpoints:
     """health, ready and metrics: answered before identity, so they work when the session store is down."""
 
@@ -54,6 +60,26 @@ class OpsEndpoints:
         self.probes = probes
         self.metrics = metrics
         self.info = info or {}
+        self._checked: tuple[float, dict[str, bool]] | None = None  # (when, results) of the last round
+        self._checking: asyncio.Future[dict[str, bool]] | None = None  # the round under way
+
+    async def checks(self) -> dict[str, bool]:
+        """The probes' results: one round at a time, reused for READY_REUSE seconds."""
+        loop = asyncio.get_running_loop()
+        if self._checked is not None and loop.time() - self._checked[0] < READY_REUSE:
+            return self._checked[1]
+        if self._checking is None:
+            self._checking = asyncio.ensure_future(self._probe())
+        return await asyncio.shield(self._checking)  # a caller that leaves does not cancel it for the rest
+
+    async def _probe(self) -> dict[str, bool]:
+        try:
+            results = dict(zip(self.probes, await asyncio.gather(*(p() for p in self.probes.values())),
+                               strict=True))
+            self._checked = (asyncio.get_running_loop().time(), results)
+            return results
+        finally:
+            self._checking = None
 
     async def __call__(self, ex: Exchange) -> web.StreamResponse | None:
         assert ex.path is not None
@@ -63,8 +89,7 @@ class OpsEndpoints:
         if path == f"{PREFIX}/health":
             return json_response(ex, {"status": "ok", **self.info})
         if path == f"{PREFIX}/ready":
-            results = dict(zip(self.probes, await asyncio.gather(*(p() for p in self.probes.values())),
-                               strict=True))
+            results = await self.checks()
             ready = all(results.values())
             return json_response(ex, {"ready": ready, "checks": results}, status=200 if ready else 503)
         if path == f"{PREFIX}/metrics" and self.metrics is not None:

@@ -264,3 +264,35 @@ async def test_expect_100_continue_is_answered_then_the_body_is_forwarded(tmp_pa
             writer.close()
         assert answer.startswith(b"HTTP/1.1 417 ")
         assert len(await s.crm_requests()) == 1  # nothing more reached the CRM
+
+
+async def test_ready_probes_the_crm_once_a_second_however_often_it_is_asked(tmp_path: Path) -> None:
+    """Anyone may ask /_gateway/ready; a flood of asks must not become a flood of CRM connections."""
+    accepted = 0
+
+    def count(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        writer.close()
+
+    crm = await asyncio.start_server(count, "127.0.0.1", 0)
+    crm_port = crm.sockets[0].getsockname()[1]
+    try:
+        async with stack(tmp_path, policy=OPEN, upstream={"url": f"http://127.0.0.1:{crm_port}"}) as s:
+            client = s.client(HOME)  # ready answers any address (the lock-down does not apply to it)
+
+            async def ready() -> int:
+                async with client.get(s.url("/_gateway/ready")) as resp:
+                    assert (await resp.json())["checks"]["upstream"] is True
+                    return resp.status
+
+            assert set(await asyncio.gather(*(ready() for _ in range(50)))) == {200}
+            for _ in range(20):
+                assert await ready() == 200
+            assert accepted == 1
+            await asyncio.sleep(1.1)
+            assert await ready() == 200
+            assert accepted == 2
+    finally:
+        crm.close()
+        await crm.wait_closed()
