@@ -75,6 +75,12 @@ async def denied(url: str) -> str:
         return str(resp.status)
 
 
+async def log_in_jim(c: aiohttp.ClientSession, url: str) -> None:
+    """Through the gateway: the demo CRM's WebSocket needs its session cookie."""
+    async with c.post(f"{url}/login", data={"username": "jim", "password": "demo"}, allow_redirects=False) as resp:
+        assert resp.status == 302
+
+
 async def exit_code(gw: GatewayProcess, timeout: float) -> int:
     assert gw.proc is not None
     return await asyncio.get_running_loop().run_in_executor(None, gw.proc.wait, timeout)
@@ -123,9 +129,7 @@ async def test_sigterm_closes_websockets_with_going_away_instead_of_waiting_out_
     url = f"http://127.0.0.1:{gw.port}"
     try:
         async with client() as c:
-            async with c.post(f"{url}/login", data={"username": "jim", "password": "demo"},
-                              allow_redirects=False) as resp:
-                assert resp.status == 302
+            await log_in_jim(c, url)
             sockets = [await c.ws_connect(f"{url}/ws/notifications") for _ in range(3)]
             for ws in sockets:
                 assert await ws.receive_str() == "hello jim"
@@ -167,9 +171,7 @@ async def test_a_websocket_message_too_big_closes_with_1009_and_is_never_held_wh
     url = f"http://127.0.0.1:{gw.port}"
     try:
         async with client() as c:
-            async with c.post(f"{url}/login", data={"username": "jim", "password": "demo"},
-                              allow_redirects=False) as resp:
-                assert resp.status == 302
+            await log_in_jim(c, url)
             async with c.ws_connect(f"{url}/ws/notifications", max_msg_size=0) as ws:
                 assert await ws.receive_str() == "hello jim"
                 await ws.send_bytes(b"\x01" * MiB)  # a large message within every limit is relayed
