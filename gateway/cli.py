@@ -74,11 +74,12 @@ def _serve_workers(args: argparse.Namespace) -> int:
     config exits 1 with no worker started, and the parent's memory does not grow with the rules.
     """
     from gateway import logs
-    from gateway.workers import config_is_valid, run_workers
+    from gateway.workers import run_workers, validate
 
     settings = _load_settings_or_exit(args.config)
-    if not config_is_valid(args.config):
-        return 1
+    verdict = validate(args.config)
+    if verdict != "valid":
+        return 0 if verdict == "stopped" else 1
     logs.configure(level=settings.logging.level, fmt=settings.logging.format)
     return run_workers(args.config, workers=args.workers, drain_timeout=args.drain_timeout)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,36 @@ def test_the_workers_parent_never_imports_the_policy(example: Path) -> None:
     result = subprocess.run([sys.executable, "-c", WORKERS_PARENT, str(example)], capture_output=True, text=True,
                             cwd=REPO, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
+
+
+SLOW_VALIDATION = """
+import sys
+import gateway.workers
+
+gateway.workers.validation_command = lambda config: [sys.executable, "-c", "import time; time.sleep(60)"]
+gateway.workers.run_workers = lambda config, **options: sys.exit("workers started after a SIGTERM")
+from gateway.cli import main
+
+sys.exit(main(["serve", "-c", sys.argv[1], "--workers", "2"]))
+"""
+
+
+def test_sigterm_while_the_workers_parent_validates_stops_the_check_and_exits_0(example: Path) -> None:
+    """Validating 100,000 rules takes seconds; a SIGTERM then must not kill the parent and orphan its child."""
+    parent = subprocess.Popen([sys.executable, "-c", SLOW_VALIDATION, str(example)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        children: list[str] = []
+        while not children:  # the validating child has started
+            assert time.monotonic() < deadline, "no validation child"
+            time.sleep(0.05)
+            with open(f"/proc/{parent.pid}/task/{parent.pid}/children") as listing:
+                children = listing.read().split()
+        parent.send_signal(signal.SIGTERM)
+        _, stderr = parent.communicate(timeout=10)
+        assert parent.returncode == 0, stderr
+        assert not Path(f"/proc/{children[0]}").exists(), "the validation child was left running"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
