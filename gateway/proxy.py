@@ -139,10 +139,7 @@ class Proxy:
         """
         request = ex.request
         headers = request.headers
-        skip = _CLIENT_SKIP if self.preserve_host else _CLIENT_SKIP_HOST
-        if "Connection" in headers:
-            skip = skip | _connection_tokens(headers)
-        pairs = [(name, value) for name, value in headers.items() if name.lower() not in skip]
+        pairs = end_to_end(headers, _CLIENT_SKIP if self.preserve_host else _CLIENT_SKIP_HOST)
         if ex.strip_cookies and (sent := [value for name, value in pairs if name.lower() == "cookie"]):
             cookie = _strip_cookies(sent, ex.strip_cookies)
             pairs = [(name, value) for name, value in pairs if name.lower() != "cookie"]
