@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import os
 import re
@@ -27,6 +26,7 @@ from aiohttp_session import AbstractStorage, Session
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
+from gateway.caching import cache_short_keys
 from gateway.logs import get_logger
 from gateway.settings import SessionSettings
 from gateway.state import SharedState, StateUnavailable
@@ -66,18 +66,10 @@ def load_secret_key(settings: SessionSettings) -> bytes:
     return key
 
 
+@cache_short_keys(maxsize=4096, longest=512)  # a browser sends the same CRM cookie on every request
 def fingerprint(value: str) -> str:
     """What the session stores of the CRM's cookie: never the cookie itself."""
-    # A browser sends the same CRM cookie on every request: cached, unless it is long (the
-    # client chooses it: 4,096 cookies of 16 KiB would otherwise pin 64 MiB).
-    return _fingerprint_cached(value) if len(value) <= 512 else _sha256(value)
-
-
-def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-_fingerprint_cached = functools.lru_cache(maxsize=4096)(_sha256)
 
 
 class _Unsure(Exception):

@@ -237,8 +237,8 @@ async def test_long_paths_are_normalised_but_not_kept() -> None:
     peer = ipaddress.ip_address("127.0.0.1")
     for target in (f"/short/{uuid.uuid4().hex}", f"/long/{uuid.uuid4().hex}" + "x" * 4000):
         ex = Exchange(request=make_mocked_request("GET", target), request_id="r", peer_ip=peer, client_ip=peer)
-        before = path_filter._normalise_cached.cache_info().currsize
+        before = path_filter._normalise.cache_info().currsize
         assert await step(ex) is None
         assert ex.path is not None and ex.path.forward == target
-        kept = path_filter._normalise_cached.cache_info().currsize - before
-        assert kept == (1 if len(target) <= path_filter._CACHEABLE else 0)
+        kept = path_filter._normalise.cache_info().currsize - before
+        assert kept == (1 if len(target) <= path_filter._normalise.longest else 0)

@@ -97,7 +97,7 @@ def test_a_16_kib_cookie_header_is_refused_at_once(header: str) -> None:
 def test_long_crm_cookies_are_fingerprinted_but_not_kept() -> None:
     """The client chooses the CRM cookie it sends: a long one is hashed, not held in the cache."""
     short, long = "s" + uuid.uuid4().hex, "l" + uuid.uuid4().hex * 500
-    before = sessions._fingerprint_cached.cache_info().currsize
+    before = sessions.fingerprint.cache_info().currsize
     assert sessions.fingerprint(short) == hashlib.sha256(short.encode()).hexdigest()
     assert sessions.fingerprint(long) == hashlib.sha256(long.encode()).hexdigest()
-    assert sessions._fingerprint_cached.cache_info().currsize == before + 1
+    assert sessions.fingerprint.cache_info().currsize == before + 1

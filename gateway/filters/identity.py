@@ -7,7 +7,6 @@ the gateway (or before it was installed) is useless through it.
 
 from __future__ import annotations
 
-import functools
 import json
 import unicodedata
 from collections.abc import Iterable
@@ -18,6 +17,7 @@ from urllib.parse import parse_qsl, unquote
 
 from aiohttp import web
 
+from gateway.caching import cache_short_keys
 from gateway.exchange import Exchange
 from gateway.filters.policy import facts_of
 from gateway.logs import get_logger
@@ -204,16 +204,10 @@ class UnreadableCookie(ValueError):
     """A CRM session cookie hidden where the gateway cannot remove it alone: answered 400."""
 
 
+@cache_short_keys(maxsize=1024, longest=128)  # the same few names on every request
 def cookie_name_key(name: str) -> str:
     """What a lenient back end takes a cookie name for: PHP decodes and mangles it, ASP.NET ignores case."""
-    return _cookie_name_key(name) if len(name) <= 128 else _name_key(name)  # long names: not kept
-
-
-def _name_key(name: str) -> str:
     return php_field_name(unquote(name.strip())).lower()
-
-
-_cookie_name_key = functools.lru_cache(maxsize=1024)(_name_key)  # the same few names on every request
 
 
 def crm_cookies(lines: Iterable[str], name: str) -> list[tuple[str, str]]:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-
 from aiohttp import web
 
+from gateway.caching import ShortKeyCache
 from gateway.exchange import Exchange
 from gateway.logs import get_logger
 from gateway.paths import BadPath, normalise_path, split_target
@@ -13,10 +12,8 @@ from gateway.paths import BadPath, normalise_path, split_target
 log = get_logger("paths")
 
 # A pure function of the path, and the same few pages are asked for again and again;
-# NormalisedPath is frozen, and a refused path (BadPath) is not cached. Long paths are not
-# cached either: 4,096 distinct 16 KiB paths would otherwise pin ~100 MiB.
-_CACHEABLE = 1024
-_normalise_cached = functools.lru_cache(maxsize=4096)(normalise_path)
+# NormalisedPath is frozen, and a refused path (BadPath) is not cached.
+_normalise = ShortKeyCache(normalise_path, maxsize=4096, longest=1024)
 
 
 class PathFilter:
@@ -28,8 +25,7 @@ class PathFilter:
     async def __call__(self, ex: Exchange) -> web.StreamResponse | None:
         try:
             raw_path, ex.query = split_target(ex.request.raw_path)
-            normalise = _normalise_cached if len(raw_path) <= _CACHEABLE else normalise_path
-            ex.path = normalise(raw_path, case_insensitive=self.case_insensitive)
+            ex.path = _normalise(raw_path, case_insensitive=self.case_insensitive)
         except BadPath as exc:
             log.warning(
                 "request.bad_path",
