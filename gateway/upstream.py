@@ -416,14 +416,14 @@ class UpstreamPool:
     def idle(self) -> int:
         return len(self._idle)
 
-    async def request(self, method: str, target: str, headers: CIMultiDict[str] | Sequence[tuple[str, str]],
+    async def request(self, method: str, target: str, headers: Sequence[tuple[str, str]],
                       body: bytes | AsyncIterable[bytes] | None = None, *,
                       content_length: int | None = None) -> UpstreamResponse:
         """Send one request (once) and wait for the response's head.
 
-        ``target`` is the path and query below the upstream URL's own path. ``headers`` (a
-        multidict, or name-value pairs written in their order) are completed with Host when
-        absent and the body's framing. A streamed body goes with ``content_length`` when the
+        ``target`` is the path and query below the upstream URL's own path. ``headers``
+        (name-value pairs, written in their order) are completed with Host when absent and
+        the body's framing. A streamed body goes with ``content_length`` when the
         client gave one, else chunked.
         """
         head = self._head(method, target, headers, body, content_length)
@@ -460,11 +460,11 @@ class UpstreamPool:
         self._idle.clear()
         await asyncio.sleep(0)  # let the transports call connection_lost
 
-    def _head(self, method: str, target: str, headers: CIMultiDict[str] | Sequence[tuple[str, str]],
+    def _head(self, method: str, target: str, headers: Sequence[tuple[str, str]],
               body: bytes | AsyncIterable[bytes] | None, content_length: int | None) -> bytes:
         lines = [f"{method} {self.base_path}{target} HTTP/1.1"]
         host = length = False
-        for name, value in headers.items() if isinstance(headers, CIMultiDict) else headers:
+        for name, value in headers:
             lower = name.lower()
             if lower in _FRAMING_HEADERS:
                 if body is not None:

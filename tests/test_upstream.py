@@ -98,7 +98,7 @@ async def serving(handler: Handler, **settings: float) -> AsyncIterator[tuple[Se
 async def get(pool: UpstreamPool, path: str = "/", method: str = "GET",
               body: bytes | AsyncIterator[bytes] | None = None,
               content_length: int | None = None) -> tuple[int, CIMultiDict[str], bytes]:
-    response = await pool.request(method, path, CIMultiDict({"Host": "crm.example"}), body,
+    response = await pool.request(method, path, [("Host", "crm.example")], body,
                                   content_length=content_length)
     try:
         data = b"".join([chunk async for chunk in response.iter_chunks()])
@@ -165,7 +165,7 @@ async def test_headers_keep_their_order_and_duplicates() -> None:
     response = (b"HTTP/1.1 302 Found\r\nSet-Cookie: a=1\r\nLocation: /next\r\nSet-Cookie: b=2\r\n"
                 b"X-Empty:\r\nContent-Length: 0\r\n\r\n")
     async with serving(answering(response)) as (_, pool):
-        result = await pool.request("GET", "/", CIMultiDict())
+        result = await pool.request("GET", "/", [])
         assert (result.status, result.reason) == (302, "Found")
         assert list(result.headers.items()) == [("Set-Cookie", "a=1"), ("Location", "/next"),
                                                 ("Set-Cookie", "b=2"), ("X-Empty", ""), ("Content-Length", "0")]
@@ -180,11 +180,11 @@ async def test_request_head_and_body_framing() -> None:
         yield b"defg"
 
     async with serving(answering(OK, OK, OK, OK)) as (server, pool):
-        headers = CIMultiDict([("Host", "crm.example"), ("Content-Length", "999"), ("X-A", "1"), ("X-A", "2")])
+        headers = [("Host", "crm.example"), ("Content-Length", "999"), ("X-A", "1"), ("X-A", "2")]
         await pool.request("POST", "/p?q=1", headers, b"form=1")
-        (await pool.request("POST", "/p", CIMultiDict(), chunks())).release()
-        (await pool.request("PUT", "/p", CIMultiDict(), chunks(), content_length=7)).release()
-        (await pool.request("DELETE", "/p", CIMultiDict())).release()
+        (await pool.request("POST", "/p", [], chunks())).release()
+        (await pool.request("PUT", "/p", [], chunks(), content_length=7)).release()
+        (await pool.request("DELETE", "/p", [])).release()
     heads = [head.decode() for head, _ in server.requests]
     bodies = [body for _, body in server.requests]
     assert heads[0] == "POST /p?q=1 HTTP/1.1\r\nHost: crm.example\r\nX-A: 1\r\nX-A: 2\r\nContent-Length: 6\r\n\r\n"
@@ -204,7 +204,7 @@ def test_request_body_framing_on_uvloop_too() -> None:
 async def test_a_line_break_in_a_header_is_never_sent() -> None:
     async with serving(answering(OK)) as (server, pool):
         with pytest.raises(ValueError, match="line break"):
-            await pool.request("GET", "/", CIMultiDict({"X-Evil": "a\r\nX-Injected: 1"}))
+            await pool.request("GET", "/", [("X-Evil", "a\r\nX-Injected: 1")])
     assert server.connections == 0
 
 
@@ -212,7 +212,7 @@ async def test_a_base_path_in_the_upstream_url_prefixes_every_target() -> None:
     async with serving(answering(OK)) as (server, _):
         pool = UpstreamPool(Upstream(url=f"http://127.0.0.1:{server.port}/crm/"))
         try:
-            (await pool.request("GET", "/a?b", CIMultiDict())).release()
+            (await pool.request("GET", "/a?b", [])).release()
         finally:
             await pool.close()
     assert server.requests[0][0].startswith(b"GET /crm/a?b HTTP/1.1\r\n")
@@ -301,7 +301,7 @@ async def test_a_reset_mid_body_is_an_error_not_an_end(response: bytes) -> None:
         writer.transport.abort()  # an RST, not a FIN
 
     async with serving(handler) as (_, pool):
-        result = await pool.request("GET", "/", CIMultiDict())
+        result = await pool.request("GET", "/", [])
         received: list[bytes] = []
 
         async def read_all() -> None:
@@ -321,7 +321,7 @@ async def test_a_clean_close_mid_body_with_a_length_is_an_error() -> None:
         await writer.drain()
 
     async with serving(handler) as (_, pool):
-        result = await pool.request("GET", "/", CIMultiDict())
+        result = await pool.request("GET", "/", [])
         with pytest.raises(UpstreamError):
             await result.read()
         result.release()
@@ -346,7 +346,7 @@ async def test_read_timeout_before_the_head_and_within_the_body() -> None:
         with pytest.raises(TimeoutError):
             await get(pool, "/head")
         assert 0.25 <= loop.time() - started < 1.5
-        result = await pool.request("GET", "/body", CIMultiDict())
+        result = await pool.request("GET", "/body", [])
         started = loop.time()
         with pytest.raises(TimeoutError):
             await result.read()
@@ -422,7 +422,7 @@ async def test_a_slow_reader_pauses_the_upstream_and_memory_stays_bounded() -> N
         await reader.read()
 
     async with serving(handler, read_timeout=0.5) as (_, pool):
-        result = await pool.request("GET", "/", CIMultiDict())
+        result = await pool.request("GET", "/", [])
         conn = result._conn
         await asyncio.sleep(1.0)  # the reader stalls: longer than read_timeout, which only measures the CRM
         assert conn._buffered <= 2 * upstream_module._HIGH_WATER, conn._buffered
@@ -464,7 +464,7 @@ async def test_a_response_left_unread_closes_its_connection() -> None:
     async with serving(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"z" * 1000)) as (
         server, pool
     ):
-        result = await pool.request("GET", "/", CIMultiDict())
+        result = await pool.request("GET", "/", [])
         result.release()
         assert pool.idle == 0
         await asyncio.sleep(0.05)
