@@ -77,13 +77,19 @@ def php_field_name(name: str) -> str:
     return name.replace(" ", "_").replace(".", "_").replace("[", "_")
 
 
-def _media_type(content_type: str) -> tuple[str, str | None]:
-    """'Application/JSON; charset=UTF-8' -> ('application/json', 'utf-8')."""
+def _content_type_param(content_type: str, name: str) -> str | None:
+    """A parameter of a Content-Type value, read as the MIME parser reads it."""
     message = Message()
     message["Content-Type"] = content_type
-    charset = message.get_param("charset")
+    value = message.get_param(name)
+    return value if isinstance(value, str) else None
+
+
+def _media_type(content_type: str) -> tuple[str, str | None]:
+    """'Application/JSON; charset=UTF-8' -> ('application/json', 'utf-8')."""
+    charset = _content_type_param(content_type, "charset")
     kind = content_type.split(";", 1)[0].strip().lower()
-    return kind, charset.strip().lower() if isinstance(charset, str) else None
+    return kind, charset.strip().lower() if charset is not None else None
 
 
 def _echo(text: str) -> str:
@@ -164,10 +170,8 @@ def _bound_multipart(body: bytes, content_type: str) -> None:
     first blank line: never less than what the parser will find, so a body that
     passes here is cheap to parse.
     """
-    message = Message()
-    message["Content-Type"] = content_type
-    boundary = message.get_param("boundary")
-    if not isinstance(boundary, str) or not boundary:
+    boundary = _content_type_param(content_type, "boundary")
+    if not boundary:
         return  # not multipart to the parser either
     pieces = body.split(b"--" + boundary.encode("utf-8", "surrogateescape"))
     if len(pieces) - 1 > MAX_LOGIN_PARTS + 1:  # the closing delimiter is one more
