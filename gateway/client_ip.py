@@ -110,7 +110,6 @@ def parse_address(text: str) -> IPAddress:
     return _normalise(address)
 
 
-
 @functools.lru_cache(maxsize=4096)
 def parse_peer(text: str) -> IPAddress:
     """parse_address for the socket peer of every request: the same few proxies and clients recur."""
@@ -121,6 +120,7 @@ def parse_peer(text: str) -> IPAddress:
 def address_text(address: IPAddress) -> str:
     """str(address), computed once per address rather than per request and header."""
     return str(address)
+
 
 def _valid_port(port: str) -> bool:
     if not _PORT.fullmatch(port):
