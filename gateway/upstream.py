@@ -104,16 +104,17 @@ class _Connection(asyncio.Protocol):
         self._buffered = 0
         self._clock = False
 
-    def write(self, data: bytes) -> None:
+    def _open_transport(self) -> asyncio.Transport:
         if self.lost or self.transport is None or self.transport.is_closing():
             raise UpstreamError("the connection to the CRM closed while the request was sent")
-        self.transport.write(data)
+        return self.transport
+
+    def write(self, data: bytes) -> None:
+        self._open_transport().write(data)
 
     def writelines(self, parts: list[bytes]) -> None:
         """Several buffers in one go, not joined: uvloop hands them to one writev()."""
-        if self.lost or self.transport is None or self.transport.is_closing():
-            raise UpstreamError("the connection to the CRM closed while the request was sent")
-        self.transport.writelines(parts)
+        self._open_transport().writelines(parts)
 
     async def drain(self) -> None:
         if self._write_paused and not self.lost:
