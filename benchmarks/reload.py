@@ -9,15 +9,18 @@ written), and reports:
 
 - start-up time (spawn to first answer) and idle RSS (after start and a few requests);
 - with a steady open-loop ``--rate`` of authenticated requests running, ``--reloads``
-  SIGHUPs a few seconds apart, each right after a real edit: the last one edits
-  the big ``generated.yaml`` (one more rule), the others the small ``people.yaml``
-  (one more group), so a reload that re-reads only what changed is measured
-  honestly, and the two kinds are reported apart. For each: its duration
+  SIGHUPs a few seconds apart, each right after a real edit (:data:`EDITS`): one
+  more group in the small ``people.yaml``; in the 12 MB ``generated.yaml`` one rule
+  appended, one changed in the middle, one inserted at the top (each read as an
+  edit), and its functions section changed (which re-reads the whole file).
+  Each is reported apart. For each: its duration
   (SIGHUP sent -> the ``config.reloaded`` event's own timestamp), the peak RSS
   while two policies coexist, and the latency of requests due during it;
 - failed requests over the whole run (any non-2xx, error or timeout).
 
-Targets (issue 6): idle RSS < 150 MiB, reload < 1 s, no request failed.
+Targets (issue 6): idle RSS < 150 MiB, reload < 1 s, no request failed (the
+last edit, of a section other than the rules, is the whole-file worst case,
+reported but not held to 1 s).
 """
 
 from __future__ import annotations
@@ -66,24 +69,48 @@ def sighup_reloads(log_text: str) -> list[dict[str, Any]]:
     return [e for e in events(log_text, "config.reloaded") if e.get("trigger") == "sighup"]
 
 
-def edit(directory: Path, kind: str, index: int) -> None:
-    """A real, valid edit: one more rule at the end of generated.yaml, or one more group in people.yaml."""
-    if kind == "big":
-        with (directory / "generated.yaml").open("a") as f:  # its last section is the rules list
-            f.write(f"- id: reload-{index}\n  title: Added before reload {index}\n  action: block\n"
-                    f"  networks:\n  - 10.255.255.{index % 250 + 1}\n")
+# The edits made before each SIGHUP, in order (--reloads N makes the first N): what an admin does to
+# the small people.yaml, and to the 100,000-rule generated.yaml: one rule appended, changed in place
+# or inserted at the top (read as an edit), and its other section changed (the whole file re-read).
+EDITS = (
+    ("people.yaml", "one more group"),
+    ("generated.yaml", "one rule appended"),
+    ("generated.yaml", "one rule changed in the middle"),
+    ("generated.yaml", "one rule inserted at the top"),
+    ("generated.yaml", "its functions section changed"),
+)
+
+
+def edit(directory: Path, kind: str, index: int, rules: int) -> None:
+    """A real, valid edit of one of the :data:`EDITS` kinds."""
+    if kind == "one more group":
+        path = directory / "people.yaml"
+        people = yaml.safe_load(path.read_text())
+        people.setdefault("groups", {})[f"reload-{index}"] = [benchconfig.USER]
+        path.write_text(yaml.safe_dump(people, sort_keys=False))
         return
-    path = directory / "people.yaml"
-    people = yaml.safe_load(path.read_text())
-    people.setdefault("groups", {})[f"reload-{index}"] = [benchconfig.USER]
-    path.write_text(yaml.safe_dump(people, sort_keys=False))
+    path = directory / "generated.yaml"
+    text = path.read_text()
+    rule = (f"- id: reload-{index}\n  title: Added before reload {index}\n  action: block\n"
+            f"  networks:\n  - 10.255.255.{index % 250 + 1}\n")
+    if kind == "one rule appended":  # its last section is the rules list
+        text += rule
+    elif kind == "one rule changed in the middle":
+        middle = f"- id: gen-{rules // 2:06d}\n  title: Generated rule {rules // 2}\n"
+        assert middle in text, middle
+        text = text.replace(middle, f"- id: gen-{rules // 2:06d}\n  title: Changed before reload {index}\n")
+    elif kind == "one rule inserted at the top":
+        text = text.replace("\nrules:\n", "\nrules:\n" + rule, 1)
+    else:
+        text = text.replace("  - /module-000/**\n", "  - /module-000/**\n  - /module-000b/**\n", 1)
+    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rules", type=int, default=100_000)
     parser.add_argument("--rate", type=float, default=200.0, help="steady requests per second during reloads")
-    parser.add_argument("--reloads", type=int, default=3)
+    parser.add_argument("--reloads", type=int, default=len(EDITS), help=f"the first N of {len(EDITS)} edits")
     parser.add_argument("--interval", type=float, default=8.0, help="seconds between SIGHUPs")
     parser.add_argument("--out", default=str(BENCH / "results" / "reload.json"))
     parser.add_argument("--tree", type=Path, default=REPO, help="source tree to run serve from (a lever on a copy)")
@@ -122,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.5 + settle)
             reloads: list[dict[str, Any]] = []
             for index in range(args.reloads):
-                kind = "big" if index == args.reloads - 1 else "small"
-                edit(workdir / "gw", kind, index)
+                edited, kind = EDITS[index % len(EDITS)]
+                edit(workdir / "gw", kind, index, args.rules)
                 seen = len(sighup_reloads(gateway.log_text()))
                 reset_tree_peak(gateway.pid)
                 before = TreeSample.read(gateway.pid)
@@ -144,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError("no config.reloaded event within 300 s")
                 after = TreeSample.read(gateway.pid)
                 entry: dict[str, Any] = {
-                    "edited": "generated.yaml" if kind == "big" else "people.yaml",
+                    "edited": edited,
+                    "edit": kind,
                     "sighup_at": sent,
                     "duration_s": event_time(event) - sent,
                     "rules": event.get("rules"),
@@ -153,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                     "cpu_s": after.cpu - before.cpu,
                 }
                 reloads.append(entry)
-                print(f"reload {index + 1} ({entry['edited']} edited): {entry['duration_s']:.3f} s, "
+                print(f"reload {index + 1} ({edited}: {kind}): {entry['duration_s']:.3f} s, "
                       f"peak RSS {entry['peak_rss_mib']:.1f} MiB", file=sys.stderr, flush=True)
                 time.sleep(max(0.0, sent + args.interval - time.time()))
             time.sleep(2.0)
@@ -177,14 +205,14 @@ def main(argv: list[str] | None = None) -> int:
         entry["latency_during_ms"] = summary([t[1] for t in during]) if during else None
     result["load"] = load
     result["reloads"] = reloads
-    for kind, edited in (("small", "people.yaml"), ("big", "generated.yaml")):
-        durations = sorted(float(r["duration_s"]) for r in reloads if r["edited"] == edited)
+    for edited, kind in EDITS:
+        durations = sorted(float(r["duration_s"]) for r in reloads if r["edit"] == kind)
         if durations:
-            result[f"reload_{kind}_file_s_median"] = durations[len(durations) // 2]
-            result[f"reload_{kind}_file_s_max"] = durations[-1]
+            result.setdefault("reload_s_max", {})[f"{edited}: {kind}"] = durations[-1]
+    fast = [r for r in reloads if r["edit"] != "its functions section changed"]
     result["targets"] = {
         "idle RSS < 150 MiB": result["idle_rss_mib"] < 150,
-        "reload < 1 s (small file edited)": result.get("reload_small_file_s_max", 0.0) < 1.0,
+        "reload < 1 s (rules edited)": bool(fast) and max(float(r["duration_s"]) for r in fast) < 1.0,
         "no failed request": load["failed"] == 0,
     }
     out = Path(args.out)
@@ -199,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
           f"max {load['latency_ms']['max']:.1f} ms")
     for index, r in enumerate(reloads, 1):
         lat = r["latency_during_ms"] or {"p50": float("nan"), "max": float("nan")}
-        print(f"reload {index} ({r['edited']} edited): {r['duration_s']:.3f} s (CPU {r['cpu_s']:.2f} s), "
+        print(f"reload {index} ({r['edited']}: {r['edit']}): {r['duration_s']:.3f} s (CPU {r['cpu_s']:.2f} s), "
               f"peak RSS {r['peak_rss_mib']:.1f} MiB; "
               f"{r['requests_during']} requests due meanwhile, {r['failed_during']} failed, "
               f"p50 {lat['p50']:.1f} ms, max {lat['max']:.1f} ms")

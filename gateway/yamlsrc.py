@@ -158,7 +158,7 @@ _PLAIN_TAGS = frozenset(
 )  # implicit tags the fast reader constructs itself, with PyYAML's own constructors
 
 
-def _read_events(text: str, file_name: str) -> Any:
+def _read_events(text: str, file_name: str, first_line: int = 1) -> Any:
     """The same values as :class:`_LineLoader`, built straight from libyaml's events.
 
     PyYAML's loader composes a node tree, resolves every scalar's tag and then
@@ -217,7 +217,7 @@ def _read_events(text: str, file_name: str) -> Any:
                     raise _Unusual
                 value = Mapping() if cls is mapping_start else Sequence()
                 value.file = file_name
-                value.line = event.start_mark.line + 1
+                value.line = event.start_mark.line + first_line
                 container = value
             elif cls is mapping_end or cls is sequence_end:
                 stack.pop()
@@ -226,7 +226,7 @@ def _read_events(text: str, file_name: str) -> Any:
                 continue
             else:  # an alias, or anything unexpected
                 raise _Unusual
-            line = event.start_mark.line + 1
+            line = event.start_mark.line + first_line
             if not stack:
                 root = value
                 if container is None:
@@ -262,17 +262,36 @@ def _read_events(text: str, file_name: str) -> Any:
         parser.dispose()
 
 
+def parse_plain(text: str, file_name: str, first_line: int) -> tuple[bool, Any]:
+    """``(True, value)`` for plain YAML (see :func:`_read_events`) whose first line is line ``first_line``.
+
+    ``(False, None)`` for anything else (anchors, aliases, tags, any error):
+    the caller reads the whole file instead, with :func:`parse_yaml`.
+    """
+    if _CParser is None:
+        return False, None
+    try:
+        return True, _read_events(text, file_name, first_line)
+    except _Unusual:
+        return False, None
+
+
 def parse_yaml(text: str, file_name: str) -> Any:
     """Parse YAML text; syntax errors become a ConfigError naming file:line."""
+    return parse_yaml_noting_plain(text, file_name)[0]
+
+
+def parse_yaml_noting_plain(text: str, file_name: str) -> tuple[Any, bool]:
+    """:func:`parse_yaml`, and whether the text was plain YAML (see :func:`parse_plain`)."""
     if _CParser is not None:
         try:
-            return _read_events(text, file_name)
+            return _read_events(text, file_name), True
         except _Unusual:
             pass
     try:
         loader = _LineLoader(text)  # the reader may reject a control character already here
         loader.file_name = file_name
-        return loader.get_single_data()
+        return loader.get_single_data(), False
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
         char = exc.character if isinstance(exc.character, int) else ord(exc.character)

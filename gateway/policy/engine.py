@@ -130,6 +130,44 @@ class _Bucket:
         self.plain_hits = (self.plain, 0) if self.plain else None
 
 
+    def edited(self, drop: list[_Placed], put: list[_Placed]) -> _Bucket:
+        """A new bucket without ``drop``'s rules (by identity) and with ``put``'s, as built; this one is unchanged."""
+        out = _Bucket()
+        out.nets, out.by_country, out.plain = self.nets, self.by_country, self.plain
+        net_drop = [(cidr, rule) for rule, cidrs in drop if cidrs is not None for cidr in cidrs]
+        net_put = [(cidr, rule) for rule, cidrs in put if cidrs is not None for cidr in cidrs]
+        if net_drop or net_put:
+            nets = self.nets.edited(net_drop, net_put, _plain_of)
+            out.nets = nets if nets else _NO_NETS
+        gone = {id(rule) for rule, cidrs in drop if cidrs is None}
+        came = [rule for rule, cidrs in put if cidrs is None]
+        by_country = [rule for rule, cidrs in (*drop, *put) if cidrs is None and _by_country(rule)]
+        if by_country:
+            countries = dict(self.by_country)
+            for code in {code for rule in by_country for code in rule.countries or ()}:
+                hits = [rule for rule in countries.get(code, ()) if id(rule) not in gone]
+                hits += [rule for rule in came if _by_country(rule) and code in (rule.countries or ())]
+                if hits:
+                    countries[code] = tuple(sorted(hits, key=_plain_of, reverse=True))
+                else:
+                    del countries[code]
+            out.by_country = countries or _NO_COUNTRIES
+        if any(cidrs is None and not _by_country(rule) for rule, cidrs in (*drop, *put)):
+            plain = [rule for rule in self.plain if id(rule) not in gone]
+            plain += [rule for rule in came if not _by_country(rule)]
+            out.plain = tuple(sorted(plain, key=_plain_of, reverse=True))
+        out.plain_hits = (out.plain, 0) if out.plain else None
+        return out
+
+    def empty(self) -> bool:
+        return self.nets is _NO_NETS and not self.by_country and not self.plain
+
+
+def _by_country(rule: Rule) -> bool:
+    """Whether a rule naming no network goes to a bucket's ``by_country`` (else to ``plain``)."""
+    return rule.countries is not None and not rule.countries_negated
+
+
 def _plain_of(rule: Rule) -> int:
     return rule.plain
 
@@ -140,6 +178,9 @@ _NO_COUNTRIES: dict[str, Sequence[Rule]] = {}
 
 _R = TypeVar("_R")
 _Args = ParamSpec("_Args")
+_K = TypeVar("_K")
+_A = TypeVar("_A")
+_B = TypeVar("_B")
 
 
 def _cached(policy: Policy, method: Callable[Concatenate[Policy, _Args], _R]) -> Callable[_Args, _R]:
@@ -182,23 +223,32 @@ def _gc_paused() -> Iterator[None]:
 Tier = dict[str, dict[str, _Bucket]]  # function ('*' or name) -> subject ('u:x', 'g:y', '*') -> bucket
 
 
+_Placed = tuple[Rule, Sequence[Cidr] | None]  # a rule and its network blocks (None: it names no network)
+
+
+def _places(rule: Rule) -> tuple[int, str, Sequence[str], Sequence[Cidr] | None]:
+    """Where a rule goes in the index: priority, function, subjects; and its network blocks."""
+    spec = rule.spec
+    subjects: Sequence[str]
+    # interned: one string per user or group, whatever the number of rules naming them (and _plan's)
+    if spec.users:
+        subjects = [sys.intern(f"u:{user}") for user in spec.users]
+    elif spec.groups:
+        subjects = [sys.intern(f"g:{group}") for group in spec.groups]
+    else:
+        subjects = _STAR
+    cidrs = None
+    if spec.networks is not None:  # unpacked once, shared by the rule's buckets
+        cidrs = [cidr for entry in spec.networks for cidr in entry.cidrs]
+    return spec.priority, spec.function or "*", subjects, cidrs
+
+
 def build_index(rules: Iterable[Rule]) -> dict[int, Tier]:
     """Tiers by priority."""
     tiers: dict[int, Tier] = {}
     for rule in rules:
-        spec = rule.spec
-        subjects: Sequence[str]
-        # interned: one string per user or group, whatever the number of rules naming them (and _plan's)
-        if spec.users:
-            subjects = [sys.intern(f"u:{user}") for user in spec.users]
-        elif spec.groups:
-            subjects = [sys.intern(f"g:{group}") for group in spec.groups]
-        else:
-            subjects = _STAR
-        cidrs = None
-        if spec.networks is not None:  # unpacked once, shared by the rule's buckets
-            cidrs = [cidr for entry in spec.networks for cidr in entry.cidrs]
-        by_function = tiers.setdefault(spec.priority, {}).setdefault(spec.function or "*", {})
+        priority, function, subjects, cidrs = _places(rule)
+        by_function = tiers.setdefault(priority, {}).setdefault(function, {})
         for subject in subjects:
             bucket = by_function.get(subject)
             if bucket is None:
@@ -209,6 +259,47 @@ def build_index(rules: Iterable[Rule]) -> dict[int, Tier]:
             for bucket in by_subject.values():
                 bucket.seal()
     return tiers
+
+
+def patch_index(tiers: dict[int, Tier], removed: Iterable[Rule], added: Iterable[Rule]) -> dict[int, Tier]:
+    """``build_index`` of a file's rules after an edit, from the index of its rules before it.
+
+    ``tiers`` is not changed (the running policy uses it): only the buckets the
+    removed and added rules are in are made anew (:meth:`_Bucket.edited`), and
+    the dicts on their way; everything else is shared.
+    """
+    edits: dict[tuple[int, str, str], tuple[list[_Placed], list[_Placed]]] = {}
+    for side, rules in ((0, removed), (1, added)):
+        for rule in rules:
+            priority, function, subjects, cidrs = _places(rule)
+            for subject in subjects:
+                edits.setdefault((priority, function, subject), ([], []))[side].append((rule, cidrs))
+    out = dict(tiers)
+    copied: set[int] = set()  # ids of the dicts made here (the others are the old index's own)
+    for (priority, function, subject), (drop, put) in edits.items():
+        tier = _own(out, priority, copied)
+        by_subject = _own(tier, function, copied)
+        bucket = (by_subject.get(subject) or _Bucket()).edited(drop, put)
+        if bucket.empty():
+            by_subject.pop(subject, None)
+            if not by_subject:
+                del tier[function]
+                if not tier:
+                    del out[priority]
+        else:
+            by_subject[subject] = bucket
+    return out
+
+
+def _own(parent: dict[_K, dict[_A, _B]], key: _K, copied: set[int]) -> dict[_A, _B]:
+    """``parent[key]`` as a dict made here (a copy of the old one, or a new one), to change."""
+    child = parent.get(key)
+    if child is None:
+        child = parent[key] = {}
+    elif id(child) not in copied:
+        child = parent[key] = dict(child)
+    copied.add(id(child))
+    return child
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,8 +317,17 @@ class _Segment:
 
 
 def _segments(rules: tuple[Rule, ...], previous: tuple[Rule, ...], reusable: Iterable[_Segment]) -> list[_Segment]:
-    """Index the rules file by file, reusing a previous file's index when its rules are the same objects."""
-    by_first = {id(previous[s.start]): s for s in reusable if s.end > s.start}
+    """Index the rules file by file, from the file's previous index where there is one.
+
+    A file whose rules are all the same objects as before keeps its index; one
+    that an edit changed in part (the others are reused by :func:`compile_rules`)
+    has its index patched (:func:`patch_index`); file 0 is small and always rebuilt.
+    """
+    by_file = {
+        previous[s.start].spec.where.file: s
+        for s in reusable
+        if s.end > s.start and previous[s.start].order >> FILE_SHIFT  # a policy file's own, not file 0
+    }
     out: list[_Segment] = []
     start = 0
     while start < len(rules):
@@ -235,16 +335,31 @@ def _segments(rules: tuple[Rule, ...], previous: tuple[Rule, ...], reusable: Ite
         end = start
         while end < len(rules) and rules[end].order >> FILE_SHIFT == file:
             end += 1
-        old = by_first.get(id(rules[start])) if file else None  # file 0 is small and always rebuilt
-        if (
-            old is not None and old.end - old.start == end - start
-            and all(map(operator.is_, previous[old.start:old.end], rules[start:end]))
-        ):  # fmt: skip
-            out.append(_Segment(start, end, old.tiers))
-        else:
-            out.append(_Segment(start, end, build_index(rules[start:end])))
+        old = by_file.get(rules[start].spec.where.file) if file else None
+        tiers = None
+        if old is not None:
+            before, after = previous[old.start:old.end], rules[start:end]
+            if len(before) == len(after) and all(map(operator.is_, before, after)):
+                tiers = old.tiers
+            else:
+                tiers = _patched(old.tiers, before, after)
+        out.append(_Segment(start, end, tiers if tiers is not None else build_index(rules[start:end])))
         start = end
     return out
+
+
+def _patched(tiers: dict[int, Tier], before: tuple[Rule, ...], after: tuple[Rule, ...]) -> dict[int, Tier] | None:
+    """The index of ``after`` patched from ``tiers`` (the index of ``before``); None when most rules changed."""
+    limit = len(after) // 2
+    kept = {id(rule) for rule in after}
+    removed = [rule for rule in before if id(rule) not in kept]
+    if len(removed) > limit:
+        return None
+    kept = {id(rule) for rule in before}
+    added = [rule for rule in after if id(rule) not in kept]
+    if len(added) > limit:
+        return None
+    return patch_index(tiers, removed, added)
 
 
 def _merged_tier(parts: list[Tier]) -> Tier:

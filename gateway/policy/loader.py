@@ -10,6 +10,7 @@ reported where it is made.
 from __future__ import annotations
 
 import re
+from array import array
 from collections.abc import Iterable
 from datetime import date, datetime, time
 from pathlib import Path
@@ -149,6 +150,7 @@ class _Reader:
         self.refs: list[tuple[str, str, Where]] = []  # (kind, name, where used)
         self.mobile_refs: list[Where] = []  # places that rely on the `mobile` channel existing
         self.shared_sets: dict[frozenset[str], frozenset[str]] = {}
+        self.item_refs: array[int] | None = None  # when set: len(refs) as each `rules` item is read
 
     # -- helpers -------------------------------------------------------------------------------
     def add(self, where: Where, message: str) -> None:
@@ -448,6 +450,8 @@ class _Reader:
             self.add(top.where("rules"), f"rules: expected a list of rules, got {_kind(value)}")
             return
         for index, (item, where) in enumerate(top.list("rules")):
+            if self.item_refs is not None:
+                self.item_refs.append(len(self.refs))
             rule = self.read_rule(item, where, f"{stem}.rules[{index}]")
             if rule is not None:
                 self.rules.append(rule)

@@ -14,7 +14,7 @@ address /128, like a single IPv6 address.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -252,6 +252,51 @@ class PrefixTable(Generic[T]):
         self.v4 = tuple((prefix, mask, table) for (version, prefix), (mask, table) in levels if version == 4)
         self.v6 = tuple((prefix, mask, table) for (version, prefix), (mask, table) in levels if version == 6)
         self._building = None
+
+    def edited(
+        self, drop: Iterable[tuple[Cidr, T]], put: Iterable[tuple[Cidr, T]], order: Callable[[T], Any]
+    ) -> PrefixTable[T]:
+        """A sealed table without ``drop``'s payloads (by identity) and with ``put``'s; this one is not changed.
+
+        Only the levels touched are copied; a block's payloads are sorted by
+        ``order`` descending, as :meth:`seal` leaves them.
+        """
+        levels = {(4, prefix): (mask, table) for prefix, mask, table in self.v4}
+        levels.update({(6, prefix): (mask, table) for prefix, mask, table in self.v6})
+        copied: set[tuple[int, int]] = set()
+
+        def level(version: int, prefix: int, mask: int) -> dict[int, T | tuple[T, ...]]:
+            key = (version, prefix)
+            if key not in copied:
+                copied.add(key)
+                old = levels.get(key)
+                levels[key] = (mask, dict(old[1]) if old is not None else {})
+            return levels[key][1]
+
+        for (version, prefix, mask, network), payload in drop:
+            table = level(version, prefix, mask)
+            hits = table.get(network)
+            if hits is payload:
+                del table[network]
+            elif isinstance(hits, tuple):
+                rest = tuple(hit for hit in hits if hit is not payload)
+                if rest:
+                    table[network] = rest if len(rest) > 1 else rest[0]
+                else:
+                    del table[network]
+        for (version, prefix, mask, network), payload in put:
+            table = level(version, prefix, mask)
+            hits = table.get(network)
+            if hits is None:
+                table[network] = payload
+            else:
+                both = (*hits, payload) if isinstance(hits, tuple) else (hits, payload)
+                table[network] = tuple(sorted(both, key=order, reverse=True))
+        out: PrefixTable[T] = PrefixTable()
+        kept = sorted(((key, level) for key, level in levels.items() if level[1]), key=lambda item: -item[0][1])
+        out.v4 = tuple((prefix, mask, table) for (version, prefix), (mask, table) in kept if version == 4)
+        out.v6 = tuple((prefix, mask, table) for (version, prefix), (mask, table) in kept if version == 6)
+        return out
 
     def merged(self, other: PrefixTable[T]) -> PrefixTable[T]:
         """A sealed table with the blocks of both, sharing their dicts (neither is changed).

@@ -36,6 +36,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from gateway.policy.layout import Layout, changed_run, items_agree, split_items
 from gateway.policy.loader import NO_MOBILE_CHANNEL, _Reader, unknown_reference
 from gateway.policy.networks import NetEntry
 from gateway.policy.spec import (
@@ -50,10 +51,14 @@ from gateway.policy.spec import (
     RuleSpec,
     UserSpec,
 )
-from gateway.yamlsrc import ConfigError, Problem, Problems, Where, parse_yaml
+from gateway.yamlsrc import ConfigError, Problem, Problems, Where, parse_plain, parse_yaml_noting_plain
+from gateway.yamlsrc import Mapping as YamlMapping
+from gateway.yamlsrc import Sequence as YamlSequence
 
 # Files at least this big are read in a child process (see the module docstring).
 ISOLATE_BYTES = 1 << 20
+# An edit of a big file changing more rules than this in one run is read whole (in a child).
+EDIT_ITEMS = 5000
 # The child pickles a big file's rules in chunks of this many, each with its own memo (see _child).
 PICKLE_CHUNK = 2000
 _REF_KINDS = ("function", "channel", "group", "user")
@@ -82,6 +87,7 @@ class PolicySource:
     ref_names: tuple[str, ...]
     ref_lines: array[int]
     mobile_refs: tuple[Where, ...]
+    layout: Layout | None  # a big clean file's cut at its rules, for reading an edit as one (see read_edit)
 
     def names(self, kind: str) -> frozenset[str]:
         if kind == "rule id":
@@ -98,7 +104,9 @@ class PolicySource:
             yield _REF_KINDS[kind], name, Where(self.path, line)
 
 
-def _source(reader: _Reader, path: str, digest: bytes, problems: Problems) -> PolicySource:
+def _source(
+    reader: _Reader, path: str, digest: bytes, problems: Problems, layout: Layout | None = None
+) -> PolicySource:
     """What ``reader`` made of one file, packed."""
     kinds = bytearray()
     names: list[str] = []
@@ -129,6 +137,7 @@ def _source(reader: _Reader, path: str, digest: bytes, problems: Problems) -> Po
         ref_names=tuple(names),
         ref_lines=lines,
         mobile_refs=tuple(reader.mobile_refs),
+        layout=layout,
     )
 
 
@@ -137,8 +146,10 @@ def _decode(data: bytes) -> str:
     return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").read()
 
 
-def read_source(path: Path, data: bytes, *, geoip: bool, digest: bytes | None = None) -> PolicySource:
-    """Read one policy file's bytes in this process."""
+def read_source(
+    path: Path, data: bytes, *, geoip: bool, digest: bytes | None = None, cut: bool = False
+) -> PolicySource:
+    """Read one policy file's bytes in this process; ``cut``: keep its :class:`Layout` if it has one."""
     name = str(path)
     problems = Problems()
     reader = _Reader(problems, geoip=geoip)
@@ -149,13 +160,105 @@ def read_source(path: Path, data: bytes, *, geoip: bool, digest: bytes | None = 
         problems.add(Where(name, 1), f"cannot read: {exc}")
         return _source(reader, name, digest, problems)
     try:
-        parsed = parse_yaml(text, name)
+        parsed, plain = parse_yaml_noting_plain(text, name)
     except ConfigError as exc:
         for problem in exc.problems:
             problems.add(problem.where, problem.message)
         return _source(reader, name, digest, problems)
+    if cut and plain:
+        reader.item_refs = array("I")
     reader.read_file(parsed, path)
-    return _source(reader, name, digest, problems)
+    return _source(reader, name, digest, problems, _layout(text, parsed, reader))
+
+
+def _layout(text: str, parsed: Any, reader: _Reader) -> Layout | None:
+    """The file's cut, if it can be trusted (see :mod:`gateway.policy.layout`) and the file is clean."""
+    if reader.item_refs is None or reader.problems.items or not isinstance(parsed, YamlMapping):
+        return None
+    listed = parsed.get("rules")
+    if not isinstance(listed, YamlSequence) or not all(isinstance(item, YamlMapping) for item in listed):
+        return None
+    items = split_items(text)
+    if items is None or not items_agree(items, listed.item_lines) or len(reader.rules) != len(listed):
+        return None
+    return Layout.of(items, array("I", [*reader.item_refs, len(reader.refs)]))
+
+
+def read_edit(path: Path, data: bytes, digest: bytes, old: PolicySource) -> PolicySource | None:
+    """``old``'s file after an edit, reading only the run of ``rules`` items that the edit changed.
+
+    The other sections must be unchanged and the result clean; None otherwise,
+    or when the run is longer than :data:`EDIT_ITEMS`: the caller then reads
+    the file whole, which also reports its problems exactly as always.
+    """
+    layout = old.layout
+    if layout is None:
+        return None
+    try:
+        text = _decode(data)
+    except UnicodeDecodeError:
+        return None
+    items = split_items(text)
+    if items is None or items.prefix != layout.prefix or items.indent != layout.indent:
+        return None
+    name, stem = str(path), path.stem
+    n, m = len(items.lines), len(layout.lines)
+    p, q, s = changed_run(layout.digests, items.digests)
+    if n != m and any(old.rules[k].id == f"{stem}.rules[{k}]" for k in range(m - s, m)):
+        p, q, s = p, n, 0  # a rule named by its place (no `id`) would be renamed by the shift: read the rest
+    if q - p > EDIT_ITEMS:
+        return None
+    reader = _Reader(Problems(), geoip=old.geoip)
+    reader.item_refs = array("I")
+    if q > p:
+        end = items.starts[q] if q < n else len(text)
+        plain, run = parse_plain(text[items.starts[p]:end], name, items.lines[p])
+        if not plain or not isinstance(run, YamlSequence) or list(run.item_lines) != items.lines[p:q].tolist():
+            return None
+        for index, (item, where) in enumerate(run.items_with_where(), start=p):
+            if not isinstance(item, YamlMapping):
+                return None
+            reader.item_refs.append(len(reader.refs))
+            rule = reader.read_rule(item, where, f"{stem}.rules[{index}]")
+            if rule is not None:
+                reader.rules.append(rule)
+    if reader.problems.items or len(reader.rules) != q - p:
+        return None
+    delta = items.lines[q] - layout.lines[m - s] if s else 0
+    tail = old.rules[m - s:]
+    if delta:
+        tail = tuple(replace(rule, where=Where(name, rule.where.line + delta)) for rule in tail)
+    rules = (*old.rules[:p], *reader.rules, *tail)
+    if len({rule.id for rule in rules}) != n:
+        return None  # an id defined twice: the whole read names both places
+
+    starts = layout.ref_starts
+    front, tail_from, tail_to = starts[p], starts[m - s], starts[m]
+    kinds = bytearray(old.ref_kinds[:front])
+    names = list(old.ref_names[:front])
+    lines = old.ref_lines[:front]
+    for kind, ref_name, where in reader.refs:
+        kinds.append(_REF_KINDS.index(kind))
+        names.append(ref_name)
+        lines.append(where.line)
+    kinds += old.ref_kinds[tail_from:tail_to]
+    names += old.ref_names[tail_from:tail_to]
+    lines += array("I", [line + delta for line in old.ref_lines[tail_from:tail_to]]) if delta else (
+        old.ref_lines[tail_from:tail_to]
+    )
+    moved = front + len(reader.refs) - tail_from  # what a tail item's first reference is moved by
+    ref_starts = starts[:p]
+    ref_starts.extend(front + start for start in reader.item_refs)
+    ref_starts.extend(start + moved for start in starts[m - s:])
+    return replace(
+        old,
+        digest=digest,
+        rules=rules,
+        ref_kinds=bytes(kinds),
+        ref_names=tuple(names),
+        ref_lines=lines,
+        layout=Layout.of(items, ref_starts),
+    )
 
 
 def _read_isolated(path: Path, data: bytes, *, geoip: bool, digest: bytes) -> PolicySource | None:
@@ -188,7 +291,7 @@ def _read_isolated(path: Path, data: bytes, *, geoip: bool, digest: bytes) -> Po
 def _child() -> None:
     """The child process: file bytes on stdin, path and geoip flag as arguments, a pickle out."""
     data = sys.stdin.buffer.read()
-    source = read_source(Path(sys.argv[1]), data, geoip=sys.argv[2] == "1")
+    source = read_source(Path(sys.argv[1]), data, geoip=sys.argv[2] == "1", cut=True)
     _dump_chunked(source, sys.stdout.buffer)
     sys.stdout.flush()
     os._exit(0)  # the parent has what it needs: skip tearing down the heap
@@ -319,7 +422,9 @@ def read_sources(
 
     A file that cannot be read becomes a source holding that one problem.
     """
+    previous = list(previous)
     known = {(s.path, s.digest, s.geoip): s for s in previous}
+    edited = {(s.path, s.geoip): s for s in previous if s.layout is not None}
     out: list[PolicySource] = []
     for path in files:
         name = str(path)
@@ -332,11 +437,14 @@ def read_sources(
             out.append(_failed(name, f"cannot read: {exc}", geoip))
             continue
         digest = hashlib.sha256(data).digest()
+        big = len(data) >= ISOLATE_BYTES
         source = known.get((name, digest, geoip))
-        if source is None and isolate and len(data) >= ISOLATE_BYTES:
+        if source is None and (name, geoip) in edited:
+            source = read_edit(path, data, digest, edited[(name, geoip)])
+        if source is None and isolate and big:
             source = _read_isolated(path, data, geoip=geoip, digest=digest)
         if source is None:
-            source = read_source(path, data, geoip=geoip, digest=digest)
+            source = read_source(path, data, geoip=geoip, digest=digest, cut=big)
         out.append(source)
     return out
 

@@ -1,0 +1,139 @@
+"""Where the items of a big policy file's ``rules`` list are, so an edit can be read as an edit.
+
+A 100,000-rule file takes seconds to read whole, mostly YAML events and rule
+specs; an admin's edit touches one or a few rules. The file's text is cut at
+its ``rules`` items (:func:`split_items`): each item is one line at the list's
+column starting with ``-``, up to the next. A reload compares the new cut
+with the old one by the items' digests (:func:`changed_run`) and reads only the
+run of items that differ (:mod:`gateway.policy.sources`).
+
+The cut is trusted only where it cannot misread the file:
+
+- ``rules`` is a top-level key on a line of its own and the file's last
+  section: the text before the first item (the other sections, the key, blank
+  lines and comments) must be byte-for-byte the same as before, and nothing
+  but items, blank lines and comments may follow;
+- no tab and no line break other than ``\\n`` (YAML also breaks lines at
+  U+0085, U+2028 and U+2029, which would shift every line number);
+- when the file was read whole, its parsed ``rules`` list had exactly these
+  items, each a mapping starting on its dash's line (:func:`items_agree`), and
+  the file was clean and plain (no anchors, aliases or tags: an alias in an
+  unchanged item may refer to an anchor in an edited one).
+
+An edited run is parsed on its own and must be as plain and clean; anything
+else, and the file is read whole as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+DIGEST_SIZE = 16  # bytes of BLAKE2b per item: equal digests stand for equal texts
+
+_RULES_KEY = re.compile(r"\nrules:[ ]*(?:#[^\n]*)?\n")  # found after a newline: a literal search, fast
+_NOT_BLANK = re.compile(r"^[ ]*[^ #\n]", re.MULTILINE)  # a line with something other than a comment
+_OTHER_BREAKS = ("\t", "\x85", "\u2028", "\u2029")
+
+
+@dataclass(frozen=True, slots=True)
+class Items:
+    """A file's text cut at its ``rules`` items."""
+
+    prefix: bytes  # digest of the text before the first item
+    indent: int  # column of the items' dashes
+    starts: array[int]  # offset of each item in the text
+    lines: array[int]  # 1-based line of each item's dash
+    digests: bytes  # DIGEST_SIZE bytes per item, of its text up to the next item
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """What a reload keeps of a clean file read before (~30 bytes an item).
+
+    Item ``k`` made ``source.rules[k]`` (the file was clean: every item made a
+    rule) and the references ``ref_starts[k]:ref_starts[k + 1]`` of the source's
+    columns; those before ``ref_starts[0]`` are the other sections'.
+    """
+
+    prefix: bytes
+    indent: int
+    lines: array[int]
+    digests: bytes
+    ref_starts: array[int]  # one more entry than items: the end of the last item's references
+
+    @classmethod
+    def of(cls, items: Items, ref_starts: array[int]) -> Layout:
+        return cls(items.prefix, items.indent, items.lines, items.digests, ref_starts)
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=DIGEST_SIZE).digest()
+
+
+def split_items(text: str) -> Items | None:
+    """The text cut at its ``rules`` items, or None where the cut could misread it (see the module docstring)."""
+    keys = list(_RULES_KEY.finditer("\n" + text))  # (the key may be the file's first line)
+    if len(keys) != 1 or any(other in text for other in _OTHER_BREAKS):
+        return None
+    first = _NOT_BLANK.search(text, keys[0].end() - 1)
+    if first is None:
+        return None
+    start = first.start()
+    indent = first.end() - 1 - start
+    if text[first.end() - 1] != "-":
+        return None
+    # every line from here on: an item's dash at `indent`, blank, a comment, or deeper than `indent`
+    item = rf"\n[ ]{{{indent}}}-(?=[ \n]|$)"
+    if re.compile(rf"\n(?!{item[2:]})(?![ ]*#)[ ]{{0,{indent}}}[^ \n]").search(text, start - 1) is not None:
+        return None
+    starts = array("Q", [found.start() + 1 for found in re.compile(item).finditer(text, start - 1)])
+    lines = array("I")
+    line = text.count("\n", 0, start) + 1
+    previous = start
+    digests = bytearray()
+    ends = [*starts[1:], len(text)]
+    for offset, end in zip(starts, ends, strict=True):
+        line += text.count("\n", previous, offset)
+        previous = offset
+        lines.append(line)
+        digests += _digest(text[offset:end])
+    return Items(_digest(text[:start]), indent, starts, lines, bytes(digests))
+
+
+def items_agree(items: Items, parsed_lines: Sequence[int]) -> bool:
+    """Whether a read's ``rules`` list (the line of each item) is exactly the cut's items."""
+    return list(parsed_lines) == items.lines.tolist()
+
+
+def changed_run(old: bytes, new: bytes) -> tuple[int, int, int]:
+    """``(p, q, s)`` for the items' digests before and after an edit.
+
+    New items ``[0, p)`` are old ``[0, p)``, new ``[q, n)`` are old
+    ``[m - s, m)`` (``s = n - q``); the run between, new ``[p, q)``, is what the
+    edit changed (items inserted, removed or rewritten there). Typical edits
+    (one rule changed, one appended, one removed) make it zero or one item long.
+    """
+    size = DIGEST_SIZE
+    n, m = len(new) // size, len(old) // size
+    limit = min(n, m)
+    low, high = 0, limit  # the longest common run of whole digests from the start: binary search, memcmp each
+    while low < high:
+        middle = (low + high + 1) // 2
+        if new[:middle * size] == old[:middle * size]:
+            low = middle
+        else:
+            high = middle - 1
+    p = low
+    low, high = 0, limit - p  # and from the end, not reaching into the first run
+    while low < high:
+        middle = (low + high + 1) // 2
+        if new[(n - middle) * size:] == old[(m - middle) * size:]:
+            low = middle
+        else:
+            high = middle - 1
+    s = low
+    return p, n - s, s

@@ -1,0 +1,298 @@
+"""An edit of a big policy file read as an edit (gateway.policy.layout, sources.read_edit, engine.patch_index).
+
+The promise: whatever the edit, the reload's result is exactly what reading the
+edited file whole gives (same source, same rules, same index, same decisions),
+or the file is read whole. These tests compare against that, and check that
+the usual edits (one rule changed, appended, inserted, removed) do take the
+fast way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.config import load_config
+from gateway.policy import RequestFacts, sources
+from gateway.policy.engine import _NO_NETS, Tier, _Bucket, build_index, patch_index
+from gateway.policy.networks import PrefixTable
+from gateway.policy.rules import Rule, compile_rules
+from gateway.policy.sources import PolicySource, read_edit, read_source
+from gateway.policy.spec import PolicySpec
+from gateway.yamlsrc import ConfigError
+from tests.policy.world import COUNTRIES, FIXTURES, MONDAY, write_country_db
+
+HEAD = "functions:\n  gen-fn: {paths: ['/gen/**']}\ngroups:\n  gen-group: [gen-user]\n"
+FUNCTIONS = ["gen-fn", "export", "billing"]
+
+
+def _rule(rnd: random.Random, index: int, *, with_id: bool = True) -> dict[str, Any]:
+    """A rule in one of the shapes big generated files have; every name it uses exists in the fixture policy."""
+    rule: dict[str, Any] = {"id": f"r-{index}-{rnd.randrange(10**6)}"} if with_id else {}
+    kind = rnd.randrange(7)
+    if kind == 0:
+        rule.update(action="block", networks=[f"10.{rnd.randrange(4)}.{rnd.randrange(4)}.{rnd.randrange(4)}"])
+    elif kind == 1:
+        rule.update(action="allow", networks=[f"172.16.{rnd.randrange(4)}.0/24", "2001:db8::/48"],
+                    groups=[rnd.choice(["gen-group", "warehouse"])])  # fmt: skip
+    elif kind == 2:
+        rule.update(action="block", function=rnd.choice(FUNCTIONS), users=[rnd.choice(["jim", "gen-user", "alice"])])
+    elif kind == 3:
+        rule.update(action="block", countries=[rnd.choice(["DE", "FR", "!GB"])], priority=rnd.choice([0, 5]))
+    elif kind == 4:
+        rule.update(action="allow", function=rnd.choice(FUNCTIONS), title="A title: with 'quotes' and # hash")
+    elif kind == 5:
+        rule.update(action="block", networks=["10.0.0.5-10.0.0.9"], expires="2099-12-31", reason="incident")
+    else:
+        rule.update(action="block", channel="mobile", report_only=True)
+    return rule
+
+
+def _text(rules: list[dict[str, Any]], style: int) -> str:
+    """The file: the head, then the rules in one of a few writing styles (indent, flow lists, comments)."""
+    if style == 0:
+        return HEAD + yaml.safe_dump({"rules": rules}, sort_keys=False)
+    if style == 1:  # items indented under the key, flow-style values
+        body = yaml.safe_dump(rules, sort_keys=False, default_flow_style=None)
+        return HEAD + "rules:\n" + "".join(f"  {line}\n" for line in body.splitlines())
+    out = [HEAD, "rules:  # generated\n"]  # comments and blank lines between the items
+    for number, rule in enumerate(rules):
+        out.append(f"# rule {number}\n\n" if number % 3 == 0 else "")
+        out.append(yaml.safe_dump([rule], sort_keys=False))
+    return "".join(out)
+
+
+def _source(path: Path, text: str) -> PolicySource:
+    return read_source(path, text.encode(), geoip=True, cut=True)
+
+
+def _edited(path: Path, old: PolicySource, text: str) -> PolicySource | None:
+    data = text.encode()
+    return read_edit(path, data, hashlib.sha256(data).digest(), old)
+
+
+@st.composite
+def _edits(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    rnd = random.Random(draw(st.integers(0, 2**32)))
+    with_ids = draw(st.booleans())
+    before = [_rule(rnd, index, with_id=with_ids or rnd.random() < 0.5) for index in range(draw(st.integers(1, 30)))]
+    after = list(before)
+    for _ in range(draw(st.integers(1, 3))):
+        where = rnd.randrange(len(after) + 1)
+        edit = draw(st.sampled_from(["insert", "delete", "change", "append", "duplicate id", "bad"]))
+        if edit == "insert":
+            after.insert(where, _rule(rnd, 1000 + where))
+        elif edit == "delete" and len(after) > 1:
+            del after[min(where, len(after) - 1)]
+        elif edit == "change":
+            after[min(where, len(after) - 1)] = _rule(rnd, 2000 + where, with_id=with_ids)
+        elif edit == "append":
+            after.append(_rule(rnd, 3000 + where))
+        elif edit == "duplicate id" and "id" in after[0]:
+            after.append({**_rule(rnd, 4000), "id": after[0]["id"]})
+        elif edit == "bad":
+            after.insert(where, {"id": "bad", "action": "maybe"})
+    return before, after, draw(st.integers(0, 2))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=_edits())
+def test_an_edit_read_as_an_edit_is_the_file_read_whole(tmp_path: Path, case: tuple[Any, Any, int]) -> None:
+    before, after, style = case
+    path = tmp_path / "big.yaml"
+    old = _source(path, _text(before, style))
+    assert old.layout is not None and not old.problems
+    new_text = _text(after, style)
+    whole = _source(path, new_text)
+    edited = _edited(path, old, new_text)
+    if edited is None:  # read whole instead: only for an edit with problems
+        assert whole.problems, "a clean edit must be read as an edit"
+    else:
+        assert not whole.problems
+        assert edited == whole
+
+
+def test_the_usual_edits_reuse_the_unchanged_rules(tmp_path: Path) -> None:
+    rnd = random.Random(7)
+    rules = [_rule(rnd, index) for index in range(200)]
+    path = tmp_path / "big.yaml"
+    old = _source(path, _text(rules, 0))
+    changed = [*rules[:50], {**rules[50], "action": "allow"}, *rules[51:]]
+    inserted = [*rules[:50], _rule(rnd, 999), *rules[50:]]
+    cases = {
+        "one rule changed in place": (changed, 199),
+        "one rule appended": ([*rules, _rule(rnd, 999)], 200),
+        "one rule inserted": (inserted, 50),
+        "one rule removed": ([*rules[:50], *rules[51:]], 50),
+    }
+    for name, (after, same_objects) in cases.items():
+        edited = _edited(path, old, _text(after, 0))
+        assert edited is not None, name
+        assert edited == _source(path, _text(after, 0)), name
+        assert sum(a is b for a in edited.rules for b in old.rules) == same_objects, name
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("a tab", HEAD + "rules:\n- id: a\n  action: block\n\t\n"),
+        ("a line separator", HEAD + "rules:\n- id: a\n  action: block\n  title: \u2028x\n"),
+        ("a section after the rules", "rules:\n- id: a\n  action: block\n" + HEAD),
+        ("a second document", HEAD + "rules:\n- id: a\n  action: block\n---\nrules: []\n"),
+        ("rules written as a flow list", HEAD + "rules: [{id: a, action: block}]\n"),
+        ("an anchor and an alias", HEAD + "rules:\n- id: a\n  action: block\n  networks: &n [10.0.0.1]\n"
+                                          "- id: b\n  action: block\n  networks: *n\n"),
+        ("an item's mapping on the next line", HEAD + "rules:\n-\n  id: a\n  action: block\n"),
+        ("a problem in the file", HEAD + "rules:\n- id: a\n  action: maybe\n"),
+    ],
+)
+def test_a_file_the_cut_could_misread_keeps_no_layout(tmp_path: Path, name: str, text: str) -> None:
+    assert _source(tmp_path / "big.yaml", text).layout is None, name
+
+
+def test_an_edit_of_the_other_sections_or_into_an_alias_is_read_whole(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    text = HEAD + "rules:\n- id: a\n  action: block\n  networks: [10.0.0.1]\n- id: b\n  action: block\n"
+    old = _source(path, text)
+    assert old.layout is not None
+    assert _edited(path, old, text.replace("gen-user", "gen-user-2")) is None  # the groups section changed
+    assert _edited(path, old, text.replace("[10.0.0.1]", "&n [10.0.0.1]") + "  networks: *n\n") is None
+    assert _edited(path, old, text + "- id: c\n  action: block\n\t\n") is None  # a tab
+    assert _edited(path, old, text + "groups2: {}\n") is None  # a section after the rules
+    assert _edited(path, old, text + '- id: c\n  title: "open\n- id: d\n  action: block\n') is None
+
+
+def test_a_run_longer_than_the_limit_is_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rnd = random.Random(3)
+    rules = [_rule(rnd, index) for index in range(20)]
+    path = tmp_path / "big.yaml"
+    old = _source(path, _text(rules, 0))
+    monkeypatch.setattr(sources, "EDIT_ITEMS", 2)
+    assert _edited(path, old, _text([*rules, _rule(rnd, 98), _rule(rnd, 99)], 0)) is not None
+    assert _edited(path, old, _text([*rules, _rule(rnd, 97), _rule(rnd, 98), _rule(rnd, 99)], 0)) is None
+
+
+# -- the index ---------------------------------------------------------------------------------------
+
+
+def _canonical(tiers: dict[int, Tier]) -> object:
+    """Everything a decision reads of an index, rules by id and in their order (bare or in a tuple)."""
+
+    def hits(value: object) -> object:
+        return tuple(r.id for r in value) if isinstance(value, tuple) else value.id  # type: ignore[attr-defined]
+
+    def table(nets: PrefixTable[Rule]) -> object:
+        return [
+            [(prefix, mask, sorted((k, hits(v)) for k, v in level.items())) for prefix, mask, level in version]
+            for version in (nets.v4, nets.v6)
+        ]
+
+    def bucket(b: _Bucket) -> object:
+        assert (b.plain_hits is None) == (not b.plain)
+        return (
+            b.nets is _NO_NETS, table(b.nets),
+            sorted((code, hits(tuple(rules))) for code, rules in b.by_country.items()), hits(tuple(b.plain)),
+        )  # fmt: skip
+
+    return {
+        priority: {f: {s: bucket(b) for s, b in by_subject.items()} for f, by_subject in tier.items()}
+        for priority, tier in tiers.items()
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2**32), count=st.integers(0, 40), removed=st.integers(0, 12), added=st.integers(0, 12))
+def test_a_patched_index_is_the_index_built_anew(seed: int, count: int, removed: int, added: int) -> None:
+    rnd = random.Random(seed)
+    spec = read_source(Path("gen.yaml"), yaml.safe_dump(
+        {"rules": [_rule(rnd, index) for index in range(count + added)]}
+    ).encode(), geoip=True)  # fmt: skip
+    rules = compile_rules(PolicySpec(rules=spec.rules))  # unique orders, as in one policy
+    new = rnd.sample(rules, added)  # anywhere in the order: an edit's rules rank among the others
+    before = [rule for rule in rules if rule not in new]
+    gone = rnd.sample(before, min(removed, len(before)))
+    after = [rule for rule in rules if rule not in gone]
+    tiers = build_index(before)
+    was = _canonical(tiers)
+    patched = patch_index(tiers, gone, new)
+    assert _canonical(patched) == _canonical(build_index(after))
+    assert _canonical(tiers) == was, "the old index is not changed"
+
+
+# -- through load_config: the reload of a running policy ---------------------------------------------
+
+
+@pytest.fixture
+def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for item in FIXTURES.iterdir():
+        shutil.copy(item, tmp_path / item.name)
+    write_country_db(tmp_path / "country.mmdb", COUNTRIES)
+    main = tmp_path / "gateway.yaml"
+    main.write_text(main.read_text().replace("[rules.yaml, people.yaml]", "[rules.yaml, people.yaml, big.yaml]"))
+    monkeypatch.setattr(sources, "ISOLATE_BYTES", 1000)  # big.yaml is read as the 12 MB files are
+    return tmp_path
+
+
+def _decisions_agree(a: Any, b: Any) -> None:
+    for user in (None, "jim", "alice", "gen-user", "pat"):
+        for ip in ("10.0.1.2", "10.0.0.7", "172.16.2.9", "2001:db8::1", "81.2.69.142", "193.167.1.70"):
+            for method, path in (("GET", "/"), ("GET", "/gen/x"), ("GET", "/billing/x"), ("GET", "/reports/1/csv")):
+                for agent in ("Mozilla/5.0", "AcmeCRM-Mobile/4.2"):
+                    facts = RequestFacts(ipaddress.ip_address(ip), method, path, agent, user, MONDAY)
+                    assert a.decide(facts, explain=True) == b.decide(facts, explain=True), facts
+
+
+@pytest.mark.parametrize(
+    ("name", "edit", "shift"),
+    [
+        ("appended", lambda rules, rnd: [*rules, _rule(rnd, 999)], 0),
+        ("changed in place", lambda rules, rnd: [*rules[:40], {**rules[40], "action": "allow"}, *rules[41:]], 0),
+        ("inserted at the top", lambda rules, rnd: [_rule(rnd, 999), *rules], -1),
+        ("removed", lambda rules, rnd: rules[1:], 1),
+    ],
+)
+def test_a_reload_after_an_edit_of_the_big_file_decides_as_a_fresh_load(
+    folder: Path, name: str, edit: Callable[[list[Any], random.Random], list[Any]], shift: int
+) -> None:
+    rnd = random.Random(11)
+    rules = [_rule(rnd, index) for index in range(120)]
+    big = folder / "big.yaml"
+    big.write_text(_text(rules, 0))
+    first = load_config(folder / "gateway.yaml")
+    big.write_text(_text(edit(rules, rnd), 0))
+    reloaded = load_config(folder / "gateway.yaml", previous=first).policy
+    fresh = load_config(folder / "gateway.yaml").policy
+    [old_big] = [s for s in first.policy.sources if s.path == str(big)]
+    [new_big] = [s for s in reloaded.sources if s.path == str(big)]
+    assert new_big.layout is not None
+    assert new_big.rules[60].title is old_big.rules[60 + shift].title, "read as an edit: unchanged rules reused"
+    assert (new_big.rules[60] is old_big.rules[60]) == (shift == 0), "and not moved: the very same spec"
+    assert [(r.id, r.order, r.where) for r in reloaded.rules] == [(r.id, r.order, r.where) for r in fresh.rules]
+    assert _canonical(reloaded._segments[-1].tiers) == _canonical(fresh._segments[-1].tiers)
+    _decisions_agree(reloaded, fresh)
+
+
+def test_an_edit_with_a_problem_is_reported_as_a_whole_read_reports_it(folder: Path) -> None:
+    rnd = random.Random(5)
+    rules = [_rule(rnd, index) for index in range(50)]
+    big = folder / "big.yaml"
+    big.write_text(_text(rules, 0))
+    first = load_config(folder / "gateway.yaml")
+    for broken in ([*rules, {"id": "x", "action": "maybe"}], [*rules, {**rules[3], "title": "same id"}]):
+        big.write_text(_text(broken, 0))
+        with pytest.raises(ConfigError) as edited:
+            load_config(folder / "gateway.yaml", previous=first)
+        with pytest.raises(ConfigError) as whole:
+            load_config(folder / "gateway.yaml")
+        assert str(edited.value) == str(whole.value)
+        assert f"{big}:" in str(edited.value)
