@@ -102,7 +102,9 @@ def edit(directory: Path, kind: str, index: int, rules: int) -> None:
     elif kind == "one rule inserted at the top":
         text = text.replace("\nrules:\n", "\nrules:\n" + rule, 1)
     else:
-        text = text.replace("  - /module-000/**\n", "  - /module-000/**\n  - /module-000b/**\n", 1)
+        paths = "  gen-fn-000:\n    paths:\n    - /module-000/**\n"
+        assert paths in text, paths
+        text = text.replace(paths, paths + "    - /module-000b/**\n", 1)
     path.write_text(text)
 
 

@@ -832,7 +832,8 @@ def load_policy(
         except GeoIPError as exc:
             problems.add(_main_file_where(settings, "geoip"), f"geoip.database: {exc}")
     with_geoip = settings.geoip_database is not None
-    sources = read_sources(settings.policy_files, geoip=with_geoip, previous=previous.sources if previous else ())
+    with _gc_paused():  # an edit of a big file makes ~100,000 long-lived objects too (see _gc_paused)
+        sources = read_sources(settings.policy_files, geoip=with_geoip, previous=previous.sources if previous else ())
     merged = merge_sources(sources, problems)
     if merged is None:  # a name defined in two files: one reader over all files reports it exactly
         sources = []

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 DIGEST_SIZE = 16  # bytes of BLAKE2b per item: equal digests stand for equal texts
 
-_RULES_KEY = re.compile(r"\nrules:[ ]*(?:#[^\n]*)?\n")  # found after a newline: a literal search, fast
+_RULES_KEY = re.compile(r"\nrules:[ ]*(?:#[^\n]*)?\n")  # after a newline: a literal search, fast
 _NOT_BLANK = re.compile(r"^[ ]*[^ #\n]", re.MULTILINE)  # a line with something other than a comment
 _OTHER_BREAKS = ("\t", "\x85", "\u2028", "\u2029")
 
@@ -76,10 +76,13 @@ def _digest(text: str) -> bytes:
 
 def split_items(text: str) -> Items | None:
     """The text cut at its ``rules`` items, or None where the cut could misread it (see the module docstring)."""
-    keys = list(_RULES_KEY.finditer("\n" + text))  # (the key may be the file's first line)
+    keys = [found.end() for found in _RULES_KEY.finditer(text)]
+    on_first_line = _RULES_KEY.match("\n" + text[:200])
+    if on_first_line is not None:
+        keys.append(on_first_line.end() - 1)
     if len(keys) != 1 or any(other in text for other in _OTHER_BREAKS):
         return None
-    first = _NOT_BLANK.search(text, keys[0].end() - 1)
+    first = _NOT_BLANK.search(text, keys[0])
     if first is None:
         return None
     start = first.start()

@@ -296,3 +296,14 @@ def test_an_edit_with_a_problem_is_reported_as_a_whole_read_reports_it(folder: P
             load_config(folder / "gateway.yaml")
         assert str(edited.value) == str(whole.value)
         assert f"{big}:" in str(edited.value)
+
+
+def test_a_file_of_rules_alone_is_cut_too(tmp_path: Path) -> None:
+    """`rules:` on the first line (no other section): the key is found there as well."""
+    path = tmp_path / "big.yaml"
+    text = "rules:\n- id: a\n  action: block\n  networks: [10.0.0.1]\n"
+    old = _source(path, text)
+    assert old.layout is not None
+    edited = _edited(path, old, text + "- id: b\n  action: allow\n")
+    assert edited is not None and edited == _source(path, text + "- id: b\n  action: allow\n")
+    assert edited.rules[0] is old.rules[0]
