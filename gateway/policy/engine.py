@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import gc
 import operator
-import re
 import sys
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import Concatenate, Literal, ParamSpec, TypeVar
 from zoneinfo import ZoneInfo
 
+from gateway.policy.agents import compile_agent
 from gateway.policy.geoip import GeoIP, GeoIPError
 from gateway.policy.loader import read_policy_files
 from gateway.policy.model import Decision, EffectiveSettings, IPAddress, RequestFacts
@@ -471,7 +471,7 @@ class Policy:
         # channels: first match wins, in file order
         self._channel_names = tuple(c.name for c in spec.channels)
         self._channel_agents = tuple(
-            tuple(re.compile(p, re.IGNORECASE) for p in c.user_agents) for c in spec.channels
+            tuple(compile_agent(p) for p in c.user_agents) for c in spec.channels
         )
         self._channel_paths = tuple(
             PathMatcher(((0, p) for p in c.paths), lower=case_insensitive_paths) if c.paths else None

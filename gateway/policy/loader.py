@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from gateway.policy.agents import compile_agent
 from gateway.policy.model import DAY_NAMES, LoginHours
 from gateway.policy.networks import NetEntry, parse_entry
 from gateway.policy.patterns import PatternError, check_pattern
@@ -291,8 +292,8 @@ class _Reader:
                     self.add(item_where, f"channels.{name}.user_agents: expected a regex string, got {_kind(item)}")
                     continue
                 try:
-                    re.compile(item, re.IGNORECASE)
-                except (re.error, OverflowError, RecursionError) as exc:
+                    compile_agent(item)
+                except ValueError as exc:
                     self.add(item_where, f"channels.{name}.user_agents: bad regex {item!r}: {exc}")
                     continue
                 agents.append(item)

@@ -74,8 +74,18 @@ CASES = [
               - '(unclosed'
         """,
         {},
-        "rules.yaml:5: channels.mobile.user_agents: bad regex '(unclosed': "
-        "missing ), unterminated subpattern at position 0",
+        "rules.yaml:5: channels.mobile.user_agents: bad regex '(unclosed': missing ): (unclosed",
+    ),
+    (
+        "a lookahead in a channel's user_agents: RE2 has none (it matches in linear time)",
+        """
+        channels:
+          mobile:
+            user_agents: ['^AcmeCRM-Mobile/(?!beta)']
+        """,
+        {},
+        "rules.yaml:3: channels.mobile.user_agents: bad regex '^AcmeCRM-Mobile/(?!beta)': "
+        "invalid perl operator: (?! (user_agents are RE2 patterns: no lookarounds or backreferences)",
     ),
     (
         "bad CIDR",

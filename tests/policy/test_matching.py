@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.policy import GeoIP, GeoIPError, Policy
+from gateway.policy.agents import compile_agent
 from gateway.policy.networks import parse_entry, v6_prefix
 from gateway.policy.patterns import PathMatcher, SegmentGlob, glob_regex, sample_path
 from tests.policy.world import BROWSER, MOBILE_APP, PolicyMaker, write_country_db
@@ -90,6 +91,42 @@ def test_a_long_path_against_a_many_wildcard_glob_is_answered_at_once(pattern: s
     assert matcher.owners(path) == set()
     assert matcher.owners(path + "/export") == {1}
     assert time.process_time() - started < 0.5
+
+
+@pytest.mark.parametrize("pattern", [r"(a+)+b", r"(a|a)+b", r"(.*a){12}b"])
+def test_a_catastrophic_user_agent_pattern_is_answered_at_once(make_policy: PolicyMaker, pattern: str) -> None:
+    """A denial-of-service guard, not a speed target: with Python's backtracking re each of these
+    takes 1.5-5 s on a User-Agent of 26 'a's and doubles with every one more (16 KiB: forever);
+    RE2 is linear in the header."""
+    policy = make_policy(f"channels:\n  mobile: {{user_agents: ['{pattern}']}}\n")
+    started = time.process_time()
+    assert policy.channel_of("a" * 26, "/") == "web"  # kept short enough for the old engine to fail, not hang
+    assert time.process_time() - started < 0.5
+    assert policy.channel_of("a" * 16_000 + "!", "/") == "web"  # the longest header a client may send
+    assert policy.channel_of("a" * 30 + "b", "/") == "mobile"
+    assert time.process_time() - started < 0.5
+
+
+_ORDINARY_AGENTS = [
+    "^AcmeCRM-Mobile/", r"CRMApp/\d+", "Android|iPhone", r"^Mozilla/5\.0 \(Linux", "kiosk$", "[A-Z]{3}-App/[0-9.]+",
+    r"\bTablet\b", "^$",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pattern=st.sampled_from(_ORDINARY_AGENTS),
+    agent=st.lists(st.sampled_from(["AcmeCRM-Mobile/", "acmecrm-mobile/4.2", "CRMApp/", "7", "Android", "iPhone",
+                                    "Mozilla/5.0 (Linux", " ", "kiosk", "ABC-App/1.2", "Tablet", "xTablet", "é", "/",
+                                    "\t"]), max_size=6).map("".join),
+)
+def test_user_agent_patterns_mean_what_they_mean_in_python(pattern: str, agent: str) -> None:
+    """RE2 instead of re changes nothing for the patterns channels are written with (case-insensitive search).
+
+    (One difference a header cannot show: Python's ``$`` also matches before a final newline, and a
+    header value holds no line break.)"""
+    expected = bool(re.search(pattern, agent, re.IGNORECASE))
+    assert bool(compile_agent(pattern).search(agent)) is expected, (pattern, agent)
 
 
 CHANNEL_CASES = [
