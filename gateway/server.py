@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import functools
 import gc
 import os
 import signal
@@ -47,6 +46,9 @@ CANCEL_GRACE = 1.0
 # hour; nginx's keepalive_timeout is 75 s, which also outlasts the 60 s idle reuse of
 # load balancers and nginx's upstream keepalive, so they never reuse a connection we close.
 IDLE_TIMEOUT = 75.0
+# A reload hands freed memory back at once and again this much later, when the requests that
+# started under the old policy (which keep it alive) are done.
+TRIM_AFTER_RELOAD = 2.0
 
 
 def freeze_heap() -> None:
@@ -73,6 +75,10 @@ GC_THRESHOLDS = (20_000, 20, 20)
 def tune_gc() -> None:
     """Collect cyclic garbage less often than Python's default (see GC_THRESHOLDS)."""
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def _load_config(path: Path, previous: Config) -> Config:
+    return load_config(path, previous=previous)
 
 
 def trim_heap() -> None:
@@ -141,8 +147,7 @@ class Server:
                 sys.setswitchinterval(0.0002)
                 try:
                     # the running config's unchanged policy files are reused, not read again
-                    load = functools.partial(load_config, self.config_path, previous=self.gateway.config)
-                    config = await loop.run_in_executor(None, load)
+                    config = await loop.run_in_executor(None, _load_config, self.config_path, self.gateway.config)
                 finally:
                     sys.setswitchinterval(switch)
             except ConfigError as exc:
@@ -165,11 +170,13 @@ class Server:
                          worker=self.worker)
                 return False
             self.gateway.swap(config)
+            self.config = config  # the config it started with would otherwise stay alive, whole
             # Only freeze the new policy: the old one has no reference cycles, so it is freed as the
             # last request using it ends, and a load makes no cyclic garbage (tests/policy/test_sources).
             # freeze_heap()'s full collection would walk both policies: ~2 s at 100,000 rules, on the loop.
             gc.freeze()
             trim_heap()
+            loop.call_later(TRIM_AFTER_RELOAD, trim_heap)  # again once the requests using the old one are done
             RELOADS.labels("ok").inc()
             self._signature = _signature(config.files)
             log.info(

@@ -198,8 +198,7 @@ async def stack(
     logs.configure(level="debug", fmt="json", stream=buffer)
     main = main_config(crm_port, **main_overrides)
     path = write_config(directory, main, POLICY if policy is None else policy)
-    config = load_config(path)
-    server = Server(config_path=path, config=config, watch=False, drain_timeout=2.0)
+    server = Server(config_path=path, config=load_config(path), watch=False, drain_timeout=2.0)
     await server.start()
     result = Stack(directory, path, crm_port, crm_runner, server, buffer)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,25 @@ async def test_a_reload_changes_the_outcome_without_a_restart(tmp_path: Path) ->
         async with office.get(s.url("/projects"), allow_redirects=False) as resp:
             assert resp.status == 403
         assert s.logs.events("config.reloaded")
+
+
+async def test_a_reload_frees_the_policy_it_replaced(tmp_path: Path) -> None:
+    """Nothing keeps the old policy once the requests using it are done: not the server's own start-up
+    config, not the reload's loader (at 100,000 rules a policy kept is ~90 MiB for good)."""
+    async with stack(tmp_path) as s:
+        office = s.client(OFFICE)
+        first = weakref.ref(s.server.gateway.config.policy)
+        assert await status(office, s, "GET", "/projects") == 302
+        for attempt in range(2):
+            policy = copy.deepcopy(POLICY)
+            policy["rules"].append({"title": f"Audit {attempt}", "action": "block", "networks": ["192.0.2.1"]})
+            s.rewrite_policy(policy)
+            second = weakref.ref(s.server.gateway.config.policy)
+            assert await s.server.reload("test")
+            assert await status(office, s, "GET", "/projects") == 302
+            assert first() is None
+            assert second() is None
+        assert s.server.gateway.config.policy is not None
 
 
 @pytest.mark.parametrize("how", ["mode", "rule"], ids=["mode-report-only", "rule-report-only"])
