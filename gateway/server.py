@@ -18,7 +18,6 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,20 +86,32 @@ def trim_heap() -> None:
     A load's temporary values are freed, but malloc keeps the pages for reuse,
     so the process would keep the size of its peak.
     """
-    if _malloc_trim is not None:
-        _malloc_trim(0)
+    if _libc is not None and hasattr(_libc, "malloc_trim"):
+        _libc.malloc_trim(0)
 
 
-def _find_malloc_trim() -> Callable[[int], int] | None:
+def one_malloc_arena() -> None:
+    """Make every thread allocate from glibc's main arena (elsewhere nothing).
+
+    A reload runs in a thread; glibc would give that thread an arena of its
+    own, where the new policy's objects and the load's temporaries interleave,
+    and which :func:`trim_heap` cannot shrink: ~25 MiB more per reload at
+    100,000 rules. The gateway's threads only load configs and resolve names,
+    so they never contend for the lock this shares.
+    """
+    if _libc is not None and hasattr(_libc, "mallopt"):
+        _libc.mallopt(_M_ARENA_MAX, 1)
+
+
+def _find_libc() -> ctypes.CDLL | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return None
-    trim: Callable[[int], int] | None = getattr(libc, "malloc_trim", None)
-    return trim
 
 
-_malloc_trim = _find_malloc_trim()
+_libc = _find_libc()
+_M_ARENA_MAX = -8  # glibc's malloc.h
 
 
 def _signature(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int] | None, ...]:
@@ -212,6 +223,7 @@ class Server:
 
     async def start(self) -> None:
         settings = self.config.settings
+        one_malloc_arena()
         freeze_heap()
         tune_gc()
         self.runner = DirectRunner(
