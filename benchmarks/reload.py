@@ -96,15 +96,16 @@ def edit(directory: Path, kind: str, index: int, rules: int) -> None:
     if kind == "one rule appended":  # its last section is the rules list
         text += rule
     elif kind == "one rule changed in the middle":
-        middle = f"- id: gen-{rules // 2:06d}\n  title: Generated rule {rules // 2}\n"
+        target = rules // 2 + index  # another rule each time
+        middle = f"- id: gen-{target:06d}\n  title: Generated rule {target}\n"
         assert middle in text, middle
-        text = text.replace(middle, f"- id: gen-{rules // 2:06d}\n  title: Changed before reload {index}\n")
+        text = text.replace(middle, f"- id: gen-{target:06d}\n  title: Changed before reload {index}\n")
     elif kind == "one rule inserted at the top":
         text = text.replace("\nrules:\n", "\nrules:\n" + rule, 1)
     else:
         paths = "  gen-fn-000:\n    paths:\n    - /module-000/**\n"
         assert paths in text, paths
-        text = text.replace(paths, paths + "    - /module-000b/**\n", 1)
+        text = text.replace(paths, paths + f"    - /module-000-{index}/**\n", 1)
     path.write_text(text)
 
 
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     for edited, kind in EDITS:
         durations = sorted(float(r["duration_s"]) for r in reloads if r["edit"] == kind)
         if durations:
+            result.setdefault("reload_s_median", {})[f"{edited}: {kind}"] = durations[len(durations) // 2]
             result.setdefault("reload_s_max", {})[f"{edited}: {kind}"] = durations[-1]
     fast = [r for r in reloads if r["edit"] != "its functions section changed"]
     result["targets"] = {
@@ -233,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
               f"peak RSS {r['peak_rss_mib']:.1f} MiB; "
               f"{r['requests_during']} requests due meanwhile, {r['failed_during']} failed, "
               f"p50 {lat['p50']:.1f} ms, max {lat['max']:.1f} ms")
+    for label, median in result.get("reload_s_median", {}).items():
+        print(f"  {label:50} median {median:.3f} s, max {result['reload_s_max'][label]:.3f} s")
     for label, met in result["targets"].items():
         print(f"  {label:32} {'met' if met else 'NOT met'}")
     print(f"JSON: {out}")

@@ -10,9 +10,9 @@ run of items that differ (:mod:`gateway.policy.sources`).
 The cut is trusted only where it cannot misread the file:
 
 - ``rules`` is a top-level key on a line of its own and the file's last
-  section: the text before the first item (the other sections, the key, blank
-  lines and comments) must be byte-for-byte the same as before, and nothing
-  but items, blank lines and comments may follow;
+  section: nothing but items, blank lines and comments may follow it. The
+  text before the first item (the other sections, the key, blank lines and
+  comments) is compared by its digest too, and read on its own when it changed;
 - no tab and no line break other than ``\\n`` (YAML also breaks lines at
   U+0085, U+2028 and U+2029, which would shift every line number);
 - when the file was read whole, its parsed ``rules`` list had exactly these
@@ -20,8 +20,8 @@ The cut is trusted only where it cannot misread the file:
   the file was clean and plain (no anchors, aliases or tags: an alias in an
   unchanged item may refer to an anchor in an edited one).
 
-An edited run is parsed on its own and must be as plain and clean; anything
-else, and the file is read whole as before.
+An edited run (and changed other sections) is parsed on its own and must be
+as plain and clean; anything else, and the file is read whole as before.
 """
 
 from __future__ import annotations

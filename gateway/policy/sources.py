@@ -22,8 +22,9 @@ them. Small files, and any failure to run the child, are read in-process.
 
 An edit of a big file is read as an edit (:func:`read_edit`): its text is cut
 at its ``rules`` items (:mod:`gateway.policy.layout`), and only the run of items
-that differ from the previous read is parsed, in this process; the other rules
-are reused (moved to their new lines when the edit changed the line count).
+that differ from the previous read is parsed, in this process, with the other
+sections if they changed; the other rules are reused (moved to their new lines
+when the edit changed the line count).
 The result is exactly what reading the file whole would give, or the file is
 read whole.
 """
@@ -45,7 +46,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from gateway.policy.layout import Layout, changed_run, items_agree, split_items
+from gateway.policy.layout import Items, Layout, changed_run, items_agree, split_items
 from gateway.policy.loader import NO_MOBILE_CHANNEL, _Reader, unknown_reference
 from gateway.policy.networks import NetEntry
 from gateway.policy.spec import (
@@ -200,11 +201,13 @@ assert fields(RuleSpec)[-1].name == "where"
 
 
 def read_edit(path: Path, data: bytes, digest: bytes, old: PolicySource) -> PolicySource | None:
-    """``old``'s file after an edit, reading only the run of ``rules`` items that the edit changed.
+    """``old``'s file after an edit, reading only what the edit changed.
 
-    The other sections must be unchanged and the result clean; None otherwise,
-    or when the run is longer than :data:`EDIT_ITEMS`: the caller then reads
-    the file whole, which also reports its problems exactly as always.
+    That is the run of ``rules`` items between the unchanged head and tail of
+    the list, and the other sections if their text changed; every other rule
+    is reused (moved to its new line if it has one). The result must be clean:
+    None otherwise, or when the run is longer than :data:`EDIT_ITEMS`, and the
+    caller then reads the file whole, which also reports problems exactly as always.
     """
     layout = old.layout
     if layout is None:
@@ -214,66 +217,114 @@ def read_edit(path: Path, data: bytes, digest: bytes, old: PolicySource) -> Poli
     except UnicodeDecodeError:
         return None
     items = split_items(text)
-    if items is None or items.prefix != layout.prefix or items.indent != layout.indent:
+    if items is None or items.indent != layout.indent:
         return None
-    name, stem = str(path), path.stem
+    head = None
+    if items.prefix != layout.prefix:
+        head = _read_head(text[: items.starts[0]], path, old.geoip)
+        if head is None:
+            return None
+    stem = path.stem
     n, m = len(items.lines), len(layout.lines)
     p, q, s = changed_run(layout.digests, items.digests)
     if n != m and any(old.rules[k].id == f"{stem}.rules[{k}]" for k in range(m - s, m)):
-        p, q, s = p, n, 0  # a rule named by its place (no `id`) would be renamed by the shift: read the rest
+        q, s = n, 0  # a rule named by its place (no `id`) would be renamed by the shift: read the rest
     if q - p > EDIT_ITEMS:
         return None
-    reader = _Reader(Problems(), geoip=old.geoip)
+    run = _read_run(text, items, p, q, path, old.geoip)
+    if run is None:
+        return None
+    front_shift = items.lines[0] - layout.lines[0]  # lines the other sections gained or lost
+    tail_shift = items.lines[q] - layout.lines[m - s] if s else 0
+    rules = (*_moved(old.rules[:p], front_shift), *run.rules, *_moved(old.rules[m - s:], tail_shift))
+    if len({rule.id for rule in rules}) != n:
+        return None  # an id defined twice: the whole read names both places
+
+    # the references: the other sections', then each item's, in the columns' order (see Layout)
+    starts = layout.ref_starts
+    refs = _Columns()
+    if head is None:
+        refs.copy(old, 0, starts[0], 0)
+    else:
+        refs.add(head.refs)
+    ref_starts = array("I", [start + len(refs) - starts[0] for start in starts[:p]])
+    refs.copy(old, starts[0], starts[p], front_shift)
+    ref_starts.extend(len(refs) + start for start in run.item_refs or ())
+    refs.add(run.refs)
+    ref_starts.extend(start + len(refs) - starts[m - s] for start in starts[m - s:])
+    refs.copy(old, starts[m - s], starts[m], tail_shift)
+    sections = old if head is None else _source(head, str(path), digest, head.problems)
+    return replace(
+        sections,
+        digest=digest,
+        rules=rules,
+        ref_kinds=bytes(refs.kinds),
+        ref_names=tuple(refs.names),
+        ref_lines=refs.lines,
+        layout=Layout.of(items, ref_starts),
+    )
+
+
+def _read_head(text: str, path: Path, geoip: bool) -> _Reader | None:
+    """The file's other sections, read on their own: ``text`` is all before its first rule (with the key)."""
+    plain, parsed = parse_plain(text, str(path), 1)
+    if not plain or not isinstance(parsed, YamlMapping) or "rules" not in parsed or parsed["rules"] is not None:
+        return None
+    del parsed["rules"]
+    reader = _Reader(Problems(), geoip=geoip)
+    reader.read_file(parsed, path)
+    return None if reader.problems.items or reader.rules else reader
+
+
+def _read_run(text: str, items: Items, p: int, q: int, path: Path, geoip: bool) -> _Reader | None:
+    """Items ``[p, q)`` of the ``rules`` list, read on their own."""
+    reader = _Reader(Problems(), geoip=geoip)
     reader.item_refs = array("I")
     if q > p:
-        end = items.starts[q] if q < n else len(text)
-        plain, run = parse_plain(text[items.starts[p]:end], name, items.lines[p])
+        end = items.starts[q] if q < len(items.starts) else len(text)
+        plain, run = parse_plain(text[items.starts[p]:end], str(path), items.lines[p])
         if not plain or not isinstance(run, YamlSequence) or list(run.item_lines) != items.lines[p:q].tolist():
             return None
         for index, (item, where) in enumerate(run.items_with_where(), start=p):
             if not isinstance(item, YamlMapping):
                 return None
             reader.item_refs.append(len(reader.refs))
-            rule = reader.read_rule(item, where, f"{stem}.rules[{index}]")
+            rule = reader.read_rule(item, where, f"{path.stem}.rules[{index}]")
             if rule is not None:
                 reader.rules.append(rule)
-    if reader.problems.items or len(reader.rules) != q - p:
-        return None
-    delta = items.lines[q] - layout.lines[m - s] if s else 0
-    tail = old.rules[m - s:]
-    if delta:
-        tail = tuple(_MOVED(*_ALL_BUT_WHERE(rule), Where(name, rule.where.line + delta)) for rule in tail)
-    rules = (*old.rules[:p], *reader.rules, *tail)
-    if len({rule.id for rule in rules}) != n:
-        return None  # an id defined twice: the whole read names both places
+    return None if reader.problems.items or len(reader.rules) != q - p else reader
 
-    starts = layout.ref_starts
-    front, tail_from, tail_to = starts[p], starts[m - s], starts[m]
-    kinds = bytearray(old.ref_kinds[:front])
-    names = list(old.ref_names[:front])
-    lines = old.ref_lines[:front]
-    for kind, ref_name, where in reader.refs:
-        kinds.append(_REF_KINDS.index(kind))
-        names.append(ref_name)
-        lines.append(where.line)
-    kinds += old.ref_kinds[tail_from:tail_to]
-    names += old.ref_names[tail_from:tail_to]
-    lines += array("I", [line + delta for line in old.ref_lines[tail_from:tail_to]]) if delta else (
-        old.ref_lines[tail_from:tail_to]
-    )
-    moved = front + len(reader.refs) - tail_from  # what a tail item's first reference is moved by
-    ref_starts = starts[:p]
-    ref_starts.extend(front + start for start in reader.item_refs)
-    ref_starts.extend(start + moved for start in starts[m - s:])
-    return replace(
-        old,
-        digest=digest,
-        rules=rules,
-        ref_kinds=bytes(kinds),
-        ref_names=tuple(names),
-        ref_lines=lines,
-        layout=Layout.of(items, ref_starts),
-    )
+
+def _moved(rules: tuple[RuleSpec, ...], shift: int) -> tuple[RuleSpec, ...]:
+    """The rules, each ``shift`` lines further down the file (the same objects when 0)."""
+    if not shift:
+        return rules
+    return tuple(_MOVED(*_ALL_BUT_WHERE(rule), Where(rule.where.file, rule.where.line + shift)) for rule in rules)
+
+
+class _Columns:
+    """A source's references as its three columns, built up (see PolicySource)."""
+
+    def __init__(self) -> None:
+        self.kinds = bytearray()
+        self.names: list[str] = []
+        self.lines = array("I")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def add(self, refs: Iterable[tuple[str, str, Where]]) -> None:
+        for kind, name, where in refs:
+            self.kinds.append(_REF_KINDS.index(kind))
+            self.names.append(name)
+            self.lines.append(where.line)
+
+    def copy(self, source: PolicySource, start: int, end: int, shift: int) -> None:
+        """``source``'s references ``[start, end)``, each ``shift`` lines further down."""
+        self.kinds += source.ref_kinds[start:end]
+        self.names += source.ref_names[start:end]
+        lines = source.ref_lines[start:end]
+        self.lines += array("I", [line + shift for line in lines]) if shift else lines
 
 
 def _read_isolated(path: Path, data: bytes, *, geoip: bool, digest: bytes) -> PolicySource | None:
