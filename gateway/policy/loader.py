@@ -450,7 +450,11 @@ class _Reader:
         if not isinstance(value, list):
             self.add(top.where("rules"), f"rules: expected a list of rules, got {_kind(value)}")
             return
-        for index, (item, where) in enumerate(top.list("rules")):
+        self.read_items(top.list("rules"), stem)
+
+    def read_items(self, items: Iterable[tuple[Any, Where]], stem: str, first: int = 0) -> None:
+        """The ``rules`` list's items, the first of them its ``first``-th (that names a rule without id)."""
+        for index, (item, where) in enumerate(items, start=first):
             if self.item_refs is not None:
                 self.item_refs.append(len(self.refs))
             rule = self.read_rule(item, where, f"{stem}.rules[{index}]")

@@ -118,15 +118,10 @@ def _source(
     reader: _Reader, path: str, digest: bytes, problems: Problems, layout: Layout | None = None
 ) -> PolicySource:
     """What ``reader`` made of one file, packed."""
-    kinds = bytearray()
-    names: list[str] = []
-    lines = array("I")  # 4 bytes a line
-    for kind, name, where in reader.refs:
-        # every place in one file names that file: the column keeps only the line
-        assert where.file == path, (where, path)
-        kinds.append(_REF_KINDS.index(kind))
-        names.append(name)
-        lines.append(where.line)
+    # every place in one file names that file: the column keeps only the line
+    assert all(where.file == path for _, _, where in reader.refs), path
+    refs = _Columns()
+    refs.add(reader.refs)
     rule_ids = frozenset(reader.defined["rule id"])
     clean = len(rule_ids) == len(reader.rules)  # every id defined made a rule
     return PolicySource(
@@ -143,9 +138,9 @@ def _source(
         defined=tuple((kind, frozenset(reader.defined[kind])) for kind in _NAME_KINDS),
         rule_ids=None if clean else rule_ids,
         group_members=frozenset(reader.group_members),
-        ref_kinds=bytes(kinds),
-        ref_names=tuple(names),
-        ref_lines=lines,
+        ref_kinds=bytes(refs.kinds),
+        ref_names=tuple(refs.names),
+        ref_lines=refs.lines,
         mobile_refs=tuple(reader.mobile_refs),
         layout=layout,
     )
@@ -285,13 +280,9 @@ def _read_run(text: str, items: Items, p: int, q: int, path: Path, geoip: bool) 
         plain, run = parse_plain(text[items.starts[p]:end], str(path), items.lines[p])
         if not plain or not isinstance(run, YamlSequence) or list(run.item_lines) != items.lines[p:q].tolist():
             return None
-        for index, (item, where) in enumerate(run.items_with_where(), start=p):
-            if not isinstance(item, YamlMapping):
-                return None
-            reader.item_refs.append(len(reader.refs))
-            rule = reader.read_rule(item, where, f"{path.stem}.rules[{index}]")
-            if rule is not None:
-                reader.rules.append(rule)
+        if not all(isinstance(item, YamlMapping) for item in run):
+            return None
+        reader.read_items(run.items_with_where(), path.stem, p)
     return None if reader.problems.items or len(reader.rules) != q - p else reader
 
 
@@ -308,7 +299,7 @@ class _Columns:
     def __init__(self) -> None:
         self.kinds = bytearray()
         self.names: list[str] = []
-        self.lines = array("I")
+        self.lines = array("I")  # 4 bytes a line
 
     def __len__(self) -> int:
         return len(self.names)
