@@ -6,7 +6,9 @@ an index (:mod:`.engine`); each request is then judged from frozen
 :class:`RequestFacts` into a :class:`Decision`. Nothing here imports aiohttp.
 
 Modules: ``model`` (facts, decision, settings), ``spec`` and ``loader`` (YAML ->
-spec), ``patterns`` (path globs), ``networks`` (CIDRs, ranges, prefix tables),
+spec), ``sources`` (files read one by one, reused on reload) and ``layout`` (an
+edit of a big file read as an edit), ``patterns`` (path globs), ``agents``
+(User-Agent patterns, RE2), ``networks`` (CIDRs, ranges, prefix tables),
 ``geoip`` (countries), ``rules`` (compilation, effective settings), ``engine``
 (:class:`Policy`, :func:`load_policy`), ``trace`` (explain's rule-by-rule trace),
 ``checks`` (``check`` warnings, ``overrides`` report), ``explain`` (its output).
