@@ -18,9 +18,10 @@ written), and reports:
   while two policies coexist, and the latency of requests due during it;
 - failed requests over the whole run (any non-2xx, error or timeout).
 
-Targets (issue 6): idle RSS < 150 MiB, reload < 1 s, no request failed (the
-last edit, of a section other than the rules, is the whole-file worst case,
-reported but not held to 1 s).
+Targets (issue 6): idle RSS < 150 MiB, reload < 1 s, no request failed; the
+reload target is reported apart for edits that leave the other rules in place
+and for those that move every rule below them (an insert at the top, a longer
+functions section).
 """
 
 from __future__ import annotations
@@ -213,10 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         if durations:
             result.setdefault("reload_s_median", {})[f"{edited}: {kind}"] = durations[len(durations) // 2]
             result.setdefault("reload_s_max", {})[f"{edited}: {kind}"] = durations[-1]
-    fast = [r for r in reloads if r["edit"] != "its functions section changed"]
+    # edits that leave every other rule where it was, and those that move every rule below them
+    moving = ("one rule inserted at the top", "its functions section changed")
+    in_place = [float(r["duration_s"]) for r in reloads if r["edit"] not in moving]
+    moved = [float(r["duration_s"]) for r in reloads if r["edit"] in moving]
     result["targets"] = {
         "idle RSS < 150 MiB": result["idle_rss_mib"] < 150,
-        "reload < 1 s (rules edited)": bool(fast) and max(float(r["duration_s"]) for r in fast) < 1.0,
+        "reload < 1 s (rules left in place)": bool(in_place) and max(in_place) < 1.0,
+        "reload < 1 s (every rule moved)": bool(moved) and max(moved) < 1.0,
         "no failed request": load["failed"] == 0,
     }
     out = Path(args.out)
@@ -238,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, median in result.get("reload_s_median", {}).items():
         print(f"  {label:50} median {median:.3f} s, max {result['reload_s_max'][label]:.3f} s")
     for label, met in result["targets"].items():
-        print(f"  {label:32} {'met' if met else 'NOT met'}")
+        print(f"  {label:36} {'met' if met else 'NOT met'}")
     print(f"JSON: {out}")
     return 0
 
