@@ -109,10 +109,10 @@ class _Bucket:
                 self.nets = PrefixTable()
             for cidr in cidrs:
                 self.nets.add(cidr, rule)
-        elif rule.countries is not None and not rule.countries_negated:
+        elif _by_country(rule):
             if self.by_country is _NO_COUNTRIES:
                 self.by_country = {}
-            for code in rule.countries:
+            for code in rule.countries or ():
                 hits = self.by_country.setdefault(code, [])
                 assert isinstance(hits, list)
                 hits.append(rule)
