@@ -25,8 +25,13 @@ from gateway.logs import get_logger
 log = get_logger("workers")
 
 
+def _serve_command(config: str, *options: str) -> list[str]:
+    """``crm-gateway serve`` with this interpreter, for a child process."""
+    return [sys.executable, "-m", "gateway", "serve", "-c", config, *options]
+
+
 def validation_command(config: str) -> list[str]:
-    return [sys.executable, "-m", "gateway", "serve", "-c", config, "--validate-only"]
+    return _serve_command(config, "--validate-only")
 
 
 def validate(config: str) -> Literal["valid", "invalid", "stopped"]:
@@ -61,8 +66,7 @@ def validate(config: str) -> Literal["valid", "invalid", "stopped"]:
 
 def _spawn(config: str, index: int, drain_timeout: float, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "gateway", "serve", "-c", config, "--reuse-port",
-         "--worker-index", str(index), "--drain-timeout", str(drain_timeout)],
+        _serve_command(config, "--reuse-port", "--worker-index", str(index), "--drain-timeout", str(drain_timeout)),
         env=env,
     )
 
