@@ -140,19 +140,19 @@ async def test_a_cookie_stays_bound_to_its_gateway_session_not_to_another_users(
 
 
 SMUGGLED = [
-    ("the foreign cookie after the bound one", ["GW; crm_session=PAT; crm_session=JIM"]),
-    ("the foreign cookie before the bound one", ["GW; crm_session=JIM; crm_session=PAT"]),
-    ("the foreign cookie on a second Cookie line", ["GW; crm_session=PAT", "crm_session=JIM"]),
-    ("only the foreign cookie, on a second Cookie line", ["GW", "crm_session=JIM"]),
-    ("the foreign cookie first, on the first of two lines", ["crm_session=JIM", "GW; crm_session=PAT"]),
-    ("percent-encoded name (PHP decodes cookie names)", ["GW; crm_session=PAT; crm%5Fsession=JIM"]),
-    ("a dot for the underscore (PHP reads it as '_')", ["GW; crm.session=JIM"]),
-    ("a space for the underscore (PHP reads it as '_')", ["GW; crm session=JIM"]),
-    ("an array-style name (PHP reads crm_session[])", ["GW; crm_session[]=JIM"]),
-    ("upper-case name (case-insensitive cookie back ends)", ["GW; CRM_SESSION=JIM"]),
-    ("spaces around the name", ["GW;  crm_session =JIM"]),
-    ("quoted value", ['GW; crm_session="JIM"']),
-    ("a bare name without '='", ["GW; crm_session"]),
+    ("the foreign cookie after the bound one", ["{gw}; crm_session={pat}; crm_session={jim}"]),
+    ("the foreign cookie before the bound one", ["{gw}; crm_session={jim}; crm_session={pat}"]),
+    ("the foreign cookie on a second Cookie line", ["{gw}; crm_session={pat}", "crm_session={jim}"]),
+    ("only the foreign cookie, on a second Cookie line", ["{gw}", "crm_session={jim}"]),
+    ("the foreign cookie first, on the first of two lines", ["crm_session={jim}", "{gw}; crm_session={pat}"]),
+    ("percent-encoded name (PHP decodes cookie names)", ["{gw}; crm_session={pat}; crm%5Fsession={jim}"]),
+    ("a dot for the underscore (PHP reads it as '_')", ["{gw}; crm.session={jim}"]),
+    ("a space for the underscore (PHP reads it as '_')", ["{gw}; crm session={jim}"]),
+    ("an array-style name (PHP reads crm_session[])", ["{gw}; crm_session[]={jim}"]),
+    ("upper-case name (case-insensitive cookie back ends)", ["{gw}; CRM_SESSION={jim}"]),
+    ("spaces around the name", ["{gw};  crm_session ={jim}"]),
+    ("quoted value", ['{gw}; crm_session="{jim}"']),
+    ("a bare name without '='", ["{gw}; crm_session"]),
 ]
 
 
@@ -164,8 +164,9 @@ async def test_a_second_crm_cookie_cannot_ride_along_with_the_bound_one(tmp_path
         jim_crm = await direct_crm_cookie(s, "jim")
         await s.reset_crm()
         headers = [
-            ("Cookie", line.replace("GW", f"{GATEWAY_COOKIE}={pat[GATEWAY_COOKIE]}")
-             .replace("PAT", pat[CRM_COOKIE]).replace("JIM", jim_crm))
+            # One pass: a value put in is never searched for the next placeholder (a random
+            # session token can hold "JIM").
+            ("Cookie", line.format(gw=f"{GATEWAY_COOKIE}={pat[GATEWAY_COOKIE]}", pat=pat[CRM_COOKIE], jim=jim_crm))
             for line in lines
         ]
         response = await send_raw(s.port, raw_request("GET", "/dashboard", headers))
