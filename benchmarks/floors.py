@@ -4,13 +4,15 @@
 
 A sampling profiler charges a socket write with the wake-ups it causes in the
 processes on the other end, which on this VM are dear, so it over-weights
-system calls. This measures instead: six proxies in front of the same nginx
+system calls. This measures instead: seven proxies in front of the same nginx
 upstream, each driven by the same wrk run (``-t1 -c50``, ``/health``, the
 gateways' session cookie on every request, fresh for each run), interleaved
 (the order reverses every round), medians over rounds:
 
 - ``bare``: httptools on both sides and nothing else (floors/bare_proxy.py): the floor
   for any Python proxy here;
+- ``pool``: the same httptools server side with the gateway's own upstream pool as the client
+  (floors/pool_proxy.py);
 - ``lean``: aiohttp's low-level server + the gateway's upstream pool (floors/lean_proxy.py):
   the two HTTP sides the gateway is built on;
 - ``gateway-paths``, ``gateway-identity``, ``gateway``: ``serve`` with the benchmark config
@@ -41,11 +43,12 @@ from run import PATH, RULES, run_wrk
 from services import BENCH, HOST, Proc, Services, free_port, python_env
 
 FLOORS = BENCH / "floors"
-ROWS = ("bare", "lean", "gateway-paths", "gateway-identity", "gateway", "naive")
+ROWS = ("bare", "pool", "lean", "gateway-paths", "gateway-identity", "gateway", "naive")
 LAYERS = {"gateway-paths": "paths", "gateway-identity": "identity", "gateway": "full"}
 # What each row adds over the row before it, in words.
 ADDS = {
-    "lean": "aiohttp's server + the gateway's upstream pool over llhttp alone",
+    "pool": "the gateway's upstream pool (its Python, and header hygiene) for the client side",
+    "lean": "aiohttp's server side for the httptools one",
     "gateway-paths": "the gateway's plumbing: handler, chain, exchange, client address, path, proxy, metrics",
     "gateway-identity": "session, CRM-cookie binding, 2FA and login filters",
     "gateway": "the policy decision",
@@ -54,7 +57,7 @@ ADDS = {
 
 def start(services: Services, workdir: Path, upstream: Proc) -> tuple[dict[str, Proc], Path]:
     procs: dict[str, Proc] = {}
-    for name in ("bare", "lean"):
+    for name in ("bare", "pool", "lean"):
         port = free_port()
         procs[name] = services.start(name, [sys.executable, str(FLOORS / f"{name}_proxy.py"), str(port),
                                             str(upstream.port)], port, env=python_env(), ready_path=None)
