@@ -18,7 +18,10 @@ gateways' session cookie on every request, fresh for each run), interleaved
 - ``gateway-paths``, ``gateway-identity``, ``gateway``: ``serve`` with the benchmark config
   (example policy + 1,000 generated rules), its filter chain cut to a layer
   (floors/gateway_layer.py), then whole;
-- ``naive``: the naive aiohttp pass-through (the issue's baseline).
+- ``naive``: the naive aiohttp pass-through (the issue's baseline);
+- ``bare+N us`` (``--busy``, 25, 50 and 100 by default): the bare proxy spinning N µs of pure
+  Python per request. What the rest of its request costs grows with N (the wake-ups above):
+  a µs of work saved saves more than a µs.
 
 Each row's CPU per request minus the one above it is what that layer adds.
 """
@@ -55,8 +58,17 @@ ADDS = {
 }
 
 
-def start(services: Services, workdir: Path, upstream: Proc) -> tuple[dict[str, Proc], Path]:
+def busy_row(us: int) -> str:
+    return f"bare+{us}us"
+
+
+def start(services: Services, workdir: Path, upstream: Proc, busy: list[int]) -> tuple[dict[str, Proc], Path]:
     procs: dict[str, Proc] = {}
+    for us in busy:
+        port = free_port()
+        procs[busy_row(us)] = services.start(
+            busy_row(us), [sys.executable, str(FLOORS / "bare_proxy.py"), str(port), str(upstream.port), str(us)],
+            port, env=python_env(), ready_path=None)
     for name in ("bare", "pool", "lean"):
         port = free_port()
         procs[name] = services.start(name, [sys.executable, str(FLOORS / f"{name}_proxy.py"), str(port),
@@ -89,14 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "floors.json")
+    parser.add_argument("--busy", default="25,50,100",
+                        help="µs of pure Python the bare proxy also spins per request, a row each ('' for none)")
     args = parser.parse_args(argv)
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in ROWS}
+    busy = [int(us) for us in args.busy.split(",") if us.strip()]
+    rows = (ROWS[0], *(busy_row(us) for us in busy), *ROWS[1:])
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in rows}
     with tempfile.TemporaryDirectory(prefix="crmgw-floors-") as tmp, Services(Path(tmp)) as services:
         upstream = services.nginx_upstream()
-        procs, config = start(services, Path(tmp), upstream)
+        procs, config = start(services, Path(tmp), upstream, busy)
         sanity(procs, benchconfig.minted_cookie(config))
         for r in range(args.rounds):
-            order = ROWS if r % 2 == 0 else ROWS[::-1]
+            order = rows if r % 2 == 0 else rows[::-1]
             for name in order:
                 proc = procs[name]
                 cookie = benchconfig.minted_cookie(config)  # its idle clock starts now: no re-save mid-run
@@ -110,21 +126,27 @@ def main(argv: list[str] | None = None) -> int:
                                    "cpu_us": (after.cpu - before.cpu) / closed["requests"] * 1e6})
                 print(f"round {r + 1} {name:17} {closed['rps']:9,.0f} req/s {runs[name][-1]['cpu_us']:7.1f} us/req",
                       file=sys.stderr, flush=True)
+    spun_us = {busy_row(us): us for us in busy}
     result: dict[str, Any] = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "rounds": args.rounds,
                               "duration_s": args.duration, "rows": {}}
     print(f"\n{'proxy':17} {'req/s':>9} {'us/req':>7} {'x naive':>8}   CPU us/request added over the row above")
     previous = None
-    for name in ROWS:
+    for name in rows:
         rps = statistics.median(run["rps"] for run in runs[name])
         cpu = statistics.median(run["cpu_us"] for run in runs[name])
         ratio = statistics.median(a["rps"] / b["rps"] for a, b in zip(runs[name], runs["naive"], strict=True))
         row = result["rows"][name] = {"rps": rps, "cpu_us_per_request": cpu, "rps_vs_naive": ratio, "runs": runs[name]}
         added = ""
-        if previous is not None and name in ADDS:
+        if name in spun_us:
+            spun = spun_us[name]
+            row["other_cpu_us"] = cpu - spun
+            added = f"{row['other_cpu_us']:7.1f}  besides the {spun} µs spun: what the rest of a request costs now"
+        elif previous is not None and name in ADDS:
             row["added_cpu_us"] = cpu - result["rows"][previous]["cpu_us_per_request"]
             added = f"{row['added_cpu_us']:+7.1f}  {ADDS[name]}"
         print(f"{name:17} {rps:9,.0f} {cpu:7.1f} {ratio:8.2f}   {added}")
-        previous = name
+        if name not in spun_us:
+            previous = name
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten to {args.out}")

@@ -1,15 +1,18 @@
 """The floor of a Python proxy: llhttp (httptools) on both sides, uvloop, nothing else.
 
-    python benchmarks/floors/bare_proxy.py PORT UPSTREAM_PORT
+    python benchmarks/floors/bare_proxy.py PORT UPSTREAM_PORT [BUSY_US]
 
 Not a proxy anyone should run: bodyless requests only, one upstream connection
 per client connection, responses read whole, no timeouts, no header hygiene.
 It measures what HTTP parsing, the event loop and the four socket system calls
 of a proxied request cost in this interpreter on this machine (benchmarks/floors.py).
+With BUSY_US it also spins that many microseconds of pure Python per request: how
+much a request's other costs grow as the proxy's own work does.
 """
 
 import asyncio
 import sys
+import time
 
 import httptools
 import uvloop
@@ -84,6 +87,8 @@ class Client(asyncio.Protocol):
             for name, value in headers:
                 head += [name, b": ", value, b"\r\n"]
             head.append(b"\r\n")
+            if BUSY:
+                spin(BUSY)
             up.done = loop.create_future()
             up.transport.write(b"".join(head))
             await up.done
@@ -96,10 +101,18 @@ class Client(asyncio.Protocol):
             self.transport.write(b"".join(out))
 
 
+def spin(seconds: float) -> None:
+    """Work that is only CPU: no allocation, no system call."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 async def main() -> None:
     await asyncio.get_running_loop().create_server(Client, "127.0.0.1", PORT)
     await asyncio.Event().wait()
 
 
 PORT, UPSTREAM_PORT = int(sys.argv[1]), int(sys.argv[2])
+BUSY = float(sys.argv[3]) / 1e6 if len(sys.argv) > 3 else 0.0
 uvloop.run(main())
