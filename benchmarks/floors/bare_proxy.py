@@ -52,6 +52,14 @@ class Upstream(asyncio.Protocol):
 
 
 class Client(asyncio.Protocol):
+    """The server side: requests parsed by llhttp, answered in order by :meth:`serve`.
+
+    floors/pool_proxy.py keeps this side and replaces ``serve``.
+    """
+
+    upstream_port = 0
+    busy = 0.0  # seconds of pure Python spun per request
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self.parser = httptools.HttpRequestParser(self)
@@ -80,15 +88,15 @@ class Client(asyncio.Protocol):
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
-        _, up = await loop.create_connection(Upstream, "127.0.0.1", UPSTREAM_PORT)
+        _, up = await loop.create_connection(Upstream, "127.0.0.1", self.upstream_port)
         while True:
             method, url, headers = await self.queue.get()
             head = [method, b" ", url, b" HTTP/1.1\r\n"]
             for name, value in headers:
                 head += [name, b": ", value, b"\r\n"]
             head.append(b"\r\n")
-            if BUSY:
-                spin(BUSY)
+            if self.busy:
+                spin(self.busy)
             up.done = loop.create_future()
             up.transport.write(b"".join(head))
             await up.done
@@ -108,11 +116,17 @@ def spin(seconds: float) -> None:
         pass
 
 
-async def main() -> None:
-    await asyncio.get_running_loop().create_server(Client, "127.0.0.1", PORT)
-    await asyncio.Event().wait()
+def run(client: type[Client], port: int) -> None:
+    """Serve ``client`` on 127.0.0.1:``port`` until killed."""
+
+    async def main() -> None:
+        await asyncio.get_running_loop().create_server(client, "127.0.0.1", port)
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
 
 
-PORT, UPSTREAM_PORT = int(sys.argv[1]), int(sys.argv[2])
-BUSY = float(sys.argv[3]) / 1e6 if len(sys.argv) > 3 else 0.0
-uvloop.run(main())
+if __name__ == "__main__":
+    Client.upstream_port = int(sys.argv[2])
+    Client.busy = float(sys.argv[3]) / 1e6 if len(sys.argv) > 3 else 0.0
+    run(Client, int(sys.argv[1]))
