@@ -26,6 +26,7 @@ import random
 import sys
 import tempfile
 import time
+from array import array
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -151,11 +152,12 @@ def build_spec(size: int, rng: random.Random, *, countries: bool) -> PolicySpec:
                 report_only=rng.random() < 0.02,
                 expires=Expiry(NOW.date() + timedelta(days=rng.randint(-30, 30)), "x") if rng.random() < 0.05 else None,
                 reason=None,
-                where=HERE,
+                file=HERE.file,
             )
         )  # fmt: skip
     channels = (ChannelSpec("mobile", ("^AcmeCRM-Mobile/", r"CRMApp/\d+"), ("/api/mobile/**",), HERE),)
-    return PolicySpec(channels, tuple(functions), defaults, tuple(groups), tuple(people), tuple(rules))
+    lines = array("I", range(1, len(rules) + 1))
+    return PolicySpec(channels, tuple(functions), defaults, tuple(groups), tuple(people), tuple(rules), lines)
 
 
 def build_facts(spec: PolicySpec, rng: random.Random, count: int) -> list[RequestFacts]:

@@ -59,7 +59,7 @@ def _first_where(policy: Policy) -> Where:
     if defaults is not None:
         return defaults.where_of("ip_lockdown")
     if policy.rules:
-        return policy.rules[0].where
+        return policy.where_of(policy.rules[0])
     return Where("(policy)", 1)
 
 
@@ -80,7 +80,7 @@ def _lockout(policy: Policy, now: datetime) -> list[str]:
                 break
             if first_block is None:
                 rule_id = rule.id if rule is not None else "default_action"
-                first_block = (address, rule.where if rule is not None else _first_where(policy), rule_id)
+                first_block = (address, policy.where_of(rule) if rule is not None else _first_where(policy), rule_id)
         if first_block is None:
             everyone_blocked = False
             continue

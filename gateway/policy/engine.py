@@ -37,6 +37,7 @@ import gc
 import operator
 import sys
 import weakref
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ from gateway.settings import Settings
 from gateway.yamlsrc import ConfigError, Mapping, Problems, Where, load_yaml
 
 _STAR = ("*",)
+_ORDER = operator.attrgetter("order")
 # Paths and User-Agents come from clients: the caches keyed by them are bounded in
 # entries and skip long values, so a flood of random 8 KB URLs cannot grow them to
 # hundreds of megabytes (worst case here: 16384 entries x 2 KB keys).
@@ -324,7 +326,7 @@ def _segments(rules: tuple[Rule, ...], previous: tuple[Rule, ...], reusable: Ite
     has its index patched (:func:`patch_index`); file 0 is small and always rebuilt.
     """
     by_file = {
-        previous[s.start].spec.where.file: s
+        previous[s.start].spec.file: s
         for s in reusable
         if s.end > s.start and previous[s.start].order >> FILE_SHIFT  # a policy file's own, not file 0
     }
@@ -335,7 +337,7 @@ def _segments(rules: tuple[Rule, ...], previous: tuple[Rule, ...], reusable: Ite
         end = start
         while end < len(rules) and rules[end].order >> FILE_SHIFT == file:
             end += 1
-        old = by_file.get(rules[start].spec.where.file) if file else None
+        old = by_file.get(rules[start].spec.file) if file else None
         tiers = None
         if old is not None:
             before, after = previous[old.start:old.end], rules[start:end]
@@ -457,7 +459,8 @@ class Policy:
     def _compile(
         self, spec: PolicySpec, case_insensitive_paths: bool, now: datetime | None, previous: Policy | None
     ) -> None:
-        self.rules: tuple[Rule, ...] = tuple(compile_rules(spec, previous.rules if previous is not None else ()))
+        rules, self._lines = compile_rules(spec, previous.rules if previous is not None else ())
+        self.rules: tuple[Rule, ...] = tuple(rules)
         self.rule_count = len(self.rules)
         self._segments: list[_Segment] = _segments(
             self.rules, previous.rules if previous else (), previous._segments if previous else ()
@@ -542,6 +545,13 @@ class Policy:
     def settings_for(self, user: str | None, at: datetime) -> EffectiveSettings:
         """The user's effective settings at ``at`` (the defaults when anonymous or unknown)."""
         return self._segment(None if user is None else canonical_user(user), at).settings
+
+    def where_of(self, rule: Rule) -> Where:
+        """The file and line ``rule`` (one of :attr:`rules`) is written at."""
+        index = bisect_left(self.rules, rule.order, key=_ORDER)
+        if index == len(self.rules) or self.rules[index] is not rule:
+            raise ValueError(f"rule {rule.id} is not this policy's")
+        return Where(rule.spec.file, self._lines[index])
 
     @property
     def users(self) -> tuple[str, ...]:
@@ -791,7 +801,7 @@ class Policy:
         out: list[str] = []
         for rule in self.rules:
             if rule.expires_at is not None and rule.expires_at <= now and not rule.id.startswith("users."):
-                out.append(f"{rule.where}: rule {rule.id} ({rule.title}) expired on {rule.expires_text}")
+                out.append(f"{self.where_of(rule)}: rule {rule.id} ({rule.title}) expired on {rule.expires_text}")
         for user in self.spec.users:
             for override in user.overrides:
                 if override.expires is not None and expiry_instant(override.expires, self.office) <= now:

@@ -144,6 +144,7 @@ class _Reader:
         self.groups: list[GroupSpec] = []
         self.users: list[UserSpec] = []
         self.rules: list[RuleSpec] = []
+        self.rule_lines = array("I")  # the line of each of `rules`
         self.defined: dict[str, dict[str, Where]] = {
             kind: {} for kind in ("channel", "function", "group", "user", "rule id")
         }
@@ -457,13 +458,14 @@ class _Reader:
         for index, (item, where) in enumerate(items, start=first):
             if self.item_refs is not None:
                 self.item_refs.append(len(self.refs))
+            if isinstance(item, Mapping):
+                where = item.where()
             rule = self.read_rule(item, where, f"{stem}.rules[{index}]")
             if rule is not None:
                 self.rules.append(rule)
+                self.rule_lines.append(where.line)
 
     def read_rule(self, item: Any, where: Where, default_id: str) -> RuleSpec | None:
-        if isinstance(item, Mapping):
-            where = item.where()
         label = f"rule {default_id}"
         section = Section(item, self.problems, name=label, allowed=RULE_KEYS, where=where)
         if not isinstance(item, dict):
@@ -503,7 +505,7 @@ class _Reader:
             report_only=section.bool("report_only", False),
             expires=self.expiry(section, "expires", label),
             reason=section.str("reason", None),
-            where=where,
+            file=where.file,
         )
         if not self.define("rule id", rule_id, section.where("id") if section.has("id") else where):
             return None
@@ -581,6 +583,7 @@ class _Reader:
             groups=tuple(self.groups),
             users=tuple(self.users),
             rules=tuple(self.rules),
+            rule_lines=self.rule_lines,
         )
 
 

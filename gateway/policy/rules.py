@@ -43,6 +43,7 @@ read in that zone too.
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -68,8 +69,8 @@ Key = tuple[int, ...]  # a specificity key (see Rule.key)
 
 SUBJECT_USERS, SUBJECT_GROUPS, SUBJECT_EVERYONE = 2, 1, 0
 _NETWORKS = 130  # network component values: -1 (none) .. 128
-_ORDER_BITS = 48
-_ORDER_SPAN = 1 << _ORDER_BITS  # rules per policy, at most
+_ORDER_BITS = 64
+_ORDER_SPAN = 1 << _ORDER_BITS  # order numbers (see Rule)
 
 
 def rank_for_network(plain_rank: int, network: int) -> int:
@@ -91,10 +92,11 @@ class Rule:
     """One compiled rule: its spec, plus what only compiling knows.
 
     ``order`` is its place in the files: defaults and overrides count from 0,
-    the i-th rule of the k-th file is ``(k + 1) << 24 | i``. Only the order
-    matters (it breaks exact ties, see :meth:`key`), and numbering each file on
-    its own keeps a file's rules the same objects across a reload that changed
-    another file (see :func:`compile_rules`). What the decision reads on every
+    the rules of the k-th file are numbered from ``k << FILE_SHIFT``,
+    :data:`ORDER_GAP` apart. Only the order matters (it breaks exact ties, see
+    :meth:`key`), so numbering each file on its own, with gaps, keeps a file's
+    rules the same objects across a reload that changed another file, or added
+    or changed a few rules in this one (see :func:`compile_rules`). What the decision reads on every
     request is copied out of the spec into slots; the rest is read through it.
     The order is kept inside ``plain`` (:meth:`rank` with no network, which the
     index sorts by and the decision compares): one int per rule, no rank per
@@ -176,10 +178,6 @@ class Rule:
     def note(self) -> str | None:
         """The admin's reason for the rule."""
         return self.spec.reason
-
-    @property
-    def where(self) -> Where:
-        return self.spec.where
 
     @property
     def subject(self) -> int:
@@ -272,13 +270,15 @@ def deny_reason_of(spec: RuleSpec) -> str:
     return "ip_not_allowed"
 
 
-FILE_SHIFT = 24  # order of the i-th rule of the k-th file: (k + 1) << FILE_SHIFT | i
+FILE_SHIFT = 44  # the rules of the k-th policy file (from 1) are numbered from k << FILE_SHIFT
+ORDER_GAP = 1 << 20  # and this far apart when numbered anew (room for an edit's new rules between them)
 
 
 class _Builder:
     def __init__(self, office: ZoneInfo) -> None:
         self.office = office
         self.rules: list[Rule] = []
+        self.lines = array("I")  # where each rule is written
 
     def add(
         self,
@@ -298,22 +298,80 @@ class _Builder:
         spec = RuleSpec(
             id=id, title=title, action=action, function=function, networks=networks, countries=None,
             countries_negated=False, channel=channel, users=users, groups=None, priority=0, report_only=False,
-            expires=expires, reason=note, where=where,
+            expires=expires, reason=note, file=where.file,
         )  # fmt: skip
-        self.compiled(spec, "ip_not_allowed", len(self.rules))
+        self.rules.append(self.compiled(spec, "ip_not_allowed", len(self.rules)))
+        self.lines.append(where.line)
 
-    def compiled(self, spec: RuleSpec, deny_reason: str, order: int) -> None:
+    def compiled(self, spec: RuleSpec, deny_reason: str, order: int) -> Rule:
         expires_at = expiry_instant(spec.expires, self.office) if spec.expires is not None else None
-        self.rules.append(Rule.compiled(spec, expires_at, deny_reason, order))
+        return Rule.compiled(spec, expires_at, deny_reason, order)
+
+    def reusable(self, old: Rule | None, spec: RuleSpec, file_base: int) -> int | None:
+        """``old``'s order if it is ``spec`` compiled, in the same file, with the same expiry instant."""
+        if old is None or old.spec is not spec:
+            return None
+        order = old.order
+        if order >> FILE_SHIFT != file_base >> FILE_SHIFT or (
+            spec.expires is not None and old.expires_at != expiry_instant(spec.expires, self.office)
+        ):
+            return None
+        return order
+
+    def add_file(self, specs: tuple[RuleSpec, ...], file_base: int, reusable: dict[int, Rule]) -> None:
+        """One policy file's rules: the previous ones reused in their places, the others numbered between them."""
+        olds = [self.reusable(reusable.get(id(spec)), spec, file_base) for spec in specs]
+        orders = _numbered(olds, file_base)
+        if orders is None:  # no room left between the rules kept: number them all anew
+            olds = [None] * len(specs)
+            orders = _numbered(olds, file_base)
+            if orders is None:
+                raise ValueError("too many rules in one policy file to number")
+        for spec, old, order in zip(specs, olds, orders, strict=True):
+            rule = reusable[id(spec)] if old is not None else self.compiled(spec, deny_reason_of(spec), order)
+            self.rules.append(rule)
 
 
-def compile_rules(spec: PolicySpec, previous: Iterable[Rule] = ()) -> list[Rule]:
-    """Defaults, then every user's overrides, then the files' rules, in that order.
+def _numbered(olds: list[int | None], file_base: int) -> list[int] | None:
+    """Increasing orders in ``file_base``'s range: the given ones kept, the None ones numbered between them.
+
+    A run of new rules is spread evenly between its neighbours (:data:`ORDER_GAP`
+    apart after the last kept one, room allowing). None when that cannot be done:
+    the kept orders do not increase, or a run has no room left.
+    """
+    out: list[int] = []
+    low, end = file_base, file_base + (1 << FILE_SHIFT)
+    i, n = 0, len(olds)
+    while i < n:
+        old = olds[i]
+        if old is not None:
+            if old <= low:
+                return None
+            out.append(old)
+            low, i = old, i + 1
+            continue
+        j = i
+        while j < n and olds[j] is None:
+            j += 1
+        following = olds[j] if j < n else None
+        high = following if following is not None else min(low + (j - i + 1) * ORDER_GAP, end)
+        step = (high - low) // (j - i + 1)
+        if step < 1:
+            return None
+        out.extend(range(low + step, low + step * (j - i + 1), step))
+        low, i = out[-1], j
+    return out if low < end else None  # a kept order from another file's range
+
+
+def compile_rules(spec: PolicySpec, previous: Iterable[Rule] = ()) -> tuple[list[Rule], array[int]]:
+    """Defaults, then every user's overrides, then the files' rules, in that order; and the line of each.
 
     ``previous`` are the rules of the policy being replaced: a rule whose spec is
-    the very same object (its file was not read again) and whose order and
-    office zone did not change is reused as it is, so a reload after editing a
-    small file does not rebuild the 100,000 rules of a big one.
+    the very same object (its file was not read again, or an edit of it left that
+    rule alone), in the same file, whose office zone did not change, is reused as
+    it is, order included, so a reload after editing a small file does not rebuild
+    the 100,000 rules of a big one, and an edit of the big one rebuilds only the
+    rules it changed.
     """
     office = ZoneInfo(office_zone_name(spec.defaults))
     builder = _Builder(office)
@@ -347,23 +405,17 @@ def compile_rules(spec: PolicySpec, previous: Iterable[Rule] = ()) -> list[Rule]
     if len(builder.rules) >= 1 << FILE_SHIFT:
         raise ValueError("too many overrides to number")
     reusable = {id(rule.spec): rule for rule in previous}
-    file, file_index, index = None, 0, 0
-    for rule_spec in spec.rules:
-        if rule_spec.where.file != file:
-            file, file_index, index = rule_spec.where.file, file_index + 1, 0
-        order = file_index << FILE_SHIFT | index
-        index += 1
-        old = reusable.get(id(rule_spec))
-        if (
-            old is not None and old.spec is rule_spec and old.order == order
-            and (rule_spec.expires is None or old.expires_at == expiry_instant(rule_spec.expires, office))
-        ):  # fmt: skip
-            builder.rules.append(old)
-        else:
-            builder.compiled(rule_spec, deny_reason_of(rule_spec), order)
-    if file_index >= 1 << (_ORDER_BITS - FILE_SHIFT) or index >= 1 << FILE_SHIFT:
-        raise ValueError("too many policy files or rules to number")
-    return builder.rules
+    rules, start, file_base = spec.rules, 0, 0
+    while start < len(rules):
+        end, file = start, rules[start].file
+        while end < len(rules) and rules[end].file == file:
+            end += 1
+        file_base += 1 << FILE_SHIFT
+        if file_base >= _ORDER_SPAN:
+            raise ValueError("too many policy files to number")
+        builder.add_file(rules[start:end], file_base, reusable)
+        start = end
+    return builder.rules, builder.lines + spec.rule_lines
 
 
 def _compile_override(builder: _Builder, override: OverrideSpec, defaults: DefaultsSpec | None) -> None:

@@ -23,8 +23,8 @@ them. Small files, and any failure to run the child, are read in-process.
 An edit of a big file is read as an edit (:func:`read_edit`): its text is cut
 at its ``rules`` items (:mod:`gateway.policy.layout`), and only the run of items
 that differ from the previous read is parsed, in this process, with the other
-sections if they changed; the other rules are reused (moved to their new lines
-when the edit changed the line count).
+sections if they changed; the other rules are reused as they are (their lines
+are a column beside them, moved when the edit changed the line count).
 The result is exactly what reading the file whole would give, or the file is
 read whole.
 """
@@ -34,14 +34,13 @@ from __future__ import annotations
 import gc
 import hashlib
 import io
-import operator
 import os
 import pickle
 import subprocess
 import sys
 import tempfile
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -89,6 +88,7 @@ class PolicySource:
     groups: tuple[GroupSpec, ...]
     users: tuple[UserSpec, ...]
     rules: tuple[RuleSpec, ...]
+    rule_lines: array[int]  # the line each rule starts at
     defined: tuple[tuple[str, frozenset[str]], ...]  # kind -> names this file defines (rule ids apart)
     rule_ids: frozenset[str] | None  # the rule ids it defines; None: exactly the ids of `rules`
     group_members: frozenset[str]
@@ -135,6 +135,7 @@ def _source(
         groups=tuple(reader.groups),
         users=tuple(reader.users),
         rules=tuple(reader.rules),
+        rule_lines=reader.rule_lines,
         defined=tuple((kind, frozenset(reader.defined[kind])) for kind in _NAME_KINDS),
         rule_ids=None if clean else rule_ids,
         group_members=frozenset(reader.group_members),
@@ -189,18 +190,12 @@ def _layout(text: str, parsed: Any, reader: _Reader) -> Layout | None:
     return Layout.of(items, array("I", [*reader.item_refs, len(reader.refs)]))
 
 
-# A moved rule's spec: every field but the last, and its new place (dataclasses.replace costs 4x as much).
-_ALL_BUT_WHERE = operator.attrgetter(*(f.name for f in fields(RuleSpec)[:-1]))
-_MOVED: Callable[..., RuleSpec] = RuleSpec
-assert fields(RuleSpec)[-1].name == "where"
-
-
 def read_edit(path: Path, data: bytes, digest: bytes, old: PolicySource) -> PolicySource | None:
     """``old``'s file after an edit, reading only what the edit changed.
 
     That is the run of ``rules`` items between the unchanged head and tail of
     the list, and the other sections if their text changed; every other rule
-    is reused (moved to its new line if it has one). The result must be clean:
+    is reused as it is (its line moved in ``rule_lines`` if it has a new one). The result must be clean:
     None otherwise, or when the run is longer than :data:`EDIT_ITEMS`, and the
     caller then reads the file whole, which also reports problems exactly as always.
     """
@@ -231,7 +226,8 @@ def read_edit(path: Path, data: bytes, digest: bytes, old: PolicySource) -> Poli
         return None
     front_shift = items.lines[0] - layout.lines[0]  # lines the other sections gained or lost
     tail_shift = items.lines[q] - layout.lines[m - s] if s else 0
-    rules = (*_moved(old.rules[:p], front_shift), *run.rules, *_moved(old.rules[m - s:], tail_shift))
+    rules = (*old.rules[:p], *run.rules, *old.rules[m - s:])
+    rule_lines = _moved(old.rule_lines[:p], front_shift) + run.rule_lines + _moved(old.rule_lines[m - s:], tail_shift)
     if len({rule.id for rule in rules}) != n:
         return None  # an id defined twice: the whole read names both places
 
@@ -253,6 +249,7 @@ def read_edit(path: Path, data: bytes, digest: bytes, old: PolicySource) -> Poli
         sections,
         digest=digest,
         rules=rules,
+        rule_lines=rule_lines,
         ref_kinds=bytes(refs.kinds),
         ref_names=tuple(refs.names),
         ref_lines=refs.lines,
@@ -286,11 +283,9 @@ def _read_run(text: str, items: Items, p: int, q: int, path: Path, geoip: bool) 
     return None if reader.problems.items or len(reader.rules) != q - p else reader
 
 
-def _moved(rules: tuple[RuleSpec, ...], shift: int) -> tuple[RuleSpec, ...]:
-    """The rules, each ``shift`` lines further down the file (the same objects when 0)."""
-    if not shift:
-        return rules
-    return tuple(_MOVED(*_ALL_BUT_WHERE(rule), Where(rule.where.file, rule.where.line + shift)) for rule in rules)
+def _moved(lines: array[int], shift: int) -> array[int]:
+    """The lines, each ``shift`` further down the file."""
+    return array("I", [line + shift for line in lines]) if shift else lines
 
 
 class _Columns:
@@ -314,8 +309,7 @@ class _Columns:
         """``source``'s references ``[start, end)``, each ``shift`` lines further down."""
         self.kinds += source.ref_kinds[start:end]
         self.names += source.ref_names[start:end]
-        lines = source.ref_lines[start:end]
-        self.lines += array("I", [line + shift for line in lines]) if shift else lines
+        self.lines += _moved(source.ref_lines[start:end], shift)
 
 
 def _read_isolated(path: Path, data: bytes, *, geoip: bool, digest: bytes) -> PolicySource | None:
@@ -402,7 +396,7 @@ def _shared_values(rules: Iterable[RuleSpec]) -> tuple[list[object], dict[int, i
     counts: dict[tuple[type, object], int] = {}
     for rule in rules:
         for value in (
-            rule.action, rule.function, rule.channel, rule.reason, rule.where.file,
+            rule.action, rule.function, rule.channel, rule.reason, rule.file,
             *(rule.users or ()), *(rule.groups or ()), *(rule.countries or ()),
         ):  # fmt: skip
             if value is not None:
@@ -558,4 +552,5 @@ def merge_sources(sources: list[PolicySource], problems: Problems) -> PolicySpec
         groups=tuple(g for s in sources for g in s.groups),
         users=tuple(u for s in sources for u in s.users),
         rules=tuple(r for s in sources for r in s.rules),
+        rule_lines=array("I", b"".join(s.rule_lines.tobytes() for s in sources)),
     )

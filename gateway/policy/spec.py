@@ -3,7 +3,8 @@
 The loader (:mod:`gateway.policy.loader`) produces a :class:`PolicySpec`; the
 compiler (:mod:`gateway.policy.rules`) turns it into rules with specificity
 keys. Keeping the two apart lets the benchmark build big specs without YAML,
-and keeps every ``file:line`` next to the value it explains.
+and keeps every ``file:line`` next to the value it explains, but a rule's line:
+rules carry their file, and their lines are a column beside them.
 
 Usernames are kept in their canonical form (:func:`canonical_user`): stripped
 and case-folded. CRMs commonly accept ``Bob`` for ``bob`` at login; if the
@@ -13,7 +14,8 @@ typing their name in another case.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from array import array
+from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from gateway.policy.model import LoginHours
@@ -126,7 +128,8 @@ class RuleSpec:
     report_only: bool
     expires: Expiry | None
     reason: str | None  # the admin's note on why the rule exists (never shown to clients)
-    where: Where
+    file: str  # the file it is written in; its line is kept apart, beside the rules (``rule_lines``),
+    # so an edit that moves a rule to another line keeps its spec (and its compiled rule) as it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,3 +142,8 @@ class PolicySpec:
     groups: tuple[GroupSpec, ...] = ()
     users: tuple[UserSpec, ...] = ()
     rules: tuple[RuleSpec, ...] = ()
+    rule_lines: array[int] = field(default_factory=lambda: array("I"))  # the line each rule starts at
+
+    def __post_init__(self) -> None:
+        if len(self.rule_lines) != len(self.rules):
+            raise ValueError(f"{len(self.rules)} rules but {len(self.rule_lines)} rule lines")

@@ -13,6 +13,7 @@ import hashlib
 import ipaddress
 import random
 import shutil
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import load_config
-from gateway.policy import RequestFacts, sources
+from gateway.policy import Policy, RequestFacts, sources
 from gateway.policy.engine import _NO_NETS, Tier, _Bucket, build_index, patch_index
 from gateway.policy.networks import PrefixTable
-from gateway.policy.rules import Rule, compile_rules
+from gateway.policy.rules import FILE_SHIFT, ORDER_GAP, Rule, _numbered, compile_rules
 from gateway.policy.sources import PolicySource, read_edit, read_source
 from gateway.policy.spec import PolicySpec
 from gateway.yamlsrc import ConfigError
@@ -142,8 +143,8 @@ def test_the_usual_edits_reuse_the_unchanged_rules(tmp_path: Path) -> None:
     cases = {
         "one rule changed in place": (changed, 199),
         "one rule appended": ([*rules, _rule(rnd, 999)], 200),
-        "one rule inserted": (inserted, 50),
-        "one rule removed": ([*rules[:50], *rules[51:]], 50),
+        "one rule inserted": (inserted, 200),  # the 150 after it moved a line down: only their lines change
+        "one rule removed": ([*rules[:50], *rules[51:]], 199),
     }
     for name, (after, same_objects) in cases.items():
         edited = _edited(path, old, _text(after, 0))
@@ -227,7 +228,7 @@ def test_a_patched_index_is_the_index_built_anew(seed: int, count: int, removed:
     spec = read_source(Path("gen.yaml"), yaml.safe_dump(
         {"rules": [_rule(rnd, index) for index in range(count + added)]}
     ).encode(), geoip=True)  # fmt: skip
-    rules = compile_rules(PolicySpec(rules=spec.rules))  # unique orders, as in one policy
+    rules, _ = compile_rules(PolicySpec(rules=spec.rules, rule_lines=spec.rule_lines))  # unique orders, as in a policy
     new = rnd.sample(rules, added)  # anywhere in the order: an edit's rules rank among the others
     before = [rule for rule in rules if rule not in new]
     gone = rnd.sample(before, min(removed, len(before)))
@@ -253,6 +254,10 @@ def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def fresh_lines(policy: Policy, path: Path) -> array[int]:
+    return array("I", [policy.where_of(rule).line for rule in policy.rules if rule.spec.file == str(path)])
+
+
 def _decisions_agree(a: Any, b: Any) -> None:
     for user in (None, "jim", "alice", "gen-user", "pat"):
         for ip in ("10.0.1.2", "10.0.0.7", "172.16.2.9", "2001:db8::1", "81.2.69.142", "193.167.1.70"):
@@ -263,17 +268,17 @@ def _decisions_agree(a: Any, b: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "edit", "shift"),
+    ("name", "edit", "shift", "compiled"),
     [
-        ("appended", lambda rules, rnd: [*rules, _rule(rnd, 999)], 0),
-        ("changed in place", lambda rules, rnd: [*rules[:40], {**rules[40], "action": "allow"}, *rules[41:]], 0),
-        ("inserted at the top", lambda rules, rnd: [_rule(rnd, 999), *rules], -1),
-        ("removed", lambda rules, rnd: rules[1:], 1),
-        ("functions section grown by a line", None, 0),
+        ("appended", lambda rules, rnd: [*rules, _rule(rnd, 999)], 0, 1),
+        ("changed in place", lambda rules, rnd: [*rules[:40], {**rules[40], "action": "allow"}, *rules[41:]], 0, 1),
+        ("inserted at the top", lambda rules, rnd: [_rule(rnd, 999), *rules], -1, 1),
+        ("removed", lambda rules, rnd: rules[1:], 1, 0),
+        ("functions section grown by a line", None, 0, 0),
     ],
 )
 def test_a_reload_after_an_edit_of_the_big_file_decides_as_a_fresh_load(
-    folder: Path, name: str, edit: Callable[[list[Any], random.Random], list[Any]] | None, shift: int
+    folder: Path, name: str, edit: Callable[[list[Any], random.Random], list[Any]] | None, shift: int, compiled: int
 ) -> None:
     rnd = random.Random(11)
     rules = [_rule(rnd, index) for index in range(120)]
@@ -287,10 +292,73 @@ def test_a_reload_after_an_edit_of_the_big_file_decides_as_a_fresh_load(
     [new_big] = [s for s in reloaded.sources if s.path == str(big)]
     assert new_big.layout is not None
     assert new_big.rules[60].title is old_big.rules[60 + shift].title, "read as an edit: unchanged rules reused"
-    assert (new_big.rules[60] is old_big.rules[60]) == (shift == 0 and edit is not None), "not moved: the same spec"
-    assert [(r.id, r.order, r.where) for r in reloaded.rules] == [(r.id, r.order, r.where) for r in fresh.rules]
+    assert new_big.rules[60] is old_big.rules[60 + shift], "moved or not, the same spec (its line is apart)"
+    assert new_big.rule_lines == fresh_lines(fresh, big)
+    before = {id(rule) for rule in first.policy.rules}
+    assert len([r for r in reloaded.rules if r.spec.file == str(big) and id(r) not in before]) == compiled, (
+        "only the rules the edit wrote are compiled: the others are reused, in their places"
+    )
+    assert [(r.id, reloaded.where_of(r)) for r in reloaded.rules] == [(r.id, fresh.where_of(r)) for r in fresh.rules]
     assert _canonical(reloaded._segments[-1].tiers) == _canonical(fresh._segments[-1].tiers)
     _decisions_agree(reloaded, fresh)
+
+
+def test_inserts_at_one_place_use_up_the_gap_then_the_file_is_numbered_anew(folder: Path) -> None:
+    """Each insert at the top halves the room before the first rule: the rules stay reused until it is gone."""
+    rnd = random.Random(3)
+    rules = [_rule(rnd, index) for index in range(40)]
+    big = folder / "big.yaml"
+    big.write_text(_text(rules, 0))
+    running = load_config(folder / "gateway.yaml")
+    renumbered = 0
+    for round_ in range(ORDER_GAP.bit_length() + 2):
+        rules.insert(0, _rule(rnd, 1000 + round_))
+        big.write_text(_text(rules, 0))
+        before = {id(rule) for rule in running.policy.rules}
+        running = load_config(folder / "gateway.yaml", previous=running)
+        policy = running.policy
+        compiled = [r for r in policy.rules if r.spec.file == str(big) and id(r) not in before]
+        if len(compiled) == len(rules):
+            renumbered += 1  # no room left before the first rule: all of the file's rules numbered anew
+        else:
+            assert [r.id for r in compiled] == [rules[0]["id"]], "only the new rule is compiled"
+        orders = [rule.order for rule in policy.rules]
+        assert orders == sorted(set(orders)), "the rules are in the files' order (where_of depends on it)"
+        fresh = load_config(folder / "gateway.yaml").policy
+        assert [(r.id, policy.where_of(r)) for r in policy.rules] == [(r.id, fresh.where_of(r)) for r in fresh.rules]
+        _decisions_agree(policy, fresh)
+    assert renumbered == 1, "the gap is used up once in this many inserts"
+
+
+_SPAN = 1 << FILE_SHIFT  # a file's range of orders
+
+
+@given(
+    olds=st.lists(
+        st.none() | st.integers(0, 40) | st.integers(0, _SPAN - 1) | st.integers(_SPAN - 40, _SPAN - 1), max_size=30
+    ),
+    base=st.sampled_from([_SPAN, 7 * _SPAN]),
+)
+def test_new_rules_are_numbered_between_the_kept_ones_or_not_at_all(olds: list[int | None], base: int) -> None:
+    given = [None if old is None else base + old for old in olds]
+    orders = _numbered(given, base)
+    kept = [old for old in given if old is not None]
+    if orders is None:  # the kept ones do not increase, or a run of new ones has fewer numbers free than it needs
+        bounds = [base, *kept, base + _SPAN]  # both bounds of each run are taken
+        runs, count = [], 0
+        for old in given:
+            if old is None:
+                count += 1
+            else:
+                runs.append(count)
+                count = 0
+        runs.append(count)
+        assert any(high - low - 1 < run for low, high, run in zip(bounds, bounds[1:], runs, strict=True))
+        return
+    assert len(orders) == len(given)
+    assert all(base < order < base + _SPAN for order in orders)
+    assert orders == sorted(set(orders)), "increasing"
+    assert all(old in (None, order) for old, order in zip(given, orders, strict=True)), "the kept orders are kept"
 
 
 def test_an_edit_with_a_problem_is_reported_as_a_whole_read_reports_it(folder: Path) -> None:

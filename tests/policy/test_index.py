@@ -9,6 +9,7 @@ and reason.
 from __future__ import annotations
 
 import ipaddress
+from array import array
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def rules(draw: st.DrawFn, index: int) -> RuleSpec:
         report_only=draw(st.sampled_from((False, False, False, True))),
         expires=_expiry(draw(st.none() | st.integers(-3, 3))),
         reason=None,
-        where=HERE,
+        file=HERE.file,
     )
 
 
@@ -128,6 +129,7 @@ def policies(draw: st.DrawFn) -> PolicySpec:
         groups=tuple(GroupSpec(name, members, HERE) for name, members in GROUPS.items()),
         users=tuple(people),
         rules=tuple(draw(rules(i)) for i in range(count)),
+        rule_lines=array("I", range(1, count + 1)),
     )
 
 

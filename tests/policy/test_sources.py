@@ -146,9 +146,8 @@ def test_every_kind_of_rule_value_survives_the_chunked_pickle(tmp_path: Path) ->
         {"id": "countries", "action": "block", "countries": ["!GB"], "channel": "mobile", "priority": 2},
     ]}, sort_keys=False))
     here = read_source(path, path.read_bytes(), geoip=True)
-    assert {type(value).__name__ for rule in here.rules for value in (rule, rule.where, rule.expires,
-                                                                      *(rule.networks or ()))} >= {
-        "RuleSpec", "Where", "NetEntry", "Expiry"}
+    assert {type(value).__name__ for rule in here.rules for value in (rule, rule.expires, *(rule.networks or ()))} >= {
+        "RuleSpec", "NetEntry", "Expiry"}
     assert any(entry.more for rule in here.rules for entry in rule.networks or ())
     stream = io.BytesIO()
     sources._dump_chunked(here, stream)
@@ -217,7 +216,7 @@ def test_after_a_reload_decisions_are_those_of_a_fresh_load(folder: Path) -> Non
     rules_yaml = str(folder / "rules.yaml")
 
     def file_rules(policy: Policy) -> list[Rule]:  # the defaults' rules are written there too, but compiled anew
-        return [r for r in policy.rules if r.where.file == rules_yaml and not r.id.startswith("defaults.")]
+        return [r for r in policy.rules if r.spec.file == rules_yaml and not r.id.startswith("defaults.")]
 
     assert file_rules(reloaded) and all(
         a is b for a, b in zip(file_rules(reloaded), file_rules(first.policy), strict=True)
