@@ -272,6 +272,7 @@ def deny_reason_of(spec: RuleSpec) -> str:
 
 FILE_SHIFT = 44  # the rules of the k-th policy file (from 1) are numbered from k << FILE_SHIFT
 ORDER_GAP = 1 << 20  # and this far apart when numbered anew (room for an edit's new rules between them)
+MIN_GAP = 1 << 10  # rules numbered anew to make room are at least this far apart (see _numbered)
 
 
 class _Builder:
@@ -321,46 +322,89 @@ class _Builder:
     def add_file(self, specs: tuple[RuleSpec, ...], file_base: int, reusable: dict[int, Rule]) -> None:
         """One policy file's rules: the previous ones reused in their places, the others numbered between them."""
         olds = [self.reusable(reusable.get(id(spec)), spec, file_base) for spec in specs]
-        orders = _numbered(olds, file_base)
-        if orders is None:  # no room left between the rules kept: number them all anew
-            olds = [None] * len(specs)
-            orders = _numbered(olds, file_base)
-            if orders is None:
-                raise ValueError("too many rules in one policy file to number")
-        for spec, old, order in zip(specs, olds, orders, strict=True):
-            rule = reusable[id(spec)] if old is not None else self.compiled(spec, deny_reason_of(spec), order)
+        for spec, old, order in zip(specs, olds, _numbered(olds, file_base), strict=True):
+            # a kept rule keeps its order unless it had to make room (see _numbered): then it is compiled anew
+            rule = reusable[id(spec)] if old == order else self.compiled(spec, deny_reason_of(spec), order)
             self.rules.append(rule)
 
 
-def _numbered(olds: list[int | None], file_base: int) -> list[int] | None:
-    """Increasing orders in ``file_base``'s range: the given ones kept, the None ones numbered between them.
+def _numbered(olds: list[int | None], file_base: int) -> list[int]:
+    """Increasing orders in ``file_base``'s range, the given ones kept wherever there is room.
 
-    A run of new rules is spread evenly between its neighbours (:data:`ORDER_GAP`
-    apart after the last kept one, room allowing). None when that cannot be done:
-    the kept orders do not increase, or a run has no room left.
+    The None ones (new rules) are spread evenly between their kept neighbours,
+    :data:`ORDER_GAP` apart before the first kept one and after the last (a file
+    numbered whole starts in the middle of its range), so rules added at the top
+    or the end never run out of room. Kept orders that do not increase are
+    numbered anew too. Where a run of new rules has no room left
+    (inserts at one place halve the room there each time), the window around it
+    is widened, doubling, until its range gives each of its rules
+    :data:`MIN_GAP`, and the kept rules inside it are numbered anew with it:
+    a few rules compiled again, not the whole file.
     """
+    n, end = len(olds), file_base + (1 << FILE_SHIFT)
+    olds = list(olds)
+    low = file_base
+    for k, old in enumerate(olds):
+        if old is not None and low < old < end:
+            low = old
+        else:
+            olds[k] = None
+
+    def bounds(a: int, b: int) -> tuple[int, int]:  # the kept orders (or the range's ends) around olds[a:b]
+        before, after = olds[a - 1] if a else None, olds[b] if b < n else None
+        return file_base if before is None else before, end if after is None else after
+
+    i = 0
+    while i < n:
+        if olds[i] is not None:
+            i += 1
+            continue
+        j = i
+        while j < n and olds[j] is None:
+            j += 1
+        low, high = bounds(i, j)
+        if high - low > j - i:  # room for j - i numbers strictly between
+            i = j
+            continue
+        a, b, width = i, j, 1
+        while True:
+            a, b, width = max(0, a - width), min(n, b + width), width * 2
+            while a and olds[a - 1] is None:  # a neighbouring run joins the window whole
+                a -= 1
+            while b < n and olds[b] is None:
+                b += 1
+            low, high = bounds(a, b)
+            if high - low >= (b - a + 1) * MIN_GAP or (a == 0 and b == n):
+                break
+        if high - low <= b - a:
+            raise ValueError("too many rules in one policy file to number")
+        olds[a:b] = [None] * (b - a)
+        i = a  # the widened run, looked at again
+
     out: list[int] = []
-    low, end = file_base, file_base + (1 << FILE_SHIFT)
-    i, n = 0, len(olds)
+    low, i = file_base, 0
     while i < n:
         old = olds[i]
         if old is not None:
-            if old <= low:
-                return None
             out.append(old)
             low, i = old, i + 1
             continue
         j = i
         while j < n and olds[j] is None:
             j += 1
-        following = olds[j] if j < n else None
-        high = following if following is not None else min(low + (j - i + 1) * ORDER_GAP, end)
-        step = (high - low) // (j - i + 1)
-        if step < 1:
-            return None
-        out.extend(range(low + step, low + step * (j - i + 1), step))
+        count, following = j - i, olds[j] if j < n else None
+        if following is None:  # the last rules (ORDER_GAP apart), or all of them (from the range's middle)
+            if i == 0:
+                low = file_base + (1 << (FILE_SHIFT - 1))
+            high = min(low + (count + 1) * ORDER_GAP, end)
+        else:
+            high = following
+            if i == 0:  # the first rules: ORDER_GAP apart down from the first kept one (inserts at the top)
+                low = max(file_base, high - (count + 1) * ORDER_GAP)
+        step = (high - low) // (count + 1)
+        out.extend(range(low + step, low + step * (count + 1), step))
         low, i = out[-1], j
-    return out if low < end else None  # a kept order from another file's range
+    return out
 
 
 def compile_rules(spec: PolicySpec, previous: Iterable[Rule] = ()) -> tuple[list[Rule], array[int]]:

@@ -303,31 +303,37 @@ def test_a_reload_after_an_edit_of_the_big_file_decides_as_a_fresh_load(
     _decisions_agree(reloaded, fresh)
 
 
-def test_inserts_at_one_place_use_up_the_gap_then_the_file_is_numbered_anew(folder: Path) -> None:
-    """Each insert at the top halves the room before the first rule: the rules stay reused until it is gone."""
+def test_rules_inserted_again_and_again_compile_alone_or_with_a_few_neighbours(folder: Path) -> None:
+    """At the top, new rules never run out of room; at one place in the middle, each insert halves it.
+
+    Once it is used up, a few neighbours are numbered anew (and compiled) with the new rule, never
+    the whole file, and every reload still decides as a fresh load.
+    """
     rnd = random.Random(3)
     rules = [_rule(rnd, index) for index in range(40)]
     big = folder / "big.yaml"
     big.write_text(_text(rules, 0))
     running = load_config(folder / "gateway.yaml")
-    renumbered = 0
-    for round_ in range(ORDER_GAP.bit_length() + 2):
-        rules.insert(0, _rule(rnd, 1000 + round_))
+    with_neighbours = []
+    for round_ in range(6 + ORDER_GAP.bit_length() + 4):  # 6 at the top, then the others at one place
+        at_top = round_ < 6
+        place = 0 if at_top else 20
+        rules.insert(place, _rule(rnd, 1000 + round_))
         big.write_text(_text(rules, 0))
         before = {id(rule) for rule in running.policy.rules}
         running = load_config(folder / "gateway.yaml", previous=running)
         policy = running.policy
-        compiled = [r for r in policy.rules if r.spec.file == str(big) and id(r) not in before]
-        if len(compiled) == len(rules):
-            renumbered += 1  # no room left before the first rule: all of the file's rules numbered anew
-        else:
-            assert [r.id for r in compiled] == [rules[0]["id"]], "only the new rule is compiled"
+        compiled = [r.id for r in policy.rules if r.spec.file == str(big) and id(r) not in before]
+        assert rules[place]["id"] in compiled
+        if len(compiled) > 1:
+            assert not at_top, "no room is used up at the top"
+            with_neighbours.append(len(compiled))
         orders = [rule.order for rule in policy.rules]
         assert orders == sorted(set(orders)), "the rules are in the files' order (where_of depends on it)"
         fresh = load_config(folder / "gateway.yaml").policy
         assert [(r.id, policy.where_of(r)) for r in policy.rules] == [(r.id, fresh.where_of(r)) for r in fresh.rules]
         _decisions_agree(policy, fresh)
-    assert renumbered == 1, "the gap is used up once in this many inserts"
+    assert len(with_neighbours) == 1 and with_neighbours[0] < len(rules) // 2, with_neighbours
 
 
 _SPAN = 1 << FILE_SHIFT  # a file's range of orders
@@ -339,26 +345,44 @@ _SPAN = 1 << FILE_SHIFT  # a file's range of orders
     ),
     base=st.sampled_from([_SPAN, 7 * _SPAN]),
 )
-def test_new_rules_are_numbered_between_the_kept_ones_or_not_at_all(olds: list[int | None], base: int) -> None:
+def test_new_rules_are_numbered_between_the_kept_ones(olds: list[int | None], base: int) -> None:
     given = [None if old is None else base + old for old in olds]
     orders = _numbered(given, base)
-    kept = [old for old in given if old is not None]
-    if orders is None:  # the kept ones do not increase, or a run of new ones has fewer numbers free than it needs
-        bounds = [base, *kept, base + _SPAN]  # both bounds of each run are taken
-        runs, count = [], 0
-        for old in given:
-            if old is None:
-                count += 1
-            else:
-                runs.append(count)
-                count = 0
-        runs.append(count)
-        assert any(high - low - 1 < run for low, high, run in zip(bounds, bounds[1:], runs, strict=True))
-        return
     assert len(orders) == len(given)
     assert all(base < order < base + _SPAN for order in orders)
     assert orders == sorted(set(orders)), "increasing"
-    assert all(old in (None, order) for old, order in zip(given, orders, strict=True)), "the kept orders are kept"
+    kept = [old for old in given if old is not None]
+    bounds = [base, *kept, base + _SPAN]  # both bounds of each run of new rules are taken
+    runs, count = [], 0
+    for old in given:
+        if old is None:
+            count += 1
+        else:
+            runs.append(count)
+            count = 0
+    runs.append(count)
+    if all(high - low - 1 >= run for low, high, run in zip(bounds[:-1], bounds[1:], runs, strict=True)):
+        # the kept orders increase and every run of new rules has room: nothing else is numbered anew
+        assert all(old in (None, order) for old, order in zip(given, orders, strict=True)), "the kept orders are kept"
+
+
+@pytest.mark.parametrize("place", ["top", "end", "anywhere", "one place in the middle"])
+def test_a_thousand_inserts_renumber_few_rules(place: str) -> None:
+    """Inserted one per reload, at the top or the end never, and at one place a few neighbours now and then."""
+    base = 3 << FILE_SHIFT
+    orders = _numbered([None] * 1000, base)
+    rnd = random.Random(8)
+    renumbered = []
+    for _ in range(1000):
+        at = {"top": 0, "end": len(orders), "anywhere": rnd.randrange(len(orders) + 1)}.get(place, 500)
+        olds: list[int | None] = [*orders[:at], None, *orders[at:]]
+        orders = _numbered(olds, base)
+        assert orders == sorted(set(orders))
+        renumbered.append(sum(old not in (None, order) for old, order in zip(olds, orders, strict=True)))
+    if place == "one place in the middle":
+        assert 0 < max(renumbered) <= 64 and sum(renumbered) <= 500, (max(renumbered), sum(renumbered))
+    else:
+        assert sum(renumbered) == 0
 
 
 def test_an_edit_with_a_problem_is_reported_as_a_whole_read_reports_it(folder: Path) -> None:
