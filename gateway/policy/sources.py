@@ -195,9 +195,10 @@ def read_edit(path: Path, data: bytes, digest: bytes, old: PolicySource) -> Poli
 
     That is the run of ``rules`` items between the unchanged head and tail of
     the list, and the other sections if their text changed; every other rule
-    is reused as it is (its line moved in ``rule_lines`` if it has a new one). The result must be clean:
-    None otherwise, or when the run is longer than :data:`EDIT_ITEMS`, and the
-    caller then reads the file whole, which also reports problems exactly as always.
+    is reused as it is (its line moved in ``rule_lines`` if it has a new one).
+    The result must be clean: None otherwise, or when the run is longer than
+    :data:`EDIT_ITEMS`, and the caller then reads the file whole, which also
+    reports problems exactly as always.
     """
     layout = old.layout
     if layout is None:
