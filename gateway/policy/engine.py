@@ -334,9 +334,7 @@ def _segments(rules: tuple[Rule, ...], previous: tuple[Rule, ...], reusable: Ite
     start = 0
     while start < len(rules):
         file = rules[start].order >> FILE_SHIFT
-        end = start
-        while end < len(rules) and rules[end].order >> FILE_SHIFT == file:
-            end += 1
+        end = bisect_left(rules, (file + 1) << FILE_SHIFT, lo=start, key=_ORDER)  # rules are in order
         old = by_file.get(rules[start].spec.file) if file else None
         tiers = None
         if old is not None:
