@@ -84,6 +84,7 @@ _PAIR = r"""[!#$%&'*+\-.^_`|~0-9A-Za-z]++=(?>"[!#-+\--:<-\[\]-~]*+"|[!#-+\--:<-\
 _PLAIN_COOKIES = re.compile(rf"[ \t]*+{_PAIR}(?:[ \t]*+;[ \t]*+{_PAIR})*+[ \t]*+(?:;[ \t]*+)?+")
 
 
+@cache_short_keys(maxsize=1024, longest=4096)  # a browser sends the same Cookie header request after request
 def cookie_value(header: str, name: str) -> str | None:
     """The value of cookie ``name`` in a Cookie header (the last copy, as aiohttp's parser keeps).
 

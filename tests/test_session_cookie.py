@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import sessions
+from gateway.filters.identity import UnreadableCookie, _crm_cookies_in, crm_cookies
 from gateway.sessions import _Unsure, cookie_value
 
 NAME = "crmgw_session"
@@ -101,3 +102,21 @@ def test_long_crm_cookies_are_fingerprinted_but_not_kept() -> None:
     assert sessions.fingerprint(short) == hashlib.sha256(short.encode()).hexdigest()
     assert sessions.fingerprint(long) == hashlib.sha256(long.encode()).hexdigest()
     assert sessions.fingerprint.cache_info().currsize == before + 1
+
+
+def test_cookie_headers_are_read_through_a_bounded_cache() -> None:
+    """A browser sends one Cookie header again and again: read once; a long one is read every time, not kept."""
+    session = "gAAAAAB" + uuid.uuid4().hex
+    short = f"theme=dark; {NAME}={session}; crm_session=abc"
+    long = f"{NAME}={session}; pad={'x' * 5000}"
+    before = (cookie_value.cache_info().currsize, _crm_cookies_in.cache_info().currsize)
+    for _ in range(3):
+        assert cookie_value(short, NAME) == session
+        assert crm_cookies([short], "crm_session") == [("crm_session", "abc")]
+        assert cookie_value(long, NAME) == session
+        assert crm_cookies([long], "crm_session") == []
+    assert (cookie_value.cache_info().currsize, _crm_cookies_in.cache_info().currsize) == (before[0] + 1, before[1] + 1)
+    with pytest.raises(UnreadableCookie):  # refused every time, never cached as an answer
+        crm_cookies(["theme=dark, crm_session=hidden"], "crm_session")
+    with pytest.raises(UnreadableCookie):
+        crm_cookies(["theme=dark, crm_session=hidden"], "crm_session")

@@ -222,17 +222,25 @@ def crm_cookies(lines: Iterable[str], name: str) -> list[tuple[str, str]]:
     (``theme=dark, crm_session=X``, two cookies to RFC 2109 parsers) cannot be
     removed alone and raises :class:`UnreadableCookie`.
     """
+    found: list[tuple[str, str]] = []
+    for line in lines:
+        found += _crm_cookies_in(line, name)
+    return found
+
+
+@cache_short_keys(maxsize=1024, longest=4096)  # a browser sends the same Cookie line request after request
+def _crm_cookies_in(line: str, name: str) -> tuple[tuple[str, str], ...]:
+    """:func:`crm_cookies` of one Cookie line."""
     wanted = cookie_name_key(name)
     found = []
-    for line in lines:
-        for part in line.split(";"):
-            sent, _, value = part.partition("=")
-            if cookie_name_key(sent) == wanted and sent.strip():
-                found.append((sent.strip(), value.strip().strip('"')))
-            for hidden in value.split(",")[1:] if "," in value else ():
-                if cookie_name_key(hidden.partition("=")[0]) == wanted:
-                    raise UnreadableCookie(f"a {name!r} cookie is hidden after a comma")
-    return found
+    for part in line.split(";"):
+        sent, _, value = part.partition("=")
+        if cookie_name_key(sent) == wanted and sent.strip():
+            found.append((sent.strip(), value.strip().strip('"')))
+        for hidden in value.split(",")[1:] if "," in value else ():
+            if cookie_name_key(hidden.partition("=")[0]) == wanted:
+                raise UnreadableCookie(f"a {name!r} cookie is hidden after a comma")
+    return tuple(found)
 
 
 class IdentityFilter:
