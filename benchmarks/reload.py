@@ -30,6 +30,7 @@ import argparse
 import json
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     for edited, kind in EDITS:
         durations = sorted(float(r["duration_s"]) for r in reloads if r["edit"] == kind)
         if durations:
-            result.setdefault("reload_s_median", {})[f"{edited}: {kind}"] = durations[len(durations) // 2]
+            result.setdefault("reload_s_median", {})[f"{edited}: {kind}"] = statistics.median(durations)
             result.setdefault("reload_s_max", {})[f"{edited}: {kind}"] = durations[-1]
     # edits that leave every other rule where it was, and those that move every rule below them
     moving = ("one rule inserted at the top", "its functions section changed")
