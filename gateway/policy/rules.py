@@ -335,64 +335,29 @@ def _numbered(olds: list[int | None], file_base: int) -> list[int]:
     :data:`ORDER_GAP` apart before the first kept one and after the last (a file
     numbered whole starts in the middle of its range), so rules added at the top
     or the end never run out of room. Kept orders that do not increase are
-    numbered anew too. Where a run of new rules has no room left
-    (inserts at one place halve the room there each time), the window around it
-    is widened, doubling, until its range gives each of its rules
-    :data:`MIN_GAP`, and the kept rules inside it are numbered anew with it:
-    a few rules compiled again, not the whole file.
+    numbered anew too, and so are the kept rules around a run of new ones that
+    has no room left (see :func:`_make_room`).
     """
-    n, end = len(olds), file_base + (1 << FILE_SHIFT)
-    olds = list(olds)
+    end = file_base + (1 << FILE_SHIFT)
+    kept: list[int | None] = []
     low = file_base
-    for k, old in enumerate(olds):
+    for old in olds:
         if old is not None and low < old < end:
+            kept.append(old)
             low = old
         else:
-            olds[k] = None
-
-    def bounds(a: int, b: int) -> tuple[int, int]:  # the kept orders (or the range's ends) around olds[a:b]
-        before, after = olds[a - 1] if a else None, olds[b] if b < n else None
-        return file_base if before is None else before, end if after is None else after
-
-    i = 0
-    while i < n:
-        if olds[i] is not None:
-            i += 1
-            continue
-        j = i
-        while j < n and olds[j] is None:
-            j += 1
-        low, high = bounds(i, j)
-        if high - low > j - i:  # room for j - i numbers strictly between
-            i = j
-            continue
-        a, b, width = i, j, 1
-        while True:
-            a, b, width = max(0, a - width), min(n, b + width), width * 2
-            while a and olds[a - 1] is None:  # a neighbouring run joins the window whole
-                a -= 1
-            while b < n and olds[b] is None:
-                b += 1
-            low, high = bounds(a, b)
-            if high - low >= (b - a + 1) * MIN_GAP or (a == 0 and b == n):
-                break
-        if high - low <= b - a:
-            raise ValueError("too many rules in one policy file to number")
-        olds[a:b] = [None] * (b - a)
-        i = a  # the widened run, looked at again
-
+            kept.append(None)
+    _make_room(kept, file_base, end)
     out: list[int] = []
-    low, i = file_base, 0
+    low, i, n = file_base, 0, len(kept)
     while i < n:
-        old = olds[i]
+        old = kept[i]
         if old is not None:
             out.append(old)
             low, i = old, i + 1
             continue
-        j = i
-        while j < n and olds[j] is None:
-            j += 1
-        count, following = j - i, olds[j] if j < n else None
+        j = _run_end(kept, i)
+        count, following = j - i, kept[j] if j < n else None
         if following is None:  # the last rules (ORDER_GAP apart), or all of them (from the range's middle)
             if i == 0:
                 low = file_base + (1 << (FILE_SHIFT - 1))
@@ -405,6 +370,51 @@ def _numbered(olds: list[int | None], file_base: int) -> list[int]:
         out.extend(range(low + step, low + step * (count + 1), step))
         low, i = out[-1], j
     return out
+
+
+def _make_room(kept: list[int | None], low_end: int, high_end: int) -> None:
+    """Drop kept orders (make them None) until every run of None has room between its neighbours.
+
+    Inserts at one place halve the room there each time. A run without room is
+    widened, doubling, until the window's range gives each of its rules
+    :data:`MIN_GAP`; the kept rules inside it are then numbered anew with it: a
+    few rules compiled again, not the whole file.
+    """
+    n = len(kept)
+
+    def bounds(a: int, b: int) -> tuple[int, int]:  # the kept orders (or the range's ends) around kept[a:b]
+        before, after = kept[a - 1] if a else None, kept[b] if b < n else None
+        return low_end if before is None else before, high_end if after is None else after
+
+    i = 0
+    while i < n:
+        if kept[i] is not None:
+            i += 1
+            continue
+        j = _run_end(kept, i)
+        low, high = bounds(i, j)
+        if high - low > j - i:  # room for j - i numbers strictly between
+            i = j
+            continue
+        a, b, width = i, j, 1
+        while True:
+            a, b, width = max(0, a - width), _run_end(kept, min(n, b + width)), width * 2
+            while a and kept[a - 1] is None:  # a neighbouring run joins the window whole
+                a -= 1
+            low, high = bounds(a, b)
+            if high - low >= (b - a + 1) * MIN_GAP or (a == 0 and b == n):
+                break
+        if high - low <= b - a:
+            raise ValueError("too many rules in one policy file to number")
+        kept[a:b] = [None] * (b - a)
+        i = a  # the widened run, looked at again
+
+
+def _run_end(kept: list[int | None], i: int) -> int:
+    """Where the run of None from ``i`` ends."""
+    while i < len(kept) and kept[i] is None:
+        i += 1
+    return i
 
 
 def compile_rules(spec: PolicySpec, previous: Iterable[Rule] = ()) -> tuple[list[Rule], array[int]]:
