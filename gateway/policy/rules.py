@@ -92,12 +92,13 @@ class Rule:
     """One compiled rule: its spec, plus what only compiling knows.
 
     ``order`` is its place in the files: defaults and overrides count from 0,
-    the rules of the k-th file are numbered from ``k << FILE_SHIFT``,
-    :data:`ORDER_GAP` apart. Only the order matters (it breaks exact ties, see
-    :meth:`key`), so numbering each file on its own, with gaps, keeps a file's
-    rules the same objects across a reload that changed another file, or added
-    or changed a few rules in this one (see :func:`compile_rules`). What the decision reads on every
-    request is copied out of the spec into slots; the rest is read through it.
+    the rules of the k-th file are numbered within ``[k << FILE_SHIFT, (k + 1)
+    << FILE_SHIFT)``, with gaps (see :func:`_numbered`). Only the order matters
+    (it breaks exact ties, see :meth:`key`), so numbering each file on its own,
+    with gaps, keeps a file's rules the same objects across a reload that
+    changed another file, or added or changed a few rules in this one (see
+    :func:`compile_rules`). What the decision reads on every request is copied
+    out of the spec into slots; the rest is read through it.
     The order is kept inside ``plain`` (:meth:`rank` with no network, which the
     index sorts by and the decision compares): one int per rule, no rank per
     network block.
@@ -272,7 +273,7 @@ def deny_reason_of(spec: RuleSpec) -> str:
 
 FILE_SHIFT = 44  # the rules of the k-th policy file (from 1) are numbered from k << FILE_SHIFT
 ORDER_GAP = 1 << 20  # and this far apart when numbered anew (room for an edit's new rules between them)
-MIN_GAP = 1 << 10  # rules numbered anew to make room are at least this far apart (see _numbered)
+MIN_GAP = 1 << 10  # rules numbered anew to make room are at least this far apart (see _make_room)
 
 
 class _Builder:
