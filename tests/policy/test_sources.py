@@ -206,6 +206,22 @@ def test_the_fast_yaml_reader_reads_the_example_files(name: str) -> None:
     assert _same(_read_events(text, "f.yaml"), _loaded_the_long_way(text))
 
 
+def test_a_rule_is_placed_by_the_policy_it_belongs_to(folder: Path) -> None:
+    """`where_of` gives the line each rule is written at, and refuses another policy's rule (even at its order)."""
+    policy = load_config(folder / "gateway.yaml").policy
+    other = load_config(folder / "gateway.yaml").policy
+    placed = 0
+    for rule in policy.rules:
+        where = policy.where_of(rule)
+        text = Path(where.file).read_text().splitlines()[where.line - 1]
+        if not rule.id.startswith(("defaults.", "users.")):  # a rules item: its line starts the item
+            assert text.lstrip().startswith("- "), (rule.id, text)
+            placed += 1
+        with pytest.raises(ValueError, match="not this policy's"):
+            other.where_of(rule)
+    assert placed >= 5
+
+
 def test_after_a_reload_decisions_are_those_of_a_fresh_load(folder: Path) -> None:
     """Reused rules and indexes (another file changed) decide exactly as a policy loaded from scratch."""
     first = load_config(folder / "gateway.yaml")
