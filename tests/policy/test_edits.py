@@ -330,10 +330,16 @@ def test_rules_inserted_again_and_again_compile_alone_or_with_a_few_neighbours(f
             with_neighbours.append(len(compiled))
         orders = [rule.order for rule in policy.rules]
         assert orders == sorted(set(orders)), "the rules are in the files' order (where_of depends on it)"
-        fresh = load_config(folder / "gateway.yaml").policy
-        assert [(r.id, policy.where_of(r)) for r in policy.rules] == [(r.id, fresh.where_of(r)) for r in fresh.rules]
-        _decisions_agree(policy, fresh)
+        if round_ in (0, 6) or len(compiled) > 1:  # against a fresh load: the first of each kind, and the renumbering
+            fresh = load_config(folder / "gateway.yaml").policy
+            assert [(r.id, policy.where_of(r)) for r in policy.rules] == [
+                (r.id, fresh.where_of(r)) for r in fresh.rules
+            ]
+            _decisions_agree(policy, fresh)
     assert len(with_neighbours) == 1 and with_neighbours[0] < len(rules) // 2, with_neighbours
+    fresh = load_config(folder / "gateway.yaml").policy
+    assert [(r.id, policy.where_of(r)) for r in policy.rules] == [(r.id, fresh.where_of(r)) for r in fresh.rules]
+    _decisions_agree(policy, fresh)
 
 
 _SPAN = 1 << FILE_SHIFT  # a file's range of orders
