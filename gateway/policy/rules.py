@@ -271,7 +271,7 @@ def deny_reason_of(spec: RuleSpec) -> str:
     return "ip_not_allowed"
 
 
-FILE_SHIFT = 44  # the rules of the k-th policy file (from 1) are numbered from k << FILE_SHIFT
+FILE_SHIFT = 44  # the rules of the k-th policy file (from 1) are numbered within [k, k + 1) << FILE_SHIFT
 ORDER_GAP = 1 << 20  # and this far apart when numbered anew (room for an edit's new rules between them)
 MIN_GAP = 1 << 10  # rules numbered anew to make room are at least this far apart (see _make_room)
 
@@ -309,20 +309,17 @@ class _Builder:
         expires_at = expiry_instant(spec.expires, self.office) if spec.expires is not None else None
         return Rule.compiled(spec, expires_at, deny_reason, order)
 
-    def reusable(self, old: Rule | None, spec: RuleSpec, file_base: int) -> int | None:
-        """``old``'s order if it is ``spec`` compiled, in the same file, with the same expiry instant."""
-        if old is None or old.spec is not spec:
-            return None
-        order = old.order
-        if order >> FILE_SHIFT != file_base >> FILE_SHIFT or (
+    def reusable(self, old: Rule | None, spec: RuleSpec) -> int | None:
+        """``old``'s order if it is ``spec`` compiled with the same expiry instant (its file: see _numbered)."""
+        if old is None or old.spec is not spec or (
             spec.expires is not None and old.expires_at != expiry_instant(spec.expires, self.office)
         ):
             return None
-        return order
+        return old.order
 
     def add_file(self, specs: tuple[RuleSpec, ...], file_base: int, reusable: dict[int, Rule]) -> None:
         """One policy file's rules: the previous ones reused in their places, the others numbered between them."""
-        olds = [self.reusable(reusable.get(id(spec)), spec, file_base) for spec in specs]
+        olds = [self.reusable(reusable.get(id(spec)), spec) for spec in specs]
         for spec, old, order in zip(specs, olds, _numbered(olds, file_base), strict=True):
             # a kept rule keeps its order unless it had to make room (see _numbered): then it is compiled anew
             rule = reusable[id(spec)] if old == order else self.compiled(spec, deny_reason_of(spec), order)
@@ -335,9 +332,10 @@ def _numbered(olds: list[int | None], file_base: int) -> list[int]:
     The None ones (new rules) are spread evenly between their kept neighbours,
     :data:`ORDER_GAP` apart before the first kept one and after the last (a file
     numbered whole starts in the middle of its range), so rules added at the top
-    or the end never run out of room. Kept orders that do not increase are
-    numbered anew too, and so are the kept rules around a run of new ones that
-    has no room left (see :func:`_make_room`).
+    or the end never run out of room. Kept orders that do not increase, or lie
+    outside the file's range (the file moved in the list), are numbered anew
+    too, and so are the kept rules around a run of new ones that has no room
+    left (see :func:`_make_room`).
     """
     end = file_base + (1 << FILE_SHIFT)
     kept: list[int | None] = []

@@ -347,7 +347,9 @@ _SPAN = 1 << FILE_SHIFT  # a file's range of orders
 
 @given(
     olds=st.lists(
-        st.none() | st.integers(0, 40) | st.integers(0, _SPAN - 1) | st.integers(_SPAN - 40, _SPAN - 1), max_size=30
+        st.none() | st.integers(0, 40) | st.integers(0, _SPAN - 1) | st.integers(_SPAN - 40, _SPAN - 1)
+        | st.integers(-2 * _SPAN, 3 * _SPAN),  # and orders from other files' ranges (the file moved in the list)
+        max_size=30,
     ),
     base=st.sampled_from([_SPAN, 7 * _SPAN]),
 )
