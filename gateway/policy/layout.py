@@ -4,8 +4,8 @@ A 100,000-rule file takes seconds to read whole, mostly YAML events and rule
 specs; an admin's edit touches one or a few rules. The file's text is cut at
 its ``rules`` items (:func:`split_items`): each item is one line at the list's
 column starting with ``-``, up to the next. A reload compares the new cut
-with the old one by the items' digests (:func:`changed_run`) and reads only the
-run of items that differ (:mod:`gateway.policy.sources`).
+with the old one by the items' digests (:func:`changed_run`, :func:`moved_items`)
+and reads only the items it has not seen (:mod:`gateway.policy.sources`).
 
 The cut is trusted only where it cannot misread the file:
 
@@ -118,7 +118,8 @@ def changed_run(old: bytes, new: bytes) -> tuple[int, int, int]:
     New items ``[0, p)`` are old ``[0, p)``, new ``[q, n)`` are old
     ``[m - s, m)`` (``s = n - q``); the run between, new ``[p, q)``, is what the
     edit changed (items inserted, removed or rewritten there). Typical edits
-    (one rule changed, one appended, one removed) make it zero or one item long.
+    (one rule changed, one appended, one removed) make it zero or one item long;
+    edits at several places make it span them all (see :func:`moved_items`).
     """
     size = DIGEST_SIZE
     n, m = len(new) // size, len(old) // size
@@ -140,3 +141,25 @@ def changed_run(old: bytes, new: bytes) -> tuple[int, int, int]:
             high = middle - 1
     s = low
     return p, n - s, s
+
+
+def moved_items(old: bytes, new: bytes, p: int, q: int, r: int) -> list[tuple[int, int, int]]:
+    """Runs ``(a, b, j)`` of the changed run whose items are old ones: new ``[a, b)`` are old ``[j, j + b - a)``.
+
+    Within new ``[p, q)`` and old ``[p, r)`` (the runs :func:`changed_run` found changed), each
+    new item is looked up among the old ones by its digest: edits at two far places,
+    or a block of rules moved, leave most of the run unchanged. Runs are in new order
+    and maximal (consecutive new items that were consecutive old ones).
+    """
+    size = DIGEST_SIZE
+    place = {old[j * size:(j + 1) * size]: j for j in range(r - 1, p - 1, -1)}  # the first of equal items
+    runs: list[tuple[int, int, int]] = []
+    for k in range(p, q):
+        j = place.get(new[k * size:(k + 1) * size])
+        if j is None:
+            continue
+        if runs and runs[-1][1] == k and runs[-1][2] + k - runs[-1][0] == j:
+            runs[-1] = (runs[-1][0], k + 1, runs[-1][2])
+        else:
+            runs.append((k, k + 1, j))
+    return runs

@@ -44,10 +44,11 @@ read in that zone too.
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 from gateway.policy.model import EffectiveSettings, LoginHours
@@ -334,18 +335,19 @@ def _numbered(olds: list[int | None], file_base: int) -> list[int]:
     numbered whole starts in the middle of its range), so rules added at the top
     or the end never run out of room. Kept orders that do not increase, or lie
     outside the file's range (the file moved in the list), are numbered anew
-    too, and so are the kept rules around a run of new ones that has no room
-    left (see :func:`_make_room`).
+    too (as few as can be: rules moved up or down keep the others' orders), and
+    so are the kept rules around a run of new ones that has no room left (see
+    :func:`_make_room`).
     """
     end = file_base + (1 << FILE_SHIFT)
-    kept: list[int | None] = []
-    low = file_base
-    for old in olds:
-        if old is not None and low < old < end:
-            kept.append(old)
-            low = old
-        else:
-            kept.append(None)
+    kept: list[int | None] = [old if old is not None and file_base < old < end else None for old in olds]
+    orders = [old for old in kept if old is not None]
+    if any(a >= b for a, b in pairwise(orders)):  # some rules moved: keep the most that stay in order
+        keep, at = _increasing(orders), 0
+        for i, old in enumerate(kept):
+            if old is not None:
+                kept[i] = old if at in keep else None
+                at += 1
     _make_room(kept, file_base, end)
     out: list[int] = []
     low, i, n = file_base, 0, len(kept)
@@ -368,6 +370,27 @@ def _numbered(olds: list[int | None], file_base: int) -> list[int]:
         step = (high - low) // (count + 1)
         out.extend(range(low + step, low + step * (count + 1), step))
         low, i = out[-1], j
+    return out
+
+
+def _increasing(orders: list[int]) -> set[int]:
+    """The positions of a longest strictly increasing subsequence of ``orders`` (patience sorting)."""
+    tails: list[int] = []  # tails[k]: the smallest last order of an increasing subsequence of length k + 1
+    tail_at: list[int] = []  # ... and its position
+    back = [-1] * len(orders)  # each position's predecessor in the subsequence it ends
+    for at, order in enumerate(orders):
+        k = bisect_left(tails, order)
+        if k == len(tails):
+            tails.append(order)
+            tail_at.append(at)
+        else:
+            tails[k], tail_at[k] = order, at
+        back[at] = tail_at[k - 1] if k else -1
+    out: set[int] = set()
+    at = tail_at[-1] if tail_at else -1
+    while at >= 0:
+        out.add(at)
+        at = back[at]
     return out
 
 

@@ -21,10 +21,10 @@ grown to is not given back to the system, so the serving process never holds
 them. Small files, and any failure to run the child, are read in-process.
 
 An edit of a big file is read as an edit (:func:`read_edit`): its text is cut
-at its ``rules`` items (:mod:`gateway.policy.layout`), and only the run of items
-that differ from the previous read is parsed, in this process, with the other
-sections if they changed; the other rules are reused as they are (their lines
-are a column beside them, moved when the edit changed the line count).
+at its ``rules`` items (:mod:`gateway.policy.layout`), and only the items whose
+text the previous read did not have are parsed, in this process, with the other
+sections if they changed; the other rules are reused as they are, wherever the
+edit moved them (their lines are a column beside them, moved with them).
 The result is exactly what reading the file whole would give, or the file is
 read whole.
 """
@@ -45,7 +45,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from gateway.policy.layout import Items, Layout, changed_run, items_agree, split_items
+from gateway.policy.layout import Items, Layout, changed_run, items_agree, moved_items, split_items
 from gateway.policy.loader import NO_MOBILE_CHANNEL, _Reader, unknown_reference
 from gateway.policy.networks import NetEntry
 from gateway.policy.spec import (
@@ -66,7 +66,7 @@ from gateway.yamlsrc import Sequence as YamlSequence
 
 # Files at least this big are read in a child process (see the module docstring).
 ISOLATE_BYTES = 1 << 20
-# An edit of a big file changing more rules than this in one run is read whole (in a child).
+# An edit of a big file with more new rules than this is read whole (in a child).
 EDIT_ITEMS = 5000
 # The child pickles a big file's rules in chunks of this many, each with its own memo (see _child).
 PICKLE_CHUNK = 2000
@@ -193,12 +193,12 @@ def _layout(text: str, parsed: Any, reader: _Reader) -> Layout | None:
 def read_edit(path: Path, data: bytes, digest: bytes, old: PolicySource) -> PolicySource | None:
     """``old``'s file after an edit, reading only what the edit changed.
 
-    That is the run of ``rules`` items between the unchanged head and tail of
-    the list, and the other sections if their text changed; every other rule
-    is reused as it is (its line moved in ``rule_lines`` if it has a new one).
-    The result must be clean: None otherwise, or when the run is longer than
-    :data:`EDIT_ITEMS`, and the caller then reads the file whole, which also
-    reports problems exactly as always.
+    That is the ``rules`` items whose text is not an old item's (found by their
+    digests, wherever the edit moved them), and the other sections if their text
+    changed; every other rule is reused as it is (its line moved in
+    ``rule_lines`` if it has a new one). The result must be clean: None
+    otherwise, or when more than :data:`EDIT_ITEMS` items are new, and the
+    caller then reads the file whole, which also reports problems exactly as always.
     """
     layout = old.layout
     if layout is None:
@@ -215,47 +215,73 @@ def read_edit(path: Path, data: bytes, digest: bytes, old: PolicySource) -> Poli
         head = _read_head(text[: items.starts[0]], path, old.geoip)
         if head is None:
             return None
-    stem = path.stem
     n, m = len(items.lines), len(layout.lines)
     p, q, s = changed_run(layout.digests, items.digests)
-    if n != m and any(old.rules[k].id == f"{stem}.rules[{k}]" for k in range(m - s, m)):
-        q, s = n, 0  # a rule named by its place (no `id`) would be renamed by the shift: read the rest
-    if q - p > EDIT_ITEMS:
+    kept = [(0, p, 0), *moved_items(layout.digests, items.digests, p, q, m - s), (q, n, m - s)]
+    # A rule without an id is named by its place: one that moved would be renamed, so it is read again.
+    placed = f"{path.stem}.rules["
+    kept = [(a, b, j) for a, b, j in kept
+            if b > a and (a == j or not any(rule.id.startswith(placed) for rule in old.rules[j:j + b - a]))]
+    new = _between(kept, n)
+    if sum(b - a for a, b in new) > EDIT_ITEMS:
         return None
-    run = _read_run(text, items, p, q, path, old.geoip)
-    if run is None:
+    read = _read_runs(text, items, new, path, old.geoip)
+    if read is None or read.item_refs is None:
         return None
-    front_shift = items.lines[0] - layout.lines[0]  # lines the other sections gained or lost
-    tail_shift = items.lines[q] - layout.lines[m - s] if s else 0
-    rules = (*old.rules[:p], *run.rules, *old.rules[m - s:])
-    rule_lines = _moved(old.rule_lines[:p], front_shift) + run.rule_lines + _moved(old.rule_lines[m - s:], tail_shift)
-    if len({rule.id for rule in rules}) != n:
-        return None  # an id defined twice: the whole read names both places
+    read_refs = array("I", [*read.item_refs, len(read.refs)])  # where each read item's references start, and end
 
-    # the references: the other sections', then each item's, in the columns' order (see Layout)
+    # the rules and their references, the other sections' first (see Layout), then item by item in runs
     starts = layout.ref_starts
     refs = _Columns()
     if head is None:
         refs.copy(old, 0, starts[0], 0)
     else:
         refs.add(head.refs)
-    ref_starts = array("I", [start + len(refs) - starts[0] for start in starts[:p]])
-    refs.copy(old, starts[0], starts[p], front_shift)
-    ref_starts.extend(len(refs) + start for start in run.item_refs or ())
-    refs.add(run.refs)
-    ref_starts.extend(start + len(refs) - starts[m - s] for start in starts[m - s:])
-    refs.copy(old, starts[m - s], starts[m], tail_shift)
+    rules: list[RuleSpec] = []
+    rule_lines = array("I")
+    ref_starts = array("I")
+    done = 0  # rules taken from `read`
+    for a, b, j in sorted([*kept, *((a, b, -1) for a, b in new)]):
+        count = b - a
+        if j >= 0:  # new items [a, b) are old [j, j + count), moved by `shift` lines
+            shift = items.lines[a] - layout.lines[j]
+            rules += old.rules[j:j + count]
+            rule_lines += _moved(old.rule_lines[j:j + count], shift)
+            ref_starts.extend(start + len(refs) - starts[j] for start in starts[j:j + count])
+            refs.copy(old, starts[j], starts[j + count], shift)
+        else:  # new items, read
+            first = read_refs[done]
+            rules += read.rules[done:done + count]
+            rule_lines += read.rule_lines[done:done + count]
+            ref_starts.extend(start + len(refs) - first for start in read_refs[done:done + count])
+            refs.add(read.refs[first:read_refs[done + count]])
+            done += count
+    ref_starts.append(len(refs))
+    if len({rule.id for rule in rules}) != n:
+        return None  # an id defined twice: the whole read names both places
     sections = old if head is None else _source(head, str(path), digest, head.problems)
     return replace(
         sections,
         digest=digest,
-        rules=rules,
+        rules=tuple(rules),
         rule_lines=rule_lines,
         ref_kinds=bytes(refs.kinds),
         ref_names=tuple(refs.names),
         ref_lines=refs.lines,
         layout=Layout.of(items, ref_starts),
     )
+
+
+def _between(kept: list[tuple[int, int, int]], n: int) -> list[tuple[int, int]]:
+    """The runs of ``[0, n)`` that the kept runs (in order, not overlapping) leave."""
+    out, at = [], 0
+    for a, b, _ in kept:
+        if a > at:
+            out.append((at, a))
+        at = b
+    if n > at:
+        out.append((at, n))
+    return out
 
 
 def _read_head(text: str, path: Path, geoip: bool) -> _Reader | None:
@@ -269,19 +295,21 @@ def _read_head(text: str, path: Path, geoip: bool) -> _Reader | None:
     return None if reader.problems.items or reader.rules else reader
 
 
-def _read_run(text: str, items: Items, p: int, q: int, path: Path, geoip: bool) -> _Reader | None:
-    """Items ``[p, q)`` of the ``rules`` list, read on their own."""
+def _read_runs(text: str, items: Items, runs: list[tuple[int, int]], path: Path, geoip: bool) -> _Reader | None:
+    """Items ``[a, b)`` of the ``rules`` list for each run, read on their own, into one reader."""
     reader = _Reader(Problems(), geoip=geoip)
     reader.item_refs = array("I")
-    if q > p:
-        end = items.starts[q] if q < len(items.starts) else len(text)
-        plain, run = parse_plain(text[items.starts[p]:end], str(path), items.lines[p])
-        if not plain or not isinstance(run, YamlSequence) or list(run.item_lines) != items.lines[p:q].tolist():
+    count = 0
+    for a, b in runs:
+        end = items.starts[b] if b < len(items.starts) else len(text)
+        plain, run = parse_plain(text[items.starts[a]:end], str(path), items.lines[a])
+        if not plain or not isinstance(run, YamlSequence) or list(run.item_lines) != items.lines[a:b].tolist():
             return None
         if not all(isinstance(item, YamlMapping) for item in run):
             return None
-        reader.read_items(run.items_with_where(), path.stem, p)
-    return None if reader.problems.items or len(reader.rules) != q - p else reader
+        reader.read_items(run.items_with_where(), path.stem, a)
+        count += b - a
+    return None if reader.problems.items or len(reader.rules) != count else reader
 
 
 def _moved(lines: array[int], shift: int) -> array[int]:

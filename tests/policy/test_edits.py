@@ -98,10 +98,19 @@ def _edits(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
     with_ids = draw(st.booleans())
     before = [_rule(rnd, index, with_id=with_ids or rnd.random() < 0.5) for index in range(draw(st.integers(1, 30)))]
     after = list(before)
-    for _ in range(draw(st.integers(0, 3))):
+    for _ in range(draw(st.integers(0, 4))):
         where = rnd.randrange(len(after) + 1)
-        edit = draw(st.sampled_from(["insert", "delete", "change", "append", "duplicate id", "bad"]))
-        if edit == "insert":
+        edit = draw(st.sampled_from(["insert", "delete", "change", "append", "duplicate id", "bad", "move", "swap"]))
+        if edit in ("move", "swap") and len(after) > 1:  # rules found again elsewhere (named by place or not)
+            a, b = sorted(rnd.sample(range(len(after)), 2))
+            if edit == "swap":
+                after[a], after[b] = after[b], after[a]
+            else:
+                block = after[a:a + rnd.randint(1, 3)]
+                del after[a:a + len(block)]
+                at = rnd.randrange(len(after) + 1)
+                after[at:at] = block
+        elif edit == "insert":
             after.insert(where, _rule(rnd, 1000 + where))
         elif edit == "delete" and len(after) > 1:
             del after[min(where, len(after) - 1)]
@@ -145,6 +154,10 @@ def test_the_usual_edits_reuse_the_unchanged_rules(tmp_path: Path) -> None:
         "one rule appended": ([*rules, _rule(rnd, 999)], 200),
         "one rule inserted": (inserted, 200),  # the 150 after it moved a line down: only their lines change
         "one rule removed": ([*rules[:50], *rules[51:]], 199),
+        # the rules between two edits far apart are found unchanged: not read again
+        "two rules changed far apart": ([*changed[:190], {**rules[190], "title": "Changed far"}, *rules[191:]], 198),
+        "a block of rules moved up": ([*rules[:10], *rules[150:160], *rules[10:150], *rules[160:]], 200),
+        "two rules swapped": ([*rules[:20], rules[180], *rules[21:180], rules[20], *rules[181:]], 200),
     }
     for name, (after, same_objects) in cases.items():
         edited = _edited(path, old, _text(after, 0))
@@ -191,6 +204,21 @@ def test_a_run_longer_than_the_limit_is_read_whole(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(sources, "EDIT_ITEMS", 2)
     assert _edited(path, old, _text([*rules, _rule(rnd, 98), _rule(rnd, 99)], 0)) is not None
     assert _edited(path, old, _text([*rules, _rule(rnd, 97), _rule(rnd, 98), _rule(rnd, 99)], 0)) is None
+    # the limit counts the items read, not the span between the first and the last
+    assert _edited(path, old, _text([_rule(rnd, 96), *rules[1:19], _rule(rnd, 95)], 0)) is not None
+
+
+def test_a_rule_without_id_is_read_again_where_it_moved(tmp_path: Path) -> None:
+    """Its id is its place (``big.rules[3]``): found at another place, its old spec would have the old name."""
+    rnd = random.Random(5)
+    rules = [_rule(rnd, index, with_id=index % 2 == 0) for index in range(12)]
+    path = tmp_path / "big.yaml"
+    old = _source(path, _text(rules, 0))
+    after = [rules[5], *rules[:5], *rules[6:]]  # an id-less rule to the top: it and those it pushed down are renamed
+    edited = _edited(path, old, _text(after, 0))
+    assert edited == _source(path, _text(after, 0))
+    assert edited is not None and edited.rules[0].id == "big.rules[0]"
+    assert [a is b for a, b in zip(edited.rules[6:], old.rules[6:], strict=True)] == [True] * 6, "the rest reused"
 
 
 # -- the index ---------------------------------------------------------------------------------------
@@ -274,6 +302,9 @@ def _decisions_agree(a: Any, b: Any) -> None:
         ("changed in place", lambda rules, rnd: [*rules[:40], {**rules[40], "action": "allow"}, *rules[41:]], 0, 1),
         ("inserted at the top", lambda rules, rnd: [_rule(rnd, 999), *rules], -1, 1),
         ("removed", lambda rules, rnd: rules[1:], 1, 0),
+        ("changed at two far places", lambda rules, rnd: [*rules[:5], _rule(rnd, 998), *rules[6:100], _rule(rnd, 999),
+                                                          *rules[101:]], 0, 2),
+        ("one moved to the top", lambda rules, rnd: [rules[100], *rules[:100], *rules[101:]], -1, 1),
         ("functions section grown by a line", None, 0, 0),
     ],
 )
@@ -372,6 +403,22 @@ def test_new_rules_are_numbered_between_the_kept_ones(olds: list[int | None], ba
     if all(high - low - 1 >= run for low, high, run in zip(bounds[:-1], bounds[1:], runs, strict=True)):
         # the kept orders increase and every run of new rules has room: nothing else is numbered anew
         assert all(old in (None, order) for old, order in zip(given, orders, strict=True)), "the kept orders are kept"
+
+
+@given(positions=st.lists(st.none() | st.integers(1, 60), max_size=40))
+def test_rules_moved_up_or_down_keep_the_most_orders_that_can_stay(positions: list[int | None]) -> None:
+    """Of kept orders out of order (rules moved), a longest increasing run is kept: one rule moved to the
+    top renumbers that rule, not every rule it passed."""
+    given = [None if at is None else _SPAN + at * ORDER_GAP for at in positions]  # room everywhere
+    orders = _numbered(given, _SPAN)
+    assert orders == sorted(set(orders))
+    olds = [old for old in given if old is not None]
+    longest = [1] * len(olds)  # the longest strictly increasing subsequence ending at each, by brute force
+    for j in range(len(olds)):
+        for i in range(j):
+            if olds[i] < olds[j]:
+                longest[j] = max(longest[j], longest[i] + 1)
+    assert sum(old == order for old, order in zip(given, orders, strict=True)) == max(longest, default=0)
 
 
 @pytest.mark.parametrize("place", ["top", "end", "anywhere", "one place in the middle"])
