@@ -11,9 +11,9 @@ written), and reports:
 - with a steady open-loop ``--rate`` of authenticated requests running, ``--reloads``
   SIGHUPs a few seconds apart, each right after a real edit (:data:`EDITS`): one
   more group in the small ``people.yaml``; in the 12 MB ``generated.yaml`` one rule
-  appended, one changed in the middle, one inserted at the top (each read as an
-  edit), and its functions section changed (which re-reads the whole file).
-  Each is reported apart. For each: its duration
+  appended, one changed in the middle, one inserted at the top, its functions
+  section changed, two rules changed far apart and one rule moved to the top
+  (each read as an edit). Each is reported apart. For each: its duration
   (SIGHUP sent -> the ``config.reloaded`` event's own timestamp), the peak RSS
   while two policies coexist, and the latency of requests due during it;
 - failed requests over the whole run (any non-2xx, error or timeout).
@@ -21,7 +21,7 @@ written), and reports:
 Targets (issue 6): idle RSS < 150 MiB, reload < 1 s, no request failed; the
 reload target is reported apart for edits that leave the other rules in place
 and for those that move every rule below them (an insert at the top, a longer
-functions section).
+functions section, a rule moved to the top).
 """
 
 from __future__ import annotations
@@ -71,16 +71,21 @@ def sighup_reloads(log_text: str) -> list[dict[str, Any]]:
     return [e for e in events(log_text, "config.reloaded") if e.get("trigger") == "sighup"]
 
 
-# The edits made before each SIGHUP, in order (--reloads N makes the first N): what an admin does to
-# the small people.yaml, and to the 100,000-rule generated.yaml: one rule appended, changed in place
-# or inserted at the top (read as an edit), and its other section changed (the whole file re-read).
+# The edits made before each SIGHUP, in order (--reloads N makes the first N, and goes round again):
+# what an admin does to the small people.yaml, and to the 100,000-rule generated.yaml: one rule
+# appended, changed in place or inserted at the top, its other section changed, two rules changed
+# far apart (a tenth and nine tenths down), one rule moved to the top.
 EDITS = (
     ("people.yaml", "one more group"),
     ("generated.yaml", "one rule appended"),
     ("generated.yaml", "one rule changed in the middle"),
     ("generated.yaml", "one rule inserted at the top"),
     ("generated.yaml", "its functions section changed"),
+    ("generated.yaml", "two rules changed far apart"),
+    ("generated.yaml", "one rule moved to the top"),
 )
+# Edits after which every rule below the place they touched is on another line.
+MOVING = ("one rule inserted at the top", "its functions section changed", "one rule moved to the top")
 
 
 def edit(directory: Path, kind: str, index: int, rules: int) -> None:
@@ -104,6 +109,17 @@ def edit(directory: Path, kind: str, index: int, rules: int) -> None:
         text = text.replace(middle, f"- id: gen-{target:06d}\n  title: Changed before reload {index}\n")
     elif kind == "one rule inserted at the top":
         text = text.replace("\nrules:\n", "\nrules:\n" + rule, 1)
+    elif kind == "two rules changed far apart":
+        for target in (rules // 10 + index, rules * 9 // 10 + index):
+            title = f"- id: gen-{target:06d}\n  title: Generated rule {target}\n"
+            assert title in text, title
+            text = text.replace(title, f"- id: gen-{target:06d}\n  title: Changed before reload {index}\n")
+    elif kind == "one rule moved to the top":
+        start = text.index(f"\n- id: gen-{rules // 4 + index:06d}\n") + 1
+        end = text.index("\n- ", start) + 1
+        item = text[start:end]
+        text = text[:start] + text[end:]
+        text = text.replace("\nrules:\n", "\nrules:\n" + item, 1)
     else:
         paths = "  gen-fn-000:\n    paths:\n    - /module-000/**\n"
         assert paths in text, paths
@@ -216,9 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             result.setdefault("reload_s_median", {})[f"{edited}: {kind}"] = statistics.median(durations)
             result.setdefault("reload_s_max", {})[f"{edited}: {kind}"] = durations[-1]
     # edits that leave every other rule where it was, and those that move every rule below them
-    moving = ("one rule inserted at the top", "its functions section changed")
-    in_place = [float(r["duration_s"]) for r in reloads if r["edit"] not in moving]
-    moved = [float(r["duration_s"]) for r in reloads if r["edit"] in moving]
+    in_place = [float(r["duration_s"]) for r in reloads if r["edit"] not in MOVING]
+    moved = [float(r["duration_s"]) for r in reloads if r["edit"] in MOVING]
     result["targets"] = {
         "idle RSS < 150 MiB": result["idle_rss_mib"] < 150,
         "reload < 1 s (rules left in place)": bool(in_place) and max(in_place) < 1.0,
