@@ -13,7 +13,7 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import yaml
@@ -23,6 +23,9 @@ import gateway
 from gateway import logs
 from gateway.config import load_config
 from gateway.yamlsrc import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.server import Server
 
 
 def find_config_dir(explicit: Path | None) -> Path:
@@ -56,22 +59,24 @@ def run_demo(*, port: int, config_dir: Path | None) -> int:
             print(problem, file=sys.stderr)
         return 1
     logs.configure(level=config.settings.logging.level, fmt=config.settings.logging.format)
-    from gateway.server import install_event_loop_policy
-
-    install_event_loop_policy()
-    return asyncio.run(_run(main, config, crm_port))
-
-
-async def _run(main: Path, config: Any, crm_port: int) -> int:
-    from gateway import demo_crm
-    from gateway.server import Server
+    from gateway.server import Server, install_event_loop_policy
     from gateway.totp import enroll_demo_users
 
-    crm_runner, _ = await demo_crm.start("127.0.0.1", crm_port)
+    install_event_loop_policy()
     enrolled = enroll_demo_users(config)
+    notes = _hours_note(config)
+    # Only the server holds the config from here: a reload then frees the one it started with.
     server = Server(config_path=main, config=config)
+    del config
+    return asyncio.run(_run(server, main, crm_port, enrolled, notes))
+
+
+async def _run(server: Server, main: Path, crm_port: int, enrolled: dict[str, str], notes: list[str]) -> int:
+    from gateway import demo_crm
+
+    crm_runner, _ = await demo_crm.start("127.0.0.1", crm_port)
     await server.start()
-    host = config.settings.listen.host
+    host = server.config.settings.listen.host
     banner = [
         "",
         "crm-gateway demo is running",
@@ -86,7 +91,7 @@ async def _run(main: Path, config: Any, crm_port: int) -> int:
     if enrolled:
         banner.append("  2FA secrets for the demo users (add one to an authenticator app, or use oathtool):")
         banner.extend(f"    {user}: oathtool --totp -b {secret}" for user, secret in enrolled.items())
-    banner.extend(_hours_note(config))
+    banner.extend(notes)
     print("\n".join(banner), file=sys.stderr, flush=True)
     try:
         return await server.serve_until_stopped()

@@ -175,3 +175,44 @@ def test_sigterm_while_the_workers_parent_validates_stops_the_check_and_exits_0(
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+SERVE_AND_RELOAD = """
+import socket, sys, weakref
+from pathlib import Path
+import yaml
+from gateway import server
+from gateway.cli import main
+
+async def reload_once(self):  # in place of serving until SIGTERM: one reload after an edit, then stop
+    started_with = weakref.ref(self.config.policy)
+    rules = self.config_path.parent / "rules.yaml"
+    rules.write_text(rules.read_text() + "# edited\\n")
+    assert await self.reload("test")
+    print("start-up policy:", "kept" if started_with() is not None else "freed")
+    await self.shutdown()
+    return 0
+server.Server.serve_until_stopped = reload_once
+
+config, command = Path(sys.argv[1]), sys.argv[2]
+with socket.socket() as probe:  # a free port for the demo's CRM
+    probe.bind(("127.0.0.1", 0))
+    crm_port = probe.getsockname()[1]
+data = yaml.safe_load(config.read_text())
+data["listen"] = {"host": "127.0.0.1", "port": 0}
+data["upstream"]["url"] = f"http://127.0.0.1:{crm_port}"
+config.write_text(yaml.safe_dump(data))
+if command == "serve":
+    sys.exit(main(["serve", "-c", str(config)]))
+sys.exit(main(["demo", "--config-dir", str(config.parent), "--port", "0"]))
+"""
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_a_reload_frees_the_policy_the_gateway_started_with(example: Path, command: str) -> None:
+    """Through the real command line: nothing on the way (a local of ``serve``) keeps the start-up config,
+    which after one reload would stay in memory for good (~90 MiB at 100,000 rules)."""
+    result = subprocess.run([sys.executable, "-c", SERVE_AND_RELOAD, str(example), command], capture_output=True,
+                            text=True, cwd=REPO, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "start-up policy: freed" in result.stdout, result.stdout + result.stderr
