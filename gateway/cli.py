@@ -59,10 +59,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _server(args: argparse.Namespace) -> Server:
     """The one-process gateway, its config loaded and its logging and event loop set up."""
+    config = _load_or_exit(args.config)
+    # Imported after the load: their objects then fill the holes the load's temporaries left
+    # (imported first, idle RSS is ~3 MiB higher at 100,000 rules).
     from gateway import logs
     from gateway.server import Server, install_event_loop_policy
 
-    config = _load_or_exit(args.config)
     logs.configure(level=config.settings.logging.level, fmt=config.settings.logging.format)
     install_event_loop_policy()
     return Server(
