@@ -34,6 +34,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import io
+import json
 import os
 import pickle
 import subprocess
@@ -66,8 +67,8 @@ from gateway.yamlsrc import Sequence as YamlSequence
 
 # Files at least this big are read in a child process (see the module docstring).
 ISOLATE_BYTES = 1 << 20
-# An edit of a big file with more new rules than this is read whole (in a child).
-EDIT_ITEMS = 5000
+# An edit of a big file writing more new rules than this has them read in a child process (see read_edit).
+EDIT_ITEMS = 2000
 # The child pickles a big file's rules in chunks of this many, each with its own memo (see _child).
 PICKLE_CHUNK = 2000
 _REF_KINDS = ("function", "channel", "group", "user")
@@ -190,15 +191,18 @@ def _layout(text: str, parsed: Any, reader: _Reader) -> Layout | None:
     return Layout.of(items, array("I", [*reader.item_refs, len(reader.refs)]))
 
 
-def read_edit(path: Path, data: bytes, digest: bytes, old: PolicySource) -> PolicySource | None:
+def read_edit(
+    path: Path, data: bytes, digest: bytes, old: PolicySource, *, isolate: bool = True
+) -> PolicySource | None:
     """``old``'s file after an edit, reading only what the edit changed.
 
     That is the ``rules`` items whose text is not an old item's (found by their
     digests, wherever the edit moved them), and the other sections if their text
     changed; every other rule is reused as it is (its line moved in
-    ``rule_lines`` if it has a new one). The result must be clean: None
-    otherwise, or when more than :data:`EDIT_ITEMS` items are new, and the
-    caller then reads the file whole, which also reports problems exactly as always.
+    ``rule_lines`` if it has a new one). More than :data:`EDIT_ITEMS` new items
+    are read in a child process (``isolate``), as a big file read whole is: their
+    YAML values never take room here. The result must be clean: None otherwise,
+    and the caller then reads the file whole, which also reports problems exactly as always.
     """
     layout = old.layout
     if layout is None:
@@ -223,12 +227,13 @@ def read_edit(path: Path, data: bytes, digest: bytes, old: PolicySource) -> Poli
     kept = [(a, b, j) for a, b, j in kept
             if b > a and (a == j or not any(rule.id.startswith(placed) for rule in old.rules[j:j + b - a]))]
     new = _between(kept, n)
-    if sum(b - a for a, b in new) > EDIT_ITEMS:
+    read = None
+    if isolate and sum(b - a for a, b in new) > EDIT_ITEMS:
+        read = _read_runs_isolated(path, data, new, old.geoip)
+    if read is None:
+        read = _read_runs(text, items, new, path, old.geoip)
+    if read is None:
         return None
-    read = _read_runs(text, items, new, path, old.geoip)
-    if read is None or read.item_refs is None:
-        return None
-    read_refs = array("I", [*read.item_refs, len(read.refs)])  # where each read item's references start, and end
 
     # the rules and their references, the other sections' first (see Layout), then item by item in runs
     starts = layout.ref_starts
@@ -250,11 +255,11 @@ def read_edit(path: Path, data: bytes, digest: bytes, old: PolicySource) -> Poli
             ref_starts.extend(start + len(refs) - starts[j] for start in starts[j:j + count])
             refs.copy(old, starts[j], starts[j + count], shift)
         else:  # new items, read
-            first = read_refs[done]
+            first = read.ref_starts[done]
             rules += read.rules[done:done + count]
             rule_lines += read.rule_lines[done:done + count]
-            ref_starts.extend(start + len(refs) - first for start in read_refs[done:done + count])
-            refs.add(read.refs[first:read_refs[done + count]])
+            ref_starts.extend(start + len(refs) - first for start in read.ref_starts[done:done + count])
+            refs.copy(read, first, read.ref_starts[done + count], 0)
             done += count
     ref_starts.append(len(refs))
     if len({rule.id for rule in rules}) != n:
@@ -295,8 +300,20 @@ def _read_head(text: str, path: Path, geoip: bool) -> _Reader | None:
     return None if reader.problems.items or reader.rules else reader
 
 
-def _read_runs(text: str, items: Items, runs: list[tuple[int, int]], path: Path, geoip: bool) -> _Reader | None:
-    """Items ``[a, b)`` of the ``rules`` list for each run, read on their own, into one reader."""
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """An edit's new ``rules`` items, read on their own (:func:`_read_runs`): their rules and references."""
+
+    rules: tuple[RuleSpec, ...]
+    rule_lines: array[int]
+    ref_starts: array[int]  # where each item's references start in the columns, then where the last one's end
+    ref_kinds: bytes  # the references as a source's three columns
+    ref_names: tuple[str, ...]
+    ref_lines: array[int]
+
+
+def _read_runs(text: str, items: Items, runs: list[tuple[int, int]], path: Path, geoip: bool) -> _Read | None:
+    """Items ``[a, b)`` of the ``rules`` list for each run, read on their own, one run after the other."""
     reader = _Reader(Problems(), geoip=geoip)
     reader.item_refs = array("I")
     count = 0
@@ -309,7 +326,36 @@ def _read_runs(text: str, items: Items, runs: list[tuple[int, int]], path: Path,
             return None
         reader.read_items(run.items_with_where(), path.stem, a)
         count += b - a
-    return None if reader.problems.items or len(reader.rules) != count else reader
+    if reader.problems.items or len(reader.rules) != count:
+        return None
+    refs = _Columns()
+    refs.add(reader.refs)
+    return _Read(tuple(reader.rules), reader.rule_lines, array("I", [*reader.item_refs, len(refs)]),
+                 bytes(refs.kinds), tuple(refs.names), refs.lines)
+
+
+def _read_runs_isolated(path: Path, data: bytes, runs: list[tuple[int, int]], geoip: bool) -> _Read | None:
+    """:func:`_read_runs` in a child process (the file's bytes and the runs go in); None when that fails."""
+    loaded = _in_child("_runs_child", [str(path), "1" if geoip else "0"], json.dumps(runs).encode() + b"\n" + data)
+    if loaded is None or not isinstance(loaded[0], _Read):
+        return None
+    read = replace(loaded[0], rules=loaded[1])
+    return read if len(read.rules) == sum(b - a for a, b in runs) else None
+
+
+def _runs_child() -> None:
+    """The child process of :func:`_read_runs_isolated`: the runs as a JSON line, then the file's bytes, on stdin."""
+    gc.disable()
+    runs_line, data = sys.stdin.buffer.read().split(b"\n", 1)
+    runs = [(a, b) for a, b in json.loads(runs_line)]
+    text = _decode(data)
+    items = split_items(text)
+    read = _read_runs(text, items, runs, Path(sys.argv[1]), sys.argv[2] == "1") if items is not None else None
+    if read is None:
+        os._exit(1)
+    _dump_rules_after(replace(read, rules=()), read.rules, sys.stdout.buffer)
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def _moved(lines: array[int], shift: int) -> array[int]:
@@ -334,7 +380,7 @@ class _Columns:
             self.names.append(name)
             self.lines.append(where.line)
 
-    def copy(self, source: PolicySource, start: int, end: int, shift: int) -> None:
+    def copy(self, source: PolicySource | _Read, start: int, end: int, shift: int) -> None:
         """``source``'s references ``[start, end)``, each ``shift`` lines further down."""
         self.kinds += source.ref_kinds[start:end]
         self.names += source.ref_names[start:end]
@@ -343,29 +389,36 @@ class _Columns:
 
 def _read_isolated(path: Path, data: bytes, *, geoip: bool, digest: bytes) -> PolicySource | None:
     """:func:`read_source` in a child process; None when that cannot be done (read here instead)."""
+    loaded = _in_child("_child", [str(path), "1" if geoip else "0"], data)
+    if loaded is None or not isinstance(loaded[0], PolicySource):
+        return None
+    source = replace(loaded[0], rules=loaded[1])
+    return source if source.digest == digest and source.path == str(path) else None
+
+
+def _in_child(entry: str, args: list[str], data: bytes) -> tuple[object, tuple[RuleSpec, ...]] | None:
+    """What this module's function ``entry``, run in a child process with ``data`` on stdin, wrote
+    (:func:`_dump_rules_after`); None when the child failed or cannot be run."""
     if not sys.executable:
         return None
     root = str(Path(__file__).resolve().parent.parent.parent)  # where the `gateway` package lives
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    code = "from gateway.policy.sources import _child; _child()"
+    code = f"from gateway.policy.sources import {entry}; {entry}()"
     try:
         # The pickle goes through a temporary file and is loaded from it as a stream: from a pipe it
         # would arrive as a list of chunks joined into one more copy, beside the values it makes.
         with tempfile.TemporaryFile() as out:
             done = subprocess.run(  # noqa: S603 (our own interpreter and code; the file's bytes go in on stdin)
-                [sys.executable, "-c", code, str(path), "1" if geoip else "0"],
+                [sys.executable, "-c", code, *args],
                 input=data, stdout=out, stderr=subprocess.DEVNULL, env=env, check=False, timeout=600,
             )  # fmt: skip
             if done.returncode != 0:
                 return None
             out.seek(0)
-            source = _load_chunked(out)
+            return _load_rules_after(out)
     except Exception:  # the child is an optimisation: any trouble, and the file is read here
         return None
-    if not isinstance(source, PolicySource) or source.digest != digest or source.path != str(path):
-        return None
-    return source
 
 
 def _child() -> None:
@@ -379,7 +432,12 @@ def _child() -> None:
 
 
 def _dump_chunked(source: PolicySource, out: BinaryIO) -> None:
-    """The source without its rules, their count and shared values, then the rules :data:`PICKLE_CHUNK` at a time.
+    """The source without its rules, then its rules (see :func:`_dump_rules_after`)."""
+    _dump_rules_after(replace(source, rules=()), source.rules, out)
+
+
+def _dump_rules_after(head: object, rules: tuple[RuleSpec, ...], out: BinaryIO) -> None:
+    """``head``, the rules' count and shared values, then the rules :data:`PICKLE_CHUNK` at a time.
 
     One pickle of everything would be loaded with one memo, which keeps every
     object the load made alive until its end, including the transient state
@@ -392,10 +450,8 @@ def _dump_chunked(source: PolicySource, out: BinaryIO) -> None:
     refer to it (persistent ids): each chunk would otherwise bring its own
     copy, and each rule its own equal value (~5 MiB at 100,000 rules).
     """
-    rules = source.rules
     shared, by_id = _shared_values(rules)
-    head = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
-    head.dump((replace(source, rules=()), len(rules), tuple(shared)))
+    pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump((head, len(rules), tuple(shared)))
     dump = _SharingPickler(out, by_id)
     for start in range(0, len(rules), PICKLE_CHUNK):
         dump.clear_memo()
@@ -479,10 +535,17 @@ class _SharingUnpickler(pickle.Unpickler):
 
 def _load_chunked(stream: BinaryIO) -> PolicySource | None:
     """What :func:`_dump_chunked` wrote (None if it is not that)."""
-    head = pickle.load(stream)  # noqa: S301 (written by our own child)
-    if not (isinstance(head, tuple) and len(head) == 3 and isinstance(head[0], PolicySource)):
+    loaded = _load_rules_after(stream)
+    if loaded is None or not isinstance(loaded[0], PolicySource):
         return None
-    source: PolicySource = head[0]
+    return replace(loaded[0], rules=loaded[1])
+
+
+def _load_rules_after(stream: BinaryIO) -> tuple[object, tuple[RuleSpec, ...]] | None:
+    """What :func:`_dump_rules_after` wrote: the head and the rules (None if it is not that)."""
+    head = pickle.load(stream)  # noqa: S301 (written by our own child)
+    if not (isinstance(head, tuple) and len(head) == 3 and isinstance(head[1], int)):
+        return None
     count: int = head[1]
     shared: tuple[object, ...] = head[2]
     rules: list[RuleSpec] = []
@@ -493,7 +556,7 @@ def _load_chunked(stream: BinaryIO) -> PolicySource | None:
         rules += chunk
     if len(rules) != count:
         return None
-    return replace(source, rules=tuple(rules))
+    return head[0], tuple(rules)
 
 
 def read_sources(
@@ -521,7 +584,7 @@ def read_sources(
         big = len(data) >= ISOLATE_BYTES
         source = known.get((name, digest, geoip))
         if source is None and (name, geoip) in edited:
-            source = read_edit(path, data, digest, edited[(name, geoip)])
+            source = read_edit(path, data, digest, edited[(name, geoip)], isolate=isolate)
         if source is None and isolate and big:
             source = _read_isolated(path, data, geoip=geoip, digest=digest)
         if source is None:

@@ -196,16 +196,47 @@ def test_an_edit_into_an_alias_or_what_the_cut_cannot_trust_is_read_whole(tmp_pa
     assert _edited(path, old, text + '- id: c\n  title: "open\n- id: d\n  action: block\n') is None
 
 
-def test_a_run_longer_than_the_limit_is_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_many_new_rules_are_read_in_a_child_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More than EDIT_ITEMS new rules: read in a child, as a big file read whole is; the others still reused."""
     rnd = random.Random(3)
     rules = [_rule(rnd, index) for index in range(20)]
     path = tmp_path / "big.yaml"
     old = _source(path, _text(rules, 0))
+    after = [_rule(rnd, 96), *rules[1:19], _rule(rnd, 95), _rule(rnd, 94)]  # three new rules, at both ends
     monkeypatch.setattr(sources, "EDIT_ITEMS", 2)
-    assert _edited(path, old, _text([*rules, _rule(rnd, 98), _rule(rnd, 99)], 0)) is not None
-    assert _edited(path, old, _text([*rules, _rule(rnd, 97), _rule(rnd, 98), _rule(rnd, 99)], 0)) is None
-    # the limit counts the items read, not the span between the first and the last
-    assert _edited(path, old, _text([_rule(rnd, 96), *rules[1:19], _rule(rnd, 95)], 0)) is not None
+
+    def not_here(*args: object) -> None:
+        raise AssertionError("read in this process")
+
+    monkeypatch.setattr(sources, "_read_runs", not_here)
+    edited = _edited(path, old, _text(after, 0))
+    assert edited == _source(path, _text(after, 0))
+    assert edited is not None
+    assert all(a is b for a, b in zip(edited.rules[1:19], old.rules[1:19], strict=True)), "the others reused"
+    with pytest.raises(AssertionError, match="read in this process"):  # two new rules: read here
+        _edited(path, old, _text([*rules, _rule(rnd, 93), _rule(rnd, 92)], 0))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=_edits())
+def test_new_rules_read_in_a_child_are_the_file_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: tuple[Any, Any, int, str]
+) -> None:
+    before, after, style, head = case
+    monkeypatch.setattr(sources, "EDIT_ITEMS", 0)
+    read_here = sources._read_runs
+    read_here_items: list[int] = []  # new items read in this process
+    monkeypatch.setattr(sources, "_read_runs", lambda text, items, runs, *rest: read_here_items.append(
+        sum(b - a for a, b in runs)) or read_here(text, items, runs, *rest))
+    path = tmp_path / "big.yaml"
+    old = _source(path, _text(before, style))
+    new_text = _text(after, style, head)
+    whole = _source(path, new_text)
+    edited = _edited(path, old, new_text)
+    assert (edited is None) == bool(whole.problems)
+    if edited is not None:
+        assert edited == whole
+        assert not any(read_here_items), "new rules read in the child, not here"
 
 
 def test_a_rule_without_id_is_read_again_where_it_moved(tmp_path: Path) -> None:
