@@ -22,9 +22,10 @@ them. Small files, and any failure to run the child, are read in-process.
 
 An edit of a big file is read as an edit (:func:`read_edit`): its text is cut
 at its ``rules`` items (:mod:`gateway.policy.layout`), and only the items whose
-text the previous read did not have are parsed, in this process, with the other
-sections if they changed; the other rules are reused as they are, wherever the
-edit moved them (their lines are a column beside them, moved with them).
+text the previous read did not have are parsed (in this process, or in a child
+when there are many), with the other sections if they changed; the other rules
+are reused as they are, wherever the edit moved them (their lines are a column
+beside them, moved with them).
 The result is exactly what reading the file whole would give, or the file is
 read whole.
 """
@@ -227,10 +228,10 @@ def read_edit(
     kept = [(a, b, j) for a, b, j in kept
             if b > a and (a == j or not any(rule.id.startswith(placed) for rule in old.rules[j:j + b - a]))]
     new = _between(kept, n)
-    read = None
     if isolate and sum(b - a for a, b in new) > EDIT_ITEMS:
+        # None when they are not clean, or no child could run: read whole (where that is decided again)
         read = _read_runs_isolated(path, data, new, old.geoip)
-    if read is None:
+    else:
         read = _read_runs(text, items, new, path, old.geoip)
     if read is None:
         return None
