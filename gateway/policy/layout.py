@@ -9,10 +9,12 @@ and reads only the items it has not seen (:mod:`gateway.policy.sources`).
 
 The cut is trusted only where it cannot misread the file:
 
-- ``rules`` is a top-level key on a line of its own and the file's last
-  section: nothing but items, blank lines and comments may follow it. The
-  text before the first item (the other sections, the key, blank lines and
-  comments) is compared by its digest too, and read on its own when it changed;
+- ``rules`` is a top-level key on a line of its own; its items, blank lines
+  and comments follow it up to the next top-level key (a plain ``name:`` at
+  the first column) or the end. The text around the items (the other
+  sections, the key, blank lines and comments) is compared by its digest too,
+  and read on its own when it changed, or when sections after the list moved
+  to other lines;
 - no tab and no line break other than ``\\n`` (YAML also breaks lines at
   U+0085, U+2028 and U+2029, which would shift every line number);
 - when the file was read whole, its parsed ``rules`` list had exactly these
@@ -37,17 +39,25 @@ DIGEST_SIZE = 16  # bytes of BLAKE2b per item: equal digests stand for equal tex
 _RULES_KEY = re.compile(r"\nrules:[ ]*(?:#[^\n]*)?\n")  # after a newline: a literal search, fast
 _NOT_BLANK = re.compile(r"^[ ]*[^ #\n]", re.MULTILINE)  # a line with something other than a comment
 _OTHER_BREAKS = ("\t", "\x85", "\u2028", "\u2029")
+_TOP_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*:(?:[ ]|\n|$)")  # a plain top-level key after the rules list
 
 
 @dataclass(frozen=True, slots=True)
 class Items:
     """A file's text cut at its ``rules`` items."""
 
-    prefix: bytes  # digest of the text before the first item
+    others: bytes  # digest of the text around the items: before the first, after the list's end
     indent: int  # column of the items' dashes
     starts: array[int]  # offset of each item in the text
+    end: int  # where the list ends: the next top-level key, or the end of the text
+    after: int  # the line of that key (0: none, the list ends the file)
     lines: array[int]  # 1-based line of each item's dash
-    digests: bytes  # DIGEST_SIZE bytes per item, of its text up to the next item
+    digests: bytes  # DIGEST_SIZE bytes per item, of its text up to the next item (or the list's end)
+
+    def others_text(self, text: str) -> str:
+        """The text with the items' lines left blank: the other sections, each on its own line."""
+        start = self.starts[0]
+        return text[:start] + "\n" * text.count("\n", start, self.end) + text[self.end:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,15 +69,16 @@ class Layout:
     columns; those before ``ref_starts[0]`` are the other sections'.
     """
 
-    prefix: bytes
+    others: bytes
     indent: int
+    after: int
     lines: array[int]
     digests: bytes
     ref_starts: array[int]  # one more entry than items: the end of the last item's references
 
     @classmethod
     def of(cls, items: Items, ref_starts: array[int]) -> Layout:
-        return cls(items.prefix, items.indent, items.lines, items.digests, ref_starts)
+        return cls(items.others, items.indent, items.after, items.lines, items.digests, ref_starts)
 
 
 def _digest(text: str) -> bytes:
@@ -89,22 +100,25 @@ def split_items(text: str) -> Items | None:
     indent = first.end() - 1 - start
     if text[first.end() - 1] != "-":
         return None
-    # every line from here on: an item's dash at `indent`, blank, a comment, or deeper than `indent`
+    # every line up to the list's end: an item's dash at `indent`, blank, a comment, or deeper than `indent`
     item = rf"\n[ ]{{{indent}}}-(?=[ \n]|$)"
-    if re.compile(rf"\n(?!{item[2:]})(?![ ]*#)[ ]{{0,{indent}}}[^ \n]").search(text, start - 1) is not None:
-        return None
-    starts = array("Q", [found.start() + 1 for found in re.compile(item).finditer(text, start - 1)])
+    other = re.compile(rf"\n(?!{item[2:]})(?![ ]*#)[ ]{{0,{indent}}}[^ \n]").search(text, start - 1)
+    end = len(text) if other is None else other.start() + 1
+    if end < len(text) and _TOP_KEY.match(text, end) is None:
+        return None  # not the next section: an item's text at the wrong column, a document marker...
+    starts = array("Q", [found.start() + 1 for found in re.compile(item).finditer(text, start - 1, end)])
     lines = array("I")
     line = text.count("\n", 0, start) + 1
     previous = start
     digests = bytearray()
-    ends = [*starts[1:], len(text)]
-    for offset, end in zip(starts, ends, strict=True):
+    ends = [*starts[1:], end]
+    for offset, item_end in zip(starts, ends, strict=True):
         line += text.count("\n", previous, offset)
         previous = offset
         lines.append(line)
-        digests += _digest(text[offset:end])
-    return Items(_digest(text[:start]), indent, starts, lines, bytes(digests))
+        digests += _digest(text[offset:item_end])
+    after = line + text.count("\n", previous, end) if end < len(text) else 0
+    return Items(_digest(text[:start] + "\0" + text[end:]), indent, starts, end, after, lines, bytes(digests))
 
 
 def items_agree(items: Items, parsed_lines: Sequence[int]) -> bool:

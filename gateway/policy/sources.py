@@ -216,8 +216,8 @@ def read_edit(
     if items is None or items.indent != layout.indent:
         return None
     head = None
-    if items.prefix != layout.prefix:
-        head = _read_head(text[: items.starts[0]], path, old.geoip)
+    if items.others != layout.others or items.after != layout.after:  # other sections changed, or moved
+        head = _read_head(items.others_text(text), path, old.geoip)
         if head is None:
             return None
     n, m = len(items.lines), len(layout.lines)
@@ -291,7 +291,7 @@ def _between(kept: list[tuple[int, int, int]], n: int) -> list[tuple[int, int]]:
 
 
 def _read_head(text: str, path: Path, geoip: bool) -> _Reader | None:
-    """The file's other sections, read on their own: ``text`` is all before its first rule (with the key)."""
+    """The file's other sections, read on their own: ``text`` is the file with its rules' lines blank."""
     plain, parsed = parse_plain(text, str(path), 1)
     if not plain or not isinstance(parsed, YamlMapping) or "rules" not in parsed or parsed["rules"] is not None:
         return None
@@ -319,7 +319,7 @@ def _read_runs(text: str, items: Items, runs: list[tuple[int, int]], path: Path,
     reader.item_refs = array("I")
     count = 0
     for a, b in runs:
-        end = items.starts[b] if b < len(items.starts) else len(text)
+        end = items.starts[b] if b < len(items.starts) else items.end
         plain, run = parse_plain(text[items.starts[a]:end], str(path), items.lines[a])
         if not plain or not isinstance(run, YamlSequence) or list(run.item_lines) != items.lines[a:b].tolist():
             return None

@@ -70,9 +70,15 @@ def _rule(rnd: random.Random, index: int, *, with_id: bool = True) -> dict[str, 
 
 
 def _text(rules: list[dict[str, Any]], style: int, head: str = HEAD) -> str:
-    """The file: the head, then the rules in one of a few writing styles (indent, flow lists, comments)."""
+    """The file: the head, then the rules in one of a few writing styles (indent, flow lists, comments);
+    or the rules between the head's sections, or before them all (``yaml.safe_dump``'s sorted keys)."""
     if style == 0:
         return head + yaml.safe_dump({"rules": rules}, sort_keys=False)
+    if style == 3:
+        before, key, after = head.partition("\ngroups:")
+        return before + "\n" + yaml.safe_dump({"rules": rules}, sort_keys=False) + key[1:] + after
+    if style == 4:
+        return yaml.safe_dump({"rules": rules}, sort_keys=False) + head
     if style == 1:  # items indented under the key, flow-style values
         body = yaml.safe_dump(rules, sort_keys=False, default_flow_style=None)
         return head + "rules:\n" + "".join(f"  {line}\n" for line in body.splitlines())
@@ -122,7 +128,7 @@ def _edits(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
             after.append({**_rule(rnd, 4000), "id": after[0]["id"]})
         elif edit == "bad":
             after.insert(where, {"id": "bad", "action": "maybe"})
-    return before, after, draw(st.integers(0, 2)), draw(st.sampled_from(HEADS))
+    return before, after, draw(st.integers(0, 4)), draw(st.sampled_from(HEADS))
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -171,7 +177,8 @@ def test_the_usual_edits_reuse_the_unchanged_rules(tmp_path: Path) -> None:
     [
         ("a tab", HEAD + "rules:\n- id: a\n  action: block\n\t\n"),
         ("a line separator", HEAD + "rules:\n- id: a\n  action: block\n  title: \u2028x\n"),
-        ("a section after the rules", "rules:\n- id: a\n  action: block\n" + HEAD),
+        ("a document marker after the rules", HEAD + "rules:\n- id: a\n  action: block\n---\n"),
+        ("an item at a column left of the list's", HEAD + "rules:\n  - id: a\n    action: block\n - id: b\n"),
         ("a second document", HEAD + "rules:\n- id: a\n  action: block\n---\nrules: []\n"),
         ("rules written as a flow list", HEAD + "rules: [{id: a, action: block}]\n"),
         ("an anchor and an alias", HEAD + "rules:\n- id: a\n  action: block\n  networks: &n [10.0.0.1]\n"
