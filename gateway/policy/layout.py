@@ -22,8 +22,9 @@ The cut is trusted only where it cannot misread the file:
   the file was clean and plain (no anchors, aliases or tags: an alias in an
   unchanged item may refer to an anchor in an edited one).
 
-An edited run (and changed other sections) is parsed on its own and must be
-as plain and clean; anything else, and the file is read whole as before.
+The new items are parsed together, in one parse of their text with the lines
+between them left out (:meth:`Items.runs_text`), and the changed other sections
+on their own; they must be as plain and clean, or the file is read whole.
 """
 
 from __future__ import annotations
@@ -58,6 +59,22 @@ class Items:
         """The text with the items' lines left blank: the other sections, each on its own line."""
         start = self.starts[0]
         return text[:start] + "\n" * text.count("\n", start, self.end) + text[self.end:]
+
+    def runs_text(self, text: str, runs: Sequence[tuple[int, int]]) -> tuple[str, int]:
+        """The text of items ``[a, b)`` for each run, and the line it starts at: one YAML list.
+
+        Between runs each line of the items left out is a comment line, so every
+        item keeps its line. A comment, not a blank line: blank lines after a
+        kept (``|+``) block scalar would become part of its value.
+        """
+        pieces: list[str] = []
+        line = self.lines[runs[0][0]]
+        for a, b in runs:
+            pieces.append("#\n" * (self.lines[a] - line))
+            end = self.starts[b] if b < len(self.starts) else self.end
+            pieces.append(text[self.starts[a]:end])
+            line = self.lines[b] if b < len(self.lines) else 0
+        return "".join(pieces), self.lines[runs[0][0]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,13 +41,15 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import threading
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from gateway.policy.layout import Items, Layout, changed_run, items_agree, moved_items, split_items
+from gateway.policy.layout import Layout, changed_run, items_agree, moved_items, split_items
 from gateway.policy.loader import NO_MOBILE_CHANNEL, _Reader, unknown_reference
 from gateway.policy.networks import NetEntry
 from gateway.policy.spec import (
@@ -70,6 +72,8 @@ from gateway.yamlsrc import Sequence as YamlSequence
 ISOLATE_BYTES = 1 << 20
 # An edit of a big file writing more new rules than this has them read in a child process (see read_edit).
 EDIT_ITEMS = 2000
+# A child reading a file that has not answered after this long is killed (and the file read another way).
+CHILD_TIMEOUT = 600.0
 # The child pickles a big file's rules in chunks of this many, each with its own memo (see _child).
 PICKLE_CHUNK = 2000
 _REF_KINDS = ("function", "channel", "group", "user")
@@ -228,13 +232,16 @@ def read_edit(
     kept = [(a, b, j) for a, b, j in kept
             if b > a and (a == j or not any(rule.id.startswith(placed) for rule in old.rules[j:j + b - a]))]
     new = _between(kept, n)
-    if isolate and sum(b - a for a, b in new) > EDIT_ITEMS:
-        # None when they are not clean, or no child could run: read whole (where that is decided again)
-        read = _read_runs_isolated(path, data, new, old.geoip)
-    else:
-        read = _read_runs(text, items, new, path, old.geoip)
-    if read is None:
-        return None
+    read = _NOTHING_READ
+    if new:
+        runs_text, first_line = items.runs_text(text, new)
+        lines = [line for a, b in new for line in items.lines[a:b]]
+        # in a child when many: None when they are not clean, or no child could run (then read whole)
+        reader = _read_runs_isolated if isolate and len(lines) > EDIT_ITEMS else _read_runs
+        got = reader(runs_text, first_line, lines, new, path, old.geoip)
+        if got is None:
+            return None
+        read = got
 
     # the rules and their references, the other sections' first (see Layout), then item by item in runs
     starts = layout.ref_starts
@@ -313,21 +320,24 @@ class _Read:
     ref_lines: array[int]
 
 
-def _read_runs(text: str, items: Items, runs: list[tuple[int, int]], path: Path, geoip: bool) -> _Read | None:
-    """Items ``[a, b)`` of the ``rules`` list for each run, read on their own, one run after the other."""
+_NOTHING_READ = _Read((), array("I"), array("I", [0]), b"", (), array("I"))  # an edit that only removed or moved
+
+
+def _read_runs(text: str, first_line: int, lines: list[int], runs: list[tuple[int, int]], path: Path,
+               geoip: bool) -> _Read | None:
+    """Items ``[a, b)`` of the ``rules`` list for each run, read from their text (``Items.runs_text``)
+    in one parse: the items must start at ``lines``, one after the other."""
+    plain, parsed = parse_plain(text, str(path), first_line)
+    if not plain or not isinstance(parsed, YamlSequence) or list(parsed.item_lines) != lines:
+        return None
+    if not all(isinstance(item, YamlMapping) for item in parsed):
+        return None
     reader = _Reader(Problems(), geoip=geoip)
     reader.item_refs = array("I")
-    count = 0
+    items = parsed.items_with_where()
     for a, b in runs:
-        end = items.starts[b] if b < len(items.starts) else items.end
-        plain, run = parse_plain(text[items.starts[a]:end], str(path), items.lines[a])
-        if not plain or not isinstance(run, YamlSequence) or list(run.item_lines) != items.lines[a:b].tolist():
-            return None
-        if not all(isinstance(item, YamlMapping) for item in run):
-            return None
-        reader.read_items(run.items_with_where(), path.stem, a)
-        count += b - a
-    if reader.problems.items or len(reader.rules) != count:
+        reader.read_items(islice(items, b - a), path.stem, a)
+    if reader.problems.items or len(reader.rules) != len(lines):
         return None
     refs = _Columns()
     refs.add(reader.refs)
@@ -335,23 +345,24 @@ def _read_runs(text: str, items: Items, runs: list[tuple[int, int]], path: Path,
                  bytes(refs.kinds), tuple(refs.names), refs.lines)
 
 
-def _read_runs_isolated(path: Path, data: bytes, runs: list[tuple[int, int]], geoip: bool) -> _Read | None:
-    """:func:`_read_runs` in a child process (the file's bytes and the runs go in); None when that fails."""
-    loaded = _in_child("_runs_child", [str(path), "1" if geoip else "0"], json.dumps(runs).encode() + b"\n" + data)
+def _read_runs_isolated(text: str, first_line: int, lines: list[int], runs: list[tuple[int, int]], path: Path,
+                        geoip: bool) -> _Read | None:
+    """:func:`_read_runs` in a child process (the runs' text and where they are go in); None when that fails."""
+    where = json.dumps([first_line, lines, runs]).encode()
+    loaded = _in_child("_runs_child", [str(path), "1" if geoip else "0"], where + b"\n" + text.encode())
     if loaded is None or not isinstance(loaded[0], _Read):
         return None
     read = replace(loaded[0], rules=loaded[1])
-    return read if len(read.rules) == sum(b - a for a, b in runs) else None
+    return read if len(read.rules) == len(lines) else None
 
 
 def _runs_child() -> None:
-    """The child process of :func:`_read_runs_isolated`: the runs as a JSON line, then the file's bytes, on stdin."""
+    """The child of :func:`_read_runs_isolated`: where the runs are as a JSON line, then their text, on stdin."""
     gc.disable()
-    runs_line, data = sys.stdin.buffer.read().split(b"\n", 1)
-    runs = [(a, b) for a, b in json.loads(runs_line)]
-    text = _decode(data)
-    items = split_items(text)
-    read = _read_runs(text, items, runs, Path(sys.argv[1]), sys.argv[2] == "1") if items is not None else None
+    where, data = sys.stdin.buffer.read().split(b"\n", 1)
+    first_line, lines, runs = json.loads(where)
+    read = _read_runs(_decode(data), first_line, lines, [(a, b) for a, b in runs], Path(sys.argv[1]),
+                      sys.argv[2] == "1")
     if read is None:
         os._exit(1)
     _dump_rules_after(replace(read, rules=()), read.rules, sys.stdout.buffer)
@@ -410,11 +421,18 @@ def _in_child(entry: str, args: list[str], data: bytes) -> tuple[object, tuple[R
         # The pickle goes through a temporary file and is loaded from it as a stream: from a pipe it
         # would arrive as a list of chunks joined into one more copy, beside the values it makes.
         with tempfile.TemporaryFile() as out:
-            done = subprocess.run(  # noqa: S603 (our own interpreter and code; the file's bytes go in on stdin)
+            with subprocess.Popen(  # noqa: S603 (our own interpreter and code; the file's bytes go in on stdin)
                 [sys.executable, "-c", code, *args],
-                input=data, stdout=out, stderr=subprocess.DEVNULL, env=env, check=False, timeout=600,
-            )  # fmt: skip
-            if done.returncode != 0:
+                stdin=subprocess.PIPE, stdout=out, stderr=subprocess.DEVNULL, env=env,
+            ) as child:  # fmt: skip
+                # a timer, not communicate(timeout=...): that polls the child with sleeps of up to 50 ms
+                stuck = threading.Timer(CHILD_TIMEOUT, child.kill)
+                stuck.start()
+                try:
+                    child.communicate(data)
+                finally:
+                    stuck.cancel()
+            if child.returncode != 0:
                 return None
             out.seek(0)
             return _load_rules_after(out)

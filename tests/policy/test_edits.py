@@ -61,7 +61,8 @@ def _rule(rnd: random.Random, index: int, *, with_id: bool = True) -> dict[str, 
     elif kind == 3:
         rule.update(action="block", countries=[rnd.choice(["DE", "FR", "!GB"])], priority=rnd.choice([0, 5]))
     elif kind == 4:
-        rule.update(action="allow", function=rnd.choice(FUNCTIONS), title="A title: with 'quotes' and # hash")
+        title = rnd.choice(["A title: with 'quotes' and # hash", "Two lines\nof title\n\n\n", "One line\n"])
+        rule.update(action="allow", function=rnd.choice(FUNCTIONS), title=title)
     elif kind == 5:
         rule.update(action="block", networks=["10.0.0.5-10.0.0.9"], expires="2099-12-31", reason="incident")
     else:
@@ -69,11 +70,23 @@ def _rule(rnd: random.Random, index: int, *, with_id: bool = True) -> dict[str, 
     return rule
 
 
+class _BlockScalars(yaml.SafeDumper):
+    """Writes strings of several lines as block scalars: ``|+`` keeps the blank lines after the text."""
+
+
+_BlockScalars.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+
+
 def _text(rules: list[dict[str, Any]], style: int, head: str = HEAD) -> str:
-    """The file: the head, then the rules in one of a few writing styles (indent, flow lists, comments);
-    or the rules between the head's sections, or before them all (``yaml.safe_dump``'s sorted keys)."""
+    """The file: the head, then the rules in one of a few writing styles (indent, flow lists, comments,
+    block scalars); or the rules between the head's sections, or before them all (``yaml.safe_dump``'s
+    sorted keys)."""
     if style == 0:
         return head + yaml.safe_dump({"rules": rules}, sort_keys=False)
+    if style == 5:  # a `|+` scalar last ends the document with `...`, which the cut refuses: a comment instead
+        text = head + yaml.dump({"rules": rules}, Dumper=_BlockScalars, sort_keys=False)
+        return text.removesuffix("...\n") + "# the end\n" if text.endswith("\n...\n") else text
     if style == 3:
         before, key, after = head.partition("\ngroups:")
         return before + "\n" + yaml.safe_dump({"rules": rules}, sort_keys=False) + key[1:] + after
@@ -128,7 +141,7 @@ def _edits(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
             after.append({**_rule(rnd, 4000), "id": after[0]["id"]})
         elif edit == "bad":
             after.insert(where, {"id": "bad", "action": "maybe"})
-    return before, after, draw(st.integers(0, 4)), draw(st.sampled_from(HEADS))
+    return before, after, draw(st.integers(0, 5)), draw(st.sampled_from(HEADS))
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -153,7 +166,7 @@ def test_the_usual_edits_reuse_the_unchanged_rules(tmp_path: Path) -> None:
     rules = [_rule(rnd, index) for index in range(200)]
     path = tmp_path / "big.yaml"
     old = _source(path, _text(rules, 0))
-    changed = [*rules[:50], {**rules[50], "action": "allow"}, *rules[51:]]
+    changed = [*rules[:50], {**rules[50], "title": "Changed in place"}, *rules[51:]]
     inserted = [*rules[:50], _rule(rnd, 999), *rules[50:]]
     cases = {
         "one rule changed in place": (changed, 199),
@@ -203,6 +216,24 @@ def test_an_edit_into_an_alias_or_what_the_cut_cannot_trust_is_read_whole(tmp_pa
     assert _edited(path, old, text + '- id: c\n  title: "open\n- id: d\n  action: block\n') is None
 
 
+def test_new_rules_far_apart_keep_their_block_scalars(tmp_path: Path) -> None:
+    """New rules far apart are parsed together, the lines between them left out: a `|+` title written
+    just before the gap keeps its blank lines, no more (the lines left out are comments, not blank)."""
+    rnd = random.Random(9)
+    rules = [_rule(rnd, index) for index in range(12)]
+    path = tmp_path / "big.yaml"
+    old = _source(path, _text(rules, 5))
+    kept = {"id": "kept", "action": "allow", "function": "export", "title": "Kept lines\n\n\n"}
+    after = [*rules[:3], kept, *rules[4:9], {**rules[9], "id": "far"}, *rules[10:]]
+    text = _text(after, 5)
+    assert "title: |+\n    Kept lines\n\n\n- " in text
+    edited = _edited(path, old, text)
+    assert edited is not None
+    assert edited == _source(path, text)
+    assert edited.rules[3].title == "Kept lines\n\n\n"
+    assert sum(a is b for a in edited.rules for b in old.rules) == 10, "the rules between the two were not read"
+
+
 def test_many_new_rules_are_read_in_a_child_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """More than EDIT_ITEMS new rules: read in a child, as a big file read whole is; the others still reused."""
     rnd = random.Random(3)
@@ -233,8 +264,8 @@ def test_new_rules_read_in_a_child_are_the_file_read_whole(
     monkeypatch.setattr(sources, "EDIT_ITEMS", 0)
     read_here = sources._read_runs
     read_here_items: list[int] = []  # new items read in this process
-    monkeypatch.setattr(sources, "_read_runs", lambda text, items, runs, *rest: read_here_items.append(
-        sum(b - a for a, b in runs)) or read_here(text, items, runs, *rest))
+    monkeypatch.setattr(sources, "_read_runs", lambda text, first_line, lines, *rest: read_here_items.append(
+        len(lines)) or read_here(text, first_line, lines, *rest))
     path = tmp_path / "big.yaml"
     old = _source(path, _text(before, style))
     new_text = _text(after, style, head)
@@ -337,7 +368,7 @@ def _decisions_agree(a: Any, b: Any) -> None:
     ("name", "edit", "shift", "compiled"),
     [
         ("appended", lambda rules, rnd: [*rules, _rule(rnd, 999)], 0, 1),
-        ("changed in place", lambda rules, rnd: [*rules[:40], {**rules[40], "action": "allow"}, *rules[41:]], 0, 1),
+        ("changed in place", lambda rules, rnd: [*rules[:40], {**rules[40], "title": "Changed in place"}, *rules[41:]], 0, 1),
         ("inserted at the top", lambda rules, rnd: [_rule(rnd, 999), *rules], -1, 1),
         ("removed", lambda rules, rnd: rules[1:], 1, 0),
         ("changed at two far places", lambda rules, rnd: [*rules[:5], _rule(rnd, 998), *rules[6:100], _rule(rnd, 999),

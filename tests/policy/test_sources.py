@@ -119,6 +119,19 @@ def test_a_big_file_read_in_a_child_process_is_the_same_source(folder: Path, mon
     assert sources._read_isolated(path, data, geoip=True, digest=digest) == here  # not the fallback
 
 
+def test_a_child_that_does_not_answer_in_time_is_killed_and_the_file_read_here(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = folder / "rules.yaml"
+    data = path.read_bytes()
+    here = read_source(path, data, geoip=True, cut=True)
+    monkeypatch.setattr(sources, "CHILD_TIMEOUT", 0.001)  # it is killed before it has started
+    killed = sources._in_child("_child", [str(path), "1"], data)
+    assert killed is None
+    monkeypatch.setattr(sources, "ISOLATE_BYTES", 0)
+    assert read_sources([path], geoip=True) == [here]
+
+
 def test_a_source_pickled_in_chunks_comes_back_whole(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = folder / "rules.yaml"
     here = read_source(path, path.read_bytes(), geoip=True)
