@@ -206,8 +206,13 @@ def read_edit(
     changed; every other rule is reused as it is (its line moved in
     ``rule_lines`` if it has a new one). More than :data:`EDIT_ITEMS` new items
     are read in a child process (``isolate``), as a big file read whole is: their
-    YAML values never take room here. The result must be clean: None otherwise,
-    and the caller then reads the file whole, which also reports problems exactly as always.
+    YAML values never take room here.
+
+    An edit whose new items have problems (an admin's typo) gives a source with
+    exactly the problems, ids and references a whole read would give, and no
+    rules (the reload fails with them). Anything else the edit cannot answer
+    for exactly (YAML it cannot parse plainly, problems in the other sections,
+    an id defined twice) gives None: the caller then reads the file whole.
     """
     layout = old.layout
     if layout is None:
@@ -253,7 +258,7 @@ def read_edit(
     rules: list[RuleSpec] = []
     rule_lines = array("I")
     ref_starts = array("I")
-    done = 0  # rules taken from `read`
+    done = 0  # new items taken from `read`
     for a, b, j in sorted([*kept, *((a, b, -1) for a, b in new)]):
         count = b - a
         if j >= 0:  # new items [a, b) are old [j, j + count), moved by `shift` lines
@@ -264,15 +269,26 @@ def read_edit(
             refs.copy(old, starts[j], starts[j + count], shift)
         else:  # new items, read
             first = read.ref_starts[done]
-            rules += read.rules[done:done + count]
-            rule_lines += read.rule_lines[done:done + count]
+            if not read.problems:  # one rule an item (with problems, some made none: the rules are not kept)
+                rules += read.rules[done:done + count]
+                rule_lines += read.rule_lines[done:done + count]
             ref_starts.extend(start + len(refs) - first for start in read.ref_starts[done:done + count])
             refs.copy(read, first, read.ref_starts[done + count], 0)
             done += count
     ref_starts.append(len(refs))
-    if len({rule.id for rule in rules}) != n:
-        return None  # an id defined twice: the whole read names both places
+    ids = {rule.id for rule in rules}
     sections = old if head is None else _source(head, str(path), digest, head.problems)
+    if read.problems:
+        # the kept rules are clean; with no id defined twice, the whole read's problems are the new items'
+        if len(ids) != len(rules) or not ids.isdisjoint(read.ids):
+            return None  # an id defined twice: the whole read names both places
+        return replace(
+            sections, digest=digest, problems=read.problems, rules=(), rule_lines=array("I"),
+            rule_ids=frozenset(ids | read.ids), ref_kinds=bytes(refs.kinds), ref_names=tuple(refs.names),
+            ref_lines=refs.lines, layout=None,
+        )  # fmt: skip
+    if len(ids) != n:
+        return None  # an id defined twice: the whole read names both places
     return replace(
         sections,
         digest=digest,
@@ -312,15 +328,17 @@ def _read_head(text: str, path: Path, geoip: bool) -> _Reader | None:
 class _Read:
     """An edit's new ``rules`` items, read on their own (:func:`_read_runs`): their rules and references."""
 
-    rules: tuple[RuleSpec, ...]
+    rules: tuple[RuleSpec, ...]  # one an item; with problems, only those of the items that made one
     rule_lines: array[int]
     ref_starts: array[int]  # where each item's references start in the columns, then where the last one's end
     ref_kinds: bytes  # the references as a source's three columns
     ref_names: tuple[str, ...]
     ref_lines: array[int]
+    problems: tuple[Problem, ...]  # in reading order
+    ids: frozenset[str]  # the rule ids the items define (one each when no problem says "duplicate")
 
 
-_NOTHING_READ = _Read((), array("I"), array("I", [0]), b"", (), array("I"))  # an edit that only removed or moved
+_NOTHING_READ = _Read((), array("I"), array("I", [0]), b"", (), array("I"), (), frozenset())  # only removed or moved
 
 
 def _read_runs(text: str, first_line: int, lines: list[int], runs: list[tuple[int, int]], path: Path,
@@ -337,12 +355,13 @@ def _read_runs(text: str, first_line: int, lines: list[int], runs: list[tuple[in
     items = parsed.items_with_where()
     for a, b in runs:
         reader.read_items(islice(items, b - a), path.stem, a)
-    if reader.problems.items or len(reader.rules) != len(lines):
-        return None
+    ids = frozenset(reader.defined["rule id"])
+    if not reader.problems.items and len(reader.rules) != len(lines):
+        return None  # (not seen: without problems every item makes a rule)
     refs = _Columns()
     refs.add(reader.refs)
     return _Read(tuple(reader.rules), reader.rule_lines, array("I", [*reader.item_refs, len(refs)]),
-                 bytes(refs.kinds), tuple(refs.names), refs.lines)
+                 bytes(refs.kinds), tuple(refs.names), refs.lines, tuple(reader.problems.items), ids)
 
 
 def _read_runs_isolated(text: str, first_line: int, lines: list[int], runs: list[tuple[int, int]], path: Path,
@@ -353,7 +372,7 @@ def _read_runs_isolated(text: str, first_line: int, lines: list[int], runs: list
     if loaded is None or not isinstance(loaded[0], _Read):
         return None
     read = replace(loaded[0], rules=loaded[1])
-    return read if len(read.rules) == len(lines) else None
+    return read if read.problems or len(read.rules) == len(lines) else None
 
 
 def _runs_child() -> None:
@@ -445,6 +464,8 @@ def _child() -> None:
     gc.disable()  # it only makes long-lived objects and then exits: collections would scan them for nothing
     data = sys.stdin.buffer.read()
     source = read_source(Path(sys.argv[1]), data, geoip=sys.argv[2] == "1", cut=True)
+    if source.problems:  # the load fails with them: its rules would only be unpickled there to be dropped
+        source = replace(source, rules=(), rule_lines=array("I"), rule_ids=source.names("rule id"))
     _dump_chunked(source, sys.stdout.buffer)
     sys.stdout.flush()
     os._exit(0)  # the parent has what it needs: skip tearing down the heap
