@@ -124,7 +124,7 @@ def test_a_file_with_problems_read_in_a_child_comes_back_without_its_rules(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The load fails with the problems: the rules would be unpickled in the serving process to be
-    dropped (at 100,000 rules, +50 MiB that stayed). What the checks across files use comes back."""
+    dropped (at 100,000 rules, ~+40 MiB that stayed). What the checks across files use comes back."""
     path = folder / "rules.yaml"
     data = path.read_bytes() + b"  - id: typo\n    action: blok\n    function: no-such-fn\n"  # (items at column 2)
     here = read_source(path, data, geoip=True, cut=True)
