@@ -13,16 +13,19 @@ written), and reports:
   more group in the small ``people.yaml``; in the 12 MB ``generated.yaml`` one rule
   appended, one changed in the middle, one inserted at the top, its functions
   section changed, two rules changed far apart, one rule moved to the top
-  (each read as an edit), and a tenth of its rules rewritten (a bulk change:
-  those 10,000 are read in a child process). Each is reported apart. For each: its duration
-  (SIGHUP sent -> the ``config.reloaded`` event's own timestamp), the peak RSS
-  while two policies coexist, and the latency of requests due during it;
+  (each read as an edit), a tenth of its rules rewritten (a bulk change:
+  those 10,000 are read in a child process), and a typo in one rule (the reload
+  is refused and the running policy stays; the file is put back right after, and the
+  watcher reloads it). Each is reported apart. For each: its duration
+  (SIGHUP sent -> the ``config.reloaded`` or ``config.reload_failed`` event's own
+  timestamp), the peak RSS while two policies coexist, the RSS before and after,
+  and the latency of requests due during it;
 - failed requests over the whole run (any non-2xx, error or timeout).
 
 Targets (issue 6): idle RSS < 150 MiB, reload < 1 s, no request failed; the
 reload target is reported apart for edits that leave the other rules in place,
 for those that move every rule below them (an insert at the top, a longer
-functions section, a rule moved to the top), and for the bulk change.
+functions section, a rule moved to the top), for the bulk change, and for the typo.
 """
 
 from __future__ import annotations
@@ -73,11 +76,17 @@ def sighup_reloads(log_text: str) -> list[dict[str, Any]]:
     return [e for e in events(log_text, "config.reloaded") if e.get("trigger") == "sighup"]
 
 
+def sighup_failures(log_text: str) -> list[dict[str, Any]]:
+    """``config.reload_failed`` events of SIGHUPs."""
+    return [e for e in events(log_text, "config.reload_failed") if e.get("trigger") == "sighup"]
+
+
 # The edits made before each SIGHUP, in order (--reloads N makes the first N, and goes round again):
 # what an admin does to the small people.yaml, and to the 100,000-rule generated.yaml: one rule
 # appended, changed in place or inserted at the top, its other section changed, two rules changed
 # far apart (a tenth and nine tenths down), one rule moved to the top; and what a generator's run
-# may do: a tenth of the rules rewritten (their titles, those whose number ends in one digit).
+# may do: a tenth of the rules rewritten (their titles, those whose number ends in one digit); and a
+# typo (an action misspelt), which the reload must refuse.
 EDITS = (
     ("people.yaml", "one more group"),
     ("generated.yaml", "one rule appended"),
@@ -87,10 +96,13 @@ EDITS = (
     ("generated.yaml", "two rules changed far apart"),
     ("generated.yaml", "one rule moved to the top"),
     ("generated.yaml", "a tenth of its rules rewritten"),
+    ("generated.yaml", "a typo in one rule"),
 )
 # Edits after which every rule below the place they touched is on another line.
 MOVING = ("one rule inserted at the top", "its functions section changed", "one rule moved to the top")
 BULK = ("a tenth of its rules rewritten",)
+# Edits the reload must refuse (the running policy stays); the file is put back right after.
+FAILING = ("a typo in one rule",)
 
 
 def edit(directory: Path, kind: str, index: int, rules: int) -> None:
@@ -123,6 +135,12 @@ def edit(directory: Path, kind: str, index: int, rules: int) -> None:
         title = rf"(\n  title: Generated rule \d*{index % 10})\n"
         text, count = re.subn(title, rf"\1 (edited before reload {index})\n", text)
         assert count >= rules // 20, count  # another digit each time (a rule once edited no longer matches)
+    elif kind == "a typo in one rule":  # the good text is kept beside it, to be put back (put_back)
+        (directory / "generated.yaml.good").write_text(text)
+        target = rules // 3 + index
+        action = f"- id: gen-{target:06d}\n  title: Generated rule {target}\n  action: "
+        assert action in text, action
+        text = text.replace(action, action + "blo", 1)  # "bloblock" or "bloallow"
     elif kind == "one rule moved to the top":
         start = text.index(f"\n- id: gen-{rules // 4 + index:06d}\n") + 1
         end = text.index("\n- ", start) + 1
@@ -134,6 +152,13 @@ def edit(directory: Path, kind: str, index: int, rules: int) -> None:
         assert paths in text, paths
         text = text.replace(paths, paths + f"    - /module-000-{index}/**\n", 1)
     path.write_text(text)
+
+
+def put_back(directory: Path) -> None:
+    """The file as it was before a :data:`FAILING` edit (the running policy's): the watcher reloads it."""
+    good = directory / "generated.yaml.good"
+    (directory / "generated.yaml").write_text(good.read_text())
+    good.unlink()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 edited, kind = EDITS[index % len(EDITS)]
                 edit(workdir / "gw", kind, index, args.rules)
                 seen = len(sighup_reloads(gateway.log_text()))
+                seen_failed = len(sighup_failures(gateway.log_text()))
                 reset_tree_peak(gateway.pid)
                 before = TreeSample.read(gateway.pid)
                 sent = time.time()
@@ -189,17 +215,26 @@ def main(argv: list[str] | None = None) -> int:
                 deadline = time.monotonic() + 300
                 event = None
                 while time.monotonic() < deadline:
-                    done = sighup_reloads(gateway.log_text())
-                    failed = events(gateway.log_text(), "config.reload_failed")
-                    if failed:
-                        raise RuntimeError(f"reload failed: {failed[-1]}")
+                    log_text = gateway.log_text()
+                    done, failed = sighup_reloads(log_text), sighup_failures(log_text)
+                    if len(failed) > seen_failed:
+                        if kind not in FAILING:
+                            raise RuntimeError(f"reload failed: {failed[-1]}")
+                        event = failed[-1]
+                        break
                     if len(done) > seen:
+                        if kind in FAILING:
+                            raise RuntimeError(f"a reload that should have failed did not: {done[-1]}")
                         event = done[-1]
                         break
                     time.sleep(0.01)
                 if event is None:
-                    raise RuntimeError("no config.reloaded event within 300 s")
+                    raise RuntimeError("no config.reloaded or config.reload_failed event within 300 s")
+                if kind in FAILING:
+                    time.sleep(1.0)  # let the trim after the reload run (server.TRIM_AFTER_RELOAD) before RSS
                 after = TreeSample.read(gateway.pid)
+                if kind in FAILING:
+                    put_back(workdir / "gw")
                 entry: dict[str, Any] = {
                     "edited": edited,
                     "edit": kind,
@@ -208,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                     "rules": event.get("rules"),
                     "peak_rss_mib": after.peak / 2**20,
                     "rss_before_mib": before.rss / 2**20,
+                    "rss_after_mib": after.rss / 2**20,
                     "cpu_s": after.cpu - before.cpu,
                 }
                 reloads.append(entry)
@@ -241,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             result.setdefault("reload_s_median", {})[f"{edited}: {kind}"] = statistics.median(durations)
             result.setdefault("reload_s_max", {})[f"{edited}: {kind}"] = durations[-1]
     # edits that leave every other rule where it was, and those that move every rule below them
-    in_place = [float(r["duration_s"]) for r in reloads if r["edit"] not in MOVING + BULK]
+    in_place = [float(r["duration_s"]) for r in reloads if r["edit"] not in MOVING + BULK + FAILING]
+    failing = [float(r["duration_s"]) for r in reloads if r["edit"] in FAILING]
     moved = [float(r["duration_s"]) for r in reloads if r["edit"] in MOVING]
     bulk = [float(r["duration_s"]) for r in reloads if r["edit"] in BULK]
     result["targets"] = {
@@ -249,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "reload < 1 s (rules left in place)": bool(in_place) and max(in_place) < 1.0,
         "reload < 1 s (every rule moved)": bool(moved) and max(moved) < 1.0,
         "reload < 1 s (a tenth of the rules rewritten)": bool(bulk) and max(bulk) < 1.0,
+        "reload < 1 s (a typo: refused)": bool(failing) and max(failing) < 1.0,
         "no failed request": load["failed"] == 0,
     }
     out = Path(args.out)
@@ -264,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     for index, r in enumerate(reloads, 1):
         lat = r["latency_during_ms"] or {"p50": float("nan"), "max": float("nan")}
         print(f"reload {index} ({r['edited']}: {r['edit']}): {r['duration_s']:.3f} s (CPU {r['cpu_s']:.2f} s), "
-              f"peak RSS {r['peak_rss_mib']:.1f} MiB; "
+              f"peak RSS {r['peak_rss_mib']:.1f} MiB, RSS {r['rss_before_mib']:.1f} -> {r['rss_after_mib']:.1f} MiB; "
               f"{r['requests_during']} requests due meanwhile, {r['failed_during']} failed, "
               f"p50 {lat['p50']:.1f} ms, max {lat['max']:.1f} ms")
     for label, median in result.get("reload_s_median", {}).items():

@@ -169,16 +169,20 @@ class Server:
                     errors=[str(p) for p in exc.problems],
                     worker=self.worker,
                 )
+                trim_heap()  # what the refused load read (a big file's text, its cut: ~20 MiB at 100,000 rules)
                 return False
             except Exception as exc:  # never let a reload take the gateway down
                 RELOADS.labels("failed").inc()
                 log.error("config.reload_failed", trigger=trigger, errors=[repr(exc)], worker=self.worker)
+                trim_heap()
                 return False
             if _signature(self.gateway.config.files) != before:
                 # A file changed while it was read: what was read may be half of it. The
                 # watcher sees the change and loads the files once they settle.
                 log.info("config.reload_deferred", trigger=trigger, reason="files changed while loading",
                          worker=self.worker)
+                del config
+                trim_heap()
                 return False
             self.gateway.swap(config)
             self.config = config  # the config it started with would otherwise stay alive, whole

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway import server
 from tests.e2e.harness import HOME, OFFICE, POLICY, WAREHOUSE, Stack, stack
 
 MOBILE_UA = "AcmeCRM-Mobile/5.2 (Android 14)"
@@ -138,6 +139,28 @@ async def test_a_reload_frees_the_policy_it_replaced(tmp_path: Path) -> None:
             assert first() is None
             assert second() is None
         assert s.server.gateway.config.policy is not None
+
+
+async def test_a_refused_reload_keeps_the_policy_and_gives_back_what_it_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typo: the running policy stays, and the memory the refused load took is handed back at once
+    (at 100,000 rules ~20 MiB stayed until the next good reload)."""
+    trims: list[int] = []
+    monkeypatch.setattr(server, "trim_heap", lambda: trims.append(1))
+    async with stack(tmp_path) as s:
+        office = s.client(OFFICE)
+        running = s.server.gateway.config.policy
+        policy = copy.deepcopy(POLICY)
+        policy["rules"].append({"title": "A typo", "action": "blok", "networks": ["192.0.2.1"]})
+        s.rewrite_policy(policy)
+        trims.clear()  # (the start trims too)
+        assert not await s.server.reload("test")
+        assert trims, "the heap was not trimmed after the refused load"
+        assert s.server.gateway.config.policy is running
+        assert await status(office, s, "GET", "/projects") == 302
+        [failed] = s.logs.events("config.reload_failed")
+        assert "action must be allow or block" in failed["errors"][0]
 
 
 @pytest.mark.parametrize("how", ["mode", "rule"], ids=["mode-report-only", "rule-report-only"])
