@@ -335,7 +335,7 @@ class _Read:
     ref_names: tuple[str, ...]
     ref_lines: array[int]
     problems: tuple[Problem, ...]  # in reading order
-    ids: frozenset[str]  # the rule ids the items define (one each when no problem says "duplicate")
+    ids: frozenset[str]  # the rule ids the items define (one defined twice among them is also a problem)
 
 
 _NOTHING_READ = _Read((), array("I"), array("I", [0]), b"", (), array("I"), (), frozenset())  # only removed or moved
