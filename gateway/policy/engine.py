@@ -585,7 +585,7 @@ class Policy:
         canonical = None if user is None else canonical_user(user)
         info = self._users.get(canonical) if canonical is not None else None
         country = self.geoip.country(ip) if self.geoip is not None else None
-        plan = self._plan(functions, canonical if canonical is not None and info is not None else "")
+        plan = self._plan_cache(functions, canonical if canonical is not None and info is not None else "")
         groups = info.groups if info is not None else _NO_GROUPS
         rule = self._match(ip.version == 4, int(ip), country, channel, plan, groups, at)[0]
         if rule is None:
