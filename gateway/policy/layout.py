@@ -68,13 +68,13 @@ class Items:
         kept (``|+``) block scalar would become part of its value.
         """
         pieces: list[str] = []
-        line = self.lines[runs[0][0]]
+        first = line = self.lines[runs[0][0]]
         for a, b in runs:
             pieces.append("#\n" * (self.lines[a] - line))
             end = self.starts[b] if b < len(self.starts) else self.end
             pieces.append(text[self.starts[a]:end])
-            line = self.lines[b] if b < len(self.lines) else 0
-        return "".join(pieces), self.lines[runs[0][0]]
+            line = self.lines[b] if b < len(self.lines) else 0  # (the last run: nothing follows)
+        return "".join(pieces), first
 
 
 @dataclass(frozen=True, slots=True)

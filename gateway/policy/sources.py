@@ -145,10 +145,8 @@ def _source(
         defined=tuple((kind, frozenset(reader.defined[kind])) for kind in _NAME_KINDS),
         rule_ids=None if clean else rule_ids,
         group_members=frozenset(reader.group_members),
-        ref_kinds=bytes(refs.kinds),
-        ref_names=tuple(refs.names),
-        ref_lines=refs.lines,
         mobile_refs=tuple(reader.mobile_refs),
+        **refs.packed(),
         layout=layout,
     )
 
@@ -284,8 +282,7 @@ def read_edit(
             return None  # an id defined twice: the whole read names both places
         return replace(
             sections, digest=digest, problems=read.problems, rules=(), rule_lines=array("I"),
-            rule_ids=frozenset(ids | read.ids), ref_kinds=bytes(refs.kinds), ref_names=tuple(refs.names),
-            ref_lines=refs.lines, layout=None,
+            rule_ids=frozenset(ids | read.ids), layout=None, **refs.packed(),
         )  # fmt: skip
     if len(ids) != n:
         return None  # an id defined twice: the whole read names both places
@@ -294,10 +291,8 @@ def read_edit(
         digest=digest,
         rules=tuple(rules),
         rule_lines=rule_lines,
-        ref_kinds=bytes(refs.kinds),
-        ref_names=tuple(refs.names),
-        ref_lines=refs.lines,
         layout=Layout.of(items, ref_starts),
+        **refs.packed(),
     )
 
 
@@ -361,7 +356,7 @@ def _read_runs(text: str, first_line: int, lines: list[int], runs: list[tuple[in
     refs = _Columns()
     refs.add(reader.refs)
     return _Read(tuple(reader.rules), reader.rule_lines, array("I", [*reader.item_refs, len(refs)]),
-                 bytes(refs.kinds), tuple(refs.names), refs.lines, tuple(reader.problems.items), ids)
+                 problems=tuple(reader.problems.items), ids=ids, **refs.packed())
 
 
 def _read_runs_isolated(text: str, first_line: int, lines: list[int], runs: list[tuple[int, int]], path: Path,
@@ -410,6 +405,10 @@ class _Columns:
             self.kinds.append(_REF_KINDS.index(kind))
             self.names.append(name)
             self.lines.append(where.line)
+
+    def packed(self) -> dict[str, Any]:
+        """The three columns as a source's (or a :class:`_Read`'s) fields."""
+        return {"ref_kinds": bytes(self.kinds), "ref_names": tuple(self.names), "ref_lines": self.lines}
 
     def copy(self, source: PolicySource | _Read, start: int, end: int, shift: int) -> None:
         """``source``'s references ``[start, end)``, each ``shift`` lines further down."""
