@@ -419,11 +419,8 @@ class _Columns:
 
 def _read_isolated(path: Path, data: bytes, *, geoip: bool, digest: bytes) -> PolicySource | None:
     """:func:`read_source` in a child process; None when that cannot be done (read here instead)."""
-    loaded = _in_child("_child", [str(path), "1" if geoip else "0"], data)
-    if loaded is None or not isinstance(loaded[0], PolicySource):
-        return None
-    source = replace(loaded[0], rules=loaded[1])
-    return source if source.digest == digest and source.path == str(path) else None
+    source = _source_of(_in_child("_child", [str(path), "1" if geoip else "0"], data))
+    return source if source is not None and source.digest == digest and source.path == str(path) else None
 
 
 def _in_child(entry: str, args: list[str], data: bytes) -> tuple[object, tuple[RuleSpec, ...]] | None:
@@ -572,9 +569,8 @@ class _SharingUnpickler(pickle.Unpickler):
         return self._shared[pid]
 
 
-def _load_chunked(stream: BinaryIO) -> PolicySource | None:
-    """What :func:`_dump_chunked` wrote (None if it is not that)."""
-    loaded = _load_rules_after(stream)
+def _source_of(loaded: tuple[object, tuple[RuleSpec, ...]] | None) -> PolicySource | None:
+    """The source :func:`_dump_chunked` wrote, from what :func:`_load_rules_after` loaded (None if it is not that)."""
     if loaded is None or not isinstance(loaded[0], PolicySource):
         return None
     return replace(loaded[0], rules=loaded[1])
