@@ -78,6 +78,7 @@ class Gateway:
         self.config = config
         self.worker = worker
         self.pool: UpstreamPool | None = None
+        self.retired_pools: set[UpstreamPool] = set()  # replaced by a reload, closed at the end
         self.client: ClientSession | None = None  # WebSocket upgrades only
         self.chain: Chain | None = None
         self.state: SharedState | None = None
@@ -104,7 +105,8 @@ class Gateway:
                                      redis_client=getattr(self.state, "client", None))
         self.chain = self.build_chain(self.config)
         yield
-        await self.pool.close()
+        for pool in (self.pool, *self.retired_pools):
+            await pool.close()
         await self.client.close()
         await self.state.close()
 
@@ -160,7 +162,16 @@ class Gateway:
         }
 
     def swap(self, config: Config) -> None:
-        """Install a new config; requests already running finish with the chain they started with."""
+        """Install a new config; requests already running finish with the chain they started with.
+
+        A changed ``upstream`` section gets a pool of its own: the old one keeps no connection
+        (those in use close as their responses end), so every request after the swap goes to
+        the new CRM address, with the new timeouts.
+        """
+        if config.settings.upstream != self.config.settings.upstream and self.pool is not None:
+            self.pool.retire()
+            self.retired_pools = {pool for pool in self.retired_pools if pool.connections} | {self.pool}
+            self.pool = Proxy.new_pool(config.settings.upstream)
         self.chain = self.build_chain(config)
         self.config = config
 

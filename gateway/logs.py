@@ -44,8 +44,13 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
+_output: Any = None  # where the lines go, kept when a reload changes the level or the format
+
+
 def configure(*, level: str = "info", fmt: str = "json", stream: Any = None) -> None:
-    """Configure structlog once per process."""
+    """Configure structlog: at start, and on a reload that changed the ``logging`` section (:func:`reconfigure`)."""
+    global _output
+    _output = stream or sys.stdout
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -63,9 +68,14 @@ def configure(*, level: str = "info", fmt: str = "json", stream: Any = None) -> 
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
         # One write() per line: workers share stdout, and with PYTHONUNBUFFERED (as in the
         # image) print() writes the line and its newline separately, so lines interleave.
-        logger_factory=structlog.WriteLoggerFactory(stream or sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(_output),
         cache_logger_on_first_use=False,
     )
+
+
+def reconfigure(*, level: str, fmt: str) -> None:
+    """A new level or format, lines still written where they were."""
+    configure(level=level, fmt=fmt, stream=_output)
 
 
 def get_logger(name: str) -> Any:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway import logs
 from gateway.app import GATEWAY, Gateway
 from gateway.config import Config, load_config
 from gateway.logs import get_logger
@@ -48,6 +49,9 @@ IDLE_TIMEOUT = 75.0
 # A reload hands freed memory back at once and again this much later, when the requests that
 # started under the old policy (which keep it alive) are done.
 TRIM_AFTER_RELOAD = 2.0
+# Main-file sections whose resources are opened once at start (the listening socket, the
+# session store and its key): a reload that changes them says so and keeps the running ones.
+RESTART_SECTIONS = ("listen", "session")
 
 
 def freeze_heap() -> None:
@@ -143,6 +147,8 @@ class Server:
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._signature = _signature(self.config.files)
+        # What the listening socket and the session store were opened with (RESTART_SECTIONS).
+        self._opened = {name: getattr(self.config.settings, name) for name in RESTART_SECTIONS}
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -184,6 +190,8 @@ class Server:
                 del config
                 trim_heap()
                 return False
+            if config.settings.logging != self.gateway.config.settings.logging:  # before the events below
+                logs.reconfigure(level=config.settings.logging.level, fmt=config.settings.logging.format)
             self.gateway.swap(config)
             self.config = config  # the config it started with would otherwise stay alive, whole
             # Only freeze the new policy: the old one has no reference cycles, so it is freed as the
@@ -203,6 +211,10 @@ class Server:
             )
             for line in config.policy.expired_at_load:
                 log.info("config.expired_entry", detail=line)
+            if kept := [name for name in RESTART_SECTIONS if getattr(config.settings, name) != self._opened[name]]:
+                # Said on every reload until a restart (or until the sections are as they were).
+                log.warning("config.restart_needed", sections=kept, worker=self.worker,
+                            detail=f"{' and '.join(kept)} changed: applied at the next restart, not by a reload")
             return True
 
     async def _watch(self) -> None:

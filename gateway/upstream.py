@@ -417,6 +417,11 @@ class UpstreamPool:
     def idle(self) -> int:
         return len(self._idle)
 
+    @property
+    def connections(self) -> int:
+        """Open connections, idle or in use."""
+        return len(self._open)
+
     async def request(self, method: str, target: str, headers: Sequence[tuple[str, str]],
                       body: bytes | AsyncIterable[bytes] | None = None, *,
                       content_length: int | None = None) -> UpstreamResponse:
@@ -451,14 +456,23 @@ class UpstreamPool:
             raise
         return UpstreamResponse(self, conn, sender)
 
-    async def close(self) -> None:
+    def retire(self) -> None:
+        """Keep no connection any longer (a reload changed the upstream): idle ones close now, busy ones as they end.
+
+        Requests already running finish on their connections; one that starts after this
+        (with the chain it started with) still gets a connection, closed when it ends.
+        """
         self._closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        while self._idle:
+            self._idle.popleft().close()
+
+    async def close(self) -> None:
+        self.retire()
         for conn in list(self._open):
             conn.abort()
-        self._idle.clear()
         await asyncio.sleep(0)  # let the transports call connection_lost
 
     def _head(self, method: str, target: str, headers: Sequence[tuple[str, str]],

@@ -459,6 +459,29 @@ async def test_concurrent_requests_use_separate_connections_and_are_then_pooled(
         assert server.connections == 5
 
 
+async def test_a_retired_pool_closes_idle_connections_now_and_busy_ones_as_they_end() -> None:
+    """A reload changed the upstream: nothing of the old pool is reused, and nothing running is cut."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        while await server.read_request(reader) is not None:
+            await asyncio.sleep(0.1)
+            writer.write(OK)
+
+    async with serving(handler) as (server, pool):
+        await asyncio.gather(get(pool), get(pool))
+        assert (pool.idle, server.open) == (2, 2)
+        running = asyncio.ensure_future(get(pool))  # takes one of them
+        await asyncio.sleep(0.02)
+        pool.retire()
+        await asyncio.sleep(0.02)
+        assert (pool.idle, server.open) == (0, 1)  # the idle one is closed at once ...
+        assert (await running)[2] == b"ok"  # ... the busy one finishes its response ...
+        await asyncio.sleep(0.05)
+        assert (pool.connections, server.open) == (0, 0)  # ... and is closed then
+        assert (await get(pool))[2] == b"ok"  # a request that started under the old config still gets through
+        await asyncio.sleep(0.05)
+        assert (pool.idle, server.open, server.connections) == (0, 0, 3)
+
+
 async def test_a_response_left_unread_closes_its_connection() -> None:
     """The client went away mid-stream: the rest of the response is not left on a pooled connection."""
     async with serving(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"z" * 1000)) as (

@@ -14,7 +14,18 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.e2e.harness import HOME, OFFICE, POLICY, GatewayProcess, free_port, main_config, stack, write_config
+from gateway import demo_crm
+from tests.e2e.harness import (
+    HOME,
+    OFFICE,
+    POLICY,
+    GatewayProcess,
+    free_port,
+    main_config,
+    stack,
+    wait_for,
+    write_config,
+)
 
 GiB = 1024**3
 
@@ -151,3 +162,70 @@ async def wait_event(gw: GatewayProcess, name: str, seen_before: int, timeout: f
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"no {name} event:\n{gw.log_text()[-3000:]}")
+
+
+def rewrite_main(path: Path, **sections: dict[str, Any]) -> None:
+    """The main file with the given sections' keys changed."""
+    main = yaml.safe_load(path.read_text())
+    for name, values in sections.items():
+        main[name] = {**main.get(name, {}), **values}
+    path.write_text(yaml.safe_dump(main, sort_keys=False))
+
+
+async def test_a_reload_that_moves_the_upstream_sends_every_request_after_it_to_the_new_crm(tmp_path: Path) -> None:
+    """The pooled connections to the old CRM are not reused (they were, while WebSockets and /ready
+    followed the new address), and a restart is not needed."""
+    async with stack(tmp_path) as s:
+        office = s.client(OFFICE)
+        async with office.get(s.url("/login")) as resp:
+            assert resp.status == 200  # leaves a pooled connection to the first CRM
+        old_pool = s.server.gateway.pool
+        assert old_pool is not None and old_pool.idle == 1
+        runner, port = await demo_crm.start("127.0.0.1", 0)
+        try:
+            rewrite_main(s.config_path, upstream={"url": f"http://127.0.0.1:{port}"})
+            await s.reset_crm()
+            assert await s.server.reload("test")
+            for _ in range(3):
+                async with office.get(s.url("/login")) as resp:
+                    assert resp.status == 200
+            async with aiohttp.ClientSession() as direct, direct.get(f"http://127.0.0.1:{port}/__crm/requests") as r:
+                assert [record["path"] for record in await r.json()] == ["/login"] * 3
+            assert await s.crm_requests() == []
+            await wait_for(lambda: old_pool.connections == 0)
+            assert not s.logs.events("config.restart_needed")
+        finally:
+            await runner.cleanup()
+
+
+async def test_a_reload_that_changes_listen_or_session_says_a_restart_is_needed_until_one(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        port = s.port
+        rewrite_main(s.config_path, listen={"port": free_port()}, session={"cookie_name": "renamed"})
+        assert await s.server.reload("test")
+        [event] = s.logs.events("config.restart_needed")
+        assert (event["level"], event["sections"]) == ("warning", ["listen", "session"])
+        # still the socket and the session settings it started with
+        client = s.client(OFFICE)
+        async with client.post(s.url("/login"), data={"username": "jim", "password": "demo"},
+                               allow_redirects=False) as resp:
+            assert s.port == port and resp.status == 302
+            assert "crmgw_session" in resp.cookies and "renamed" not in resp.cookies
+        assert await s.server.reload("test")  # said again: nothing restarted meanwhile
+        assert [e["sections"] for e in s.logs.events("config.restart_needed")] == [["listen", "session"]] * 2
+        rewrite_main(s.config_path, listen={"port": 0}, session={"cookie_name": "crmgw_session"})
+        assert await s.server.reload("test")  # put back: nothing to restart for
+        assert len(s.logs.events("config.restart_needed")) == 2
+
+
+async def test_a_reload_applies_a_new_log_level(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        rewrite_main(s.config_path, logging={"level": "warning"})
+        assert await s.server.reload("test")
+        assert not s.logs.events("config.reloaded")  # already at the new level
+        async with s.client(HOME).get(s.url("/dashboard")) as resp:
+            assert resp.status == 403
+        assert s.logs.events("access.denied")  # warnings still written
+        rewrite_main(s.config_path, logging={"level": "info"})
+        assert await s.server.reload("test")
+        assert len(s.logs.events("config.reloaded")) == 1
