@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -33,6 +34,17 @@ def test_check_passes_on_the_example_config(example: Path) -> None:
     result = run("check", "-c", str(example))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok: ")
+
+
+def test_time_zones_do_not_need_the_hosts_time_zone_database(example: Path) -> None:
+    """Slim and distroless images may have no /usr/share/zoneinfo, or one without the legacy names
+    (Debian trixie moved US/Central and the like to tzdata-legacy): the tzdata package answers then."""
+    people = example.parent / "people.yaml"
+    people.write_text(people.read_text().replace("timezone: Australia/Sydney", "timezone: US/Central"))
+    assert "US/Central" in people.read_text()
+    result = subprocess.run([sys.executable, "-m", "gateway", "check", "-c", str(example)], capture_output=True,
+                            text=True, cwd=REPO, timeout=60, check=False, env={**os.environ, "PYTHONTZPATH": ""})
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_check_reports_every_error_with_file_and_line_and_exits_1(example: Path) -> None:
