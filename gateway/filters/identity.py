@@ -8,6 +8,7 @@ the gateway (or before it was installed) is useless through it.
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections.abc import Iterable
 from email.message import Message
@@ -218,8 +219,9 @@ def crm_cookies(lines: Iterable[str], name: str) -> list[tuple[str, str]]:
     """Every (name as sent, value) in all Cookie lines that some back end reads as the CRM cookie ``name``.
 
     Names are split as the proxy strips them (``;``, then ``=``), so each one
-    found here can be removed by name. A copy hidden after a comma
-    (``theme=dark, crm_session=X``, two cookies to RFC 2109 parsers) cannot be
+    found here can be removed by name. A copy hidden after a comma or a space
+    (``theme=dark, crm_session=X``, ``theme=dark crm_session=X``: two cookies to
+    RFC 2109 parsers, to aiohttp's and to Python's ``SimpleCookie``) cannot be
     removed alone and raises :class:`UnreadableCookie`.
     """
     found: list[tuple[str, str]] = []
@@ -237,10 +239,14 @@ def _crm_cookies_in(line: str, name: str) -> tuple[tuple[str, str], ...]:
         sent, _, value = part.partition("=")
         if cookie_name_key(sent) == wanted and sent.strip():
             found.append((sent.strip(), value.strip().strip('"')))
-        for hidden in value.split(",")[1:] if "," in value else ():
+        for hidden in _LENIENT_SEPARATORS.split(part.strip())[1:]:
             if cookie_name_key(hidden.partition("=")[0]) == wanted:
-                raise UnreadableCookie(f"a {name!r} cookie is hidden after a comma")
+                raise UnreadableCookie(f"a {name!r} cookie is hidden after a comma or a space")
     return tuple(found)
+
+
+# Where lenient cookie parsers also end a cookie, besides ';' (see crm_cookies).
+_LENIENT_SEPARATORS = re.compile(r"[\s,]+")
 
 
 class IdentityFilter:
