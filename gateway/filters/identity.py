@@ -11,7 +11,6 @@ import json
 import re
 import unicodedata
 from collections.abc import Iterable
-from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
 from urllib.parse import parse_qsl, unquote
@@ -78,19 +77,36 @@ def php_field_name(name: str) -> str:
     return name.replace(" ", "_").replace(".", "_").replace("[", "_")
 
 
-def _content_type_param(content_type: str, name: str) -> str | None:
-    """A parameter of a Content-Type value, read as the MIME parser reads it."""
-    message = Message()
-    message["Content-Type"] = content_type
-    value = message.get_param(name)
-    return value if isinstance(value, str) else None
+_TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_VALUE = rf'{_TCHARS}|"[^"\\;]*"'  # a token, or a quoted string without quotes, backslashes or ';' inside
+_MEDIA_TYPE = re.compile(rf"[ \t]*({_TCHARS}/{_TCHARS})((?:[ \t]*;[ \t]*{_TCHARS}=(?:{_VALUE}))*)[ \t]*")
+_PARAMETER = re.compile(rf";[ \t]*({_TCHARS})=({_VALUE})")
+# RFC 2046 §5.1.1: 1-70 of these characters, not ending in a space.
+_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+_LOGIN_PARAMETERS = frozenset({"charset", "boundary"})
 
 
-def _media_type(content_type: str) -> tuple[str, str | None]:
-    """'Application/JSON; charset=UTF-8' -> ('application/json', 'utf-8')."""
-    charset = _content_type_param(content_type, "charset")
-    kind = content_type.split(";", 1)[0].strip().lower()
-    return kind, charset.strip().lower() if charset is not None else None
+def login_media_type(content_type: str) -> tuple[str, dict[str, str]]:
+    """A login body's media type and its parameters, read one way only (lower-case type and names).
+
+    Parsers disagree on the rest: RFC 2231 forms (``boundary*=``, ``boundary*0*=``), a
+    parameter given twice, a ``;`` or a backslash inside quotes. With two boundaries, a
+    body can hold two multipart documents, one for the gateway's MIME parser and one for
+    the CRM's: the gateway would judge one user while the CRM logs in another. So only
+    ``charset`` and ``boundary`` are read, once each, as a token or a plain quoted string.
+    """
+    whole = _MEDIA_TYPE.fullmatch(content_type)
+    if whole is None:
+        raise UnreadableLogin(f"Content-Type {_echo(content_type)} cannot be read one way only")
+    parameters: dict[str, str] = {}
+    for name, value in _PARAMETER.findall(whole.group(2)):
+        name = name.lower()
+        if name not in _LOGIN_PARAMETERS:
+            raise UnreadableLogin(f"Content-Type parameter {_echo(name)} is not read in a login body")
+        if name in parameters:
+            raise UnreadableLogin(f"Content-Type parameter {name!r} given twice")
+        parameters[name] = value[1:-1] if value.startswith('"') else value
+    return whole.group(1).lower(), parameters
 
 
 def _echo(text: str) -> str:
@@ -113,13 +129,17 @@ def username_from_body(body: bytes, content_type: str, field: str) -> str | None
     PHP reads as the same field, a non-string JSON value, a charset other than
     UTF-8, or a media type the gateway does not read.
     """
-    kind, charset = _media_type(content_type)
-    if charset is not None and charset not in _UTF8:
+    kind, parameters = login_media_type(content_type) if content_type.strip() else ("", {})
+    charset = parameters.get("charset", "").strip().lower()
+    if charset and charset not in _UTF8:
         raise UnreadableLogin(f"login body in charset {_echo(charset)}; only UTF-8 is read")
     if kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json")):
         return _from_json(body, field)
     if kind == MULTIPART:
-        return _from_multipart(body, content_type, field)
+        boundary = parameters.get("boundary", "")
+        if _BOUNDARY.fullmatch(boundary) is None:
+            raise UnreadableLogin(f"multipart login body with the boundary {_echo(boundary)}")
+        return _from_multipart(body, boundary, field)
     if kind in ("", FORM):
         try:
             text = body.decode("utf-8")
@@ -164,27 +184,25 @@ def _from_json(body: bytes, field: str) -> str | None:
     return normalise_username(value)
 
 
-def _bound_multipart(body: bytes, content_type: str) -> None:
+def _bound_multipart(body: bytes, boundary: str) -> None:
     """Refuse a multipart body the MIME parser would spend long on (see MAX_LOGIN_PARTS).
 
     Counted on every occurrence of the delimiter and on each piece's bytes up to its
     first blank line: never less than what the parser will find, so a body that
     passes here is cheap to parse.
     """
-    boundary = _content_type_param(content_type, "boundary")
-    if not boundary:
-        return  # not multipart to the parser either
-    pieces = body.split(b"--" + boundary.encode("utf-8", "surrogateescape"))
+    pieces = body.split(b"--" + boundary.encode("ascii"))
     if len(pieces) - 1 > MAX_LOGIN_PARTS + 1:  # the closing delimiter is one more
         raise UnreadableLogin(f"multipart login body with more than {MAX_LOGIN_PARTS} parts")
     if sum(len(piece.partition(b"\r\n\r\n")[0]) for piece in pieces[1:]) > MAX_LOGIN_PART_HEADERS:
         raise UnreadableLogin(f"multipart login body with over {MAX_LOGIN_PART_HEADERS} bytes of part headers")
 
 
-def _from_multipart(body: bytes, content_type: str, field: str) -> str | None:
-    _bound_multipart(body, content_type)
+def _from_multipart(body: bytes, boundary: str, field: str) -> str | None:
+    """The username part of a multipart body split at ``boundary`` (the one the client's header names)."""
+    _bound_multipart(body, boundary)
     message = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+        b'Content-Type: multipart/form-data; boundary="' + boundary.encode("ascii") + b'"\r\n\r\n' + body
     )
     if not message.is_multipart():
         return None

@@ -59,6 +59,18 @@ FORM = "application/x-www-form-urlencoded"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
 
 
+def two_documents(crm: str, gateway: str) -> bytes:
+    """A body holding two multipart documents: bob's login split at ``crm``, jim's at ``gateway``.
+
+    Parsers that read a different boundary from one Content-Type find a different login in it.
+    """
+    def document(boundary: str, user: str) -> bytes:
+        return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"username\"\r\n\r\n{user}\r\n"
+                f"--{boundary}\r\nContent-Disposition: form-data; name=\"password\"\r\n\r\nS3same\r\n"
+                f"--{boundary}--\r\n").encode()
+    return document(crm, "bob") + document(gateway, "jim")
+
+
 @dataclass(frozen=True)
 class LoginShape:
     description: str
@@ -128,6 +140,20 @@ SHAPES = [
                multipart(('Content-Disposition: form-data; name="username"' + "; a=b" * 1000, b"bob"),
                          field("password", "S3same")), 400),
     LoginShape("a media type the gateway cannot read", "/login", "text/plain", b"username=bob&password=S3same", 400),
+    # Two boundaries in one Content-Type: the gateway's MIME parser read the RFC 2231 or the later one
+    # (jim), aiohttp the plain or the first one (bob): bob was logged in from anywhere jim may be.
+    LoginShape("multipart, an RFC 2231 boundary beside a plain one", "/login",
+               "multipart/form-data; boundary*=utf-8''GW; boundary=CRM", two_documents("CRM", "GW"), 400),
+    LoginShape("multipart, an RFC 2231 continued boundary beside a plain one", "/login",
+               "multipart/form-data; boundary*0*=utf-8''GW; boundary=CRM", two_documents("CRM", "GW"), 400),
+    LoginShape("multipart, a boundary inside another parameter's quotes", "/login",
+               'multipart/form-data; x="a;boundary=CRM"; boundary=GW', two_documents("CRM", "GW"), 400),
+    LoginShape("multipart, the boundary twice", "/login",
+               "multipart/form-data; boundary=CRM; boundary=GW", two_documents("CRM", "GW"), 400),
+    LoginShape("multipart, a boundary with a backslash in quotes", "/login",
+               'multipart/form-data; boundary="CR\\M"', two_documents("CRM", "CR\\M"), 400),
+    LoginShape("multipart, a boundary of 71 characters", "/login",
+               "multipart/form-data; boundary=" + "b" * 71, two_documents("b" * 71, "GW"), 400),
     LoginShape("login path with a trailing slash", "/login/", FORM, b"username=bob&password=S3same", 403),
     LoginShape("login path with ;params", "/login;jsessionid=1", FORM, b"username=bob&password=S3same", 403),
     LoginShape("login path with a double slash and an encoded letter", "//%6Cogin", FORM,
@@ -190,6 +216,9 @@ async def test_control_jim_logs_in_with_every_readable_shape(tmp_path: Path) -> 
         ("application/json; charset=utf-8", b'{"username": "jim", "password": "demo"}'),
         (f"{FORM}; charset=UTF-8", b"username=jim&password=demo"),
         (MULTIPART, multipart(field("username", "jim"), field("password", "demo"))),
+        (f'multipart/form-data;boundary="{BOUNDARY}"', multipart(field("username", "jim"), field("password", "demo"))),
+        (f"Multipart/Form-Data; Boundary={BOUNDARY}; charset=utf-8",
+         multipart(field("username", "jim"), field("password", "demo"))),
     ]
     async with stack(tmp_path, policy=suspended_bob()) as s:
         for content_type, body in readable:
