@@ -25,6 +25,20 @@ METHOD_OVERRIDE_PARAM = "_method"
 FORWARDING_HEADERS = (X_FORWARDED_FOR, X_REAL_IP, X_FORWARDED_PROTO, X_FORWARDED_HOST, FORWARDED)
 IDENTITY_HEADERS = (GATEWAY_USER, GATEWAY_CHANNEL, REQUEST_ID)
 
+# Other headers back ends take the client's address, the scheme, the host or the path from.
+# The gateway's forwarding headers are the CRM's only word on the first three (PHP CRMs read
+# Client-IP before X-Forwarded-For, Rack X-Forwarded-Ssl before X-Forwarded-Proto), and the
+# request line, as judged, on the path: IIS URL Rewrite, Zend, and Symfony before
+# CVE-2018-14773 route by X-Original-URL and X-Rewrite-URL, so `GET /echo` with
+# `X-Original-URL: /billing` would be billing to them, judged as /echo.
+OVERRIDE_HEADERS = tuple(istr(name) for name in (
+    "Client-IP", "X-Client-IP", "True-Client-IP", "X-Cluster-Client-IP", "Forwarded-For", "X-Forwarded",
+    "X-Originating-IP", "X-Remote-IP", "X-Remote-Addr", "CF-Connecting-IP", "Fastly-Client-IP",
+    "X-Forwarded-Ssl", "X-Forwarded-Scheme", "X-Forwarded-Port", "X-Forwarded-Prefix", "Front-End-Https",
+    "X-Url-Scheme", "X-Forwarded-Server", "X-Host", "X-HTTP-Host-Override",
+    "X-Original-URL", "X-Rewrite-URL", "X-Original-URI", "X-Forwarded-URI", "X-Forwarded-Path",
+))
+
 
 def canonical_name(name: str) -> str:
     """A header name as CGI, WSGI and PHP back ends read it: case and '-'/'_' folded."""
@@ -45,7 +59,9 @@ def _spellings(name: str) -> frozenset[str]:
 
 # Headers the gateway owns: removed from every client request, in every spelling.
 OWNED_HEADERS: frozenset[str] = frozenset(
-    spelling for name in (*FORWARDING_HEADERS, *IDENTITY_HEADERS, GATEWAY_WORKER) for spelling in _spellings(name)
+    spelling
+    for name in (*FORWARDING_HEADERS, *IDENTITY_HEADERS, GATEWAY_WORKER, *OVERRIDE_HEADERS)
+    for spelling in _spellings(name)
 )
 
 # RFC 9110 §7.6.1: connection-specific headers, never forwarded in either direction

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.headers import FORWARDING_HEADERS, GATEWAY_WORKER, IDENTITY_HEADERS
+from gateway.headers import FORWARDING_HEADERS, GATEWAY_WORKER, IDENTITY_HEADERS, OVERRIDE_HEADERS
 
 DEFAULT_LIMIT = 10_000
 
@@ -27,7 +27,8 @@ DEFAULT_LIMIT = 10_000
 # gateway's own constants: the CRM does not act on them, it only reports them.
 # Compared after lower-casing and mapping "_" to "-", so X_Forwarded_For is caught too.
 HEADERS_OF_INTEREST = frozenset(
-    name.lower() for name in (*FORWARDING_HEADERS, *IDENTITY_HEADERS, GATEWAY_WORKER, "Host", "User-Agent")
+    name.lower()
+    for name in (*FORWARDING_HEADERS, *IDENTITY_HEADERS, GATEWAY_WORKER, *OVERRIDE_HEADERS, "Host", "User-Agent")
 )
 
 

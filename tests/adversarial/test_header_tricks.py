@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from gateway.headers import OVERRIDE_HEADERS
 from tests.adversarial.support import (
     browser_login,
     cookie_header,
@@ -141,6 +142,22 @@ async def test_the_gateways_own_headers_sent_by_a_client_never_reach_the_crm(
         for own in ("X-Gateway-User", "X-Gateway-Channel", "X-Gateway-Worker", "X-Request-ID"):
             assert value not in recorded_header(entry, own), own
         assert len(recorded_header(entry, "X-Request-ID")) == 1
+
+
+@pytest.mark.parametrize("name", [*OVERRIDE_HEADERS, "X_Original_URL", "X-Original_Url", "x_client_ip"])
+async def test_headers_a_back_end_takes_the_client_address_scheme_or_path_from_never_reach_the_crm(
+    tmp_path: Path, name: str
+) -> None:
+    """The CRM hears the client's address and scheme from the gateway alone, and the path from the request
+    line the gateway judged: pat's `GET /echo` with `X-Original-URL: /billing` is billing to IIS or Zend."""
+    async with stack(tmp_path) as s:
+        pat = await browser_login(s, "pat")
+        await s.reset_crm()
+        response = await send_raw(s.port, raw_request("GET", "/echo", [("Cookie", cookie_header(pat, s)),
+                                                                        (name, "/billing")]))
+        assert status_of(response) == 200
+        [entry] = await s.crm_requests()
+        assert recorded_header(entry, name) == [], name
 
 
 async def test_host_variations(tmp_path: Path) -> None:
