@@ -425,6 +425,15 @@ class _UserInfo:
 _RuleVerdict = tuple[Rule | None, Rule | None]
 
 
+
+def _runs(method: str, methods: frozenset[str]) -> bool:
+    """Whether a request with ``method`` runs a function bound to ``methods`` (none: any method).
+
+    HEAD runs the GET handler in almost every back end (RFC 9110 §9.3.2), its side effects
+    and headers included: a function bound to GET is HEAD's too.
+    """
+    return not methods or method in methods or (method == "HEAD" and "GET" in methods)
+
 class Policy:
     """The compiled policy: immutable after load, safe to share, cheap to swap on reload."""
 
@@ -788,9 +797,7 @@ class Policy:
 
     def _path_info(self, method: str, path: str) -> _PathInfo:
         owners = self._function_paths.owners(path)
-        chosen = [
-            f for index, f in enumerate(self._functions) if index in owners and (not f.methods or method in f.methods)
-        ]
+        chosen = [f for index, f in enumerate(self._functions) if index in owners and _runs(method, f.methods)]
         names = tuple(f.name for f in chosen)
         public = bool(chosen) and all(f.public for f in chosen)
         return _PathInfo(names, public, PUBLIC_RULE.format(names[0]) if public else "")

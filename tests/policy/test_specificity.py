@@ -955,6 +955,17 @@ CASES = [
         allow("default_action"),
     ),
     Case(
+        "functions: a function bound to GET is HEAD's too (back ends run the GET handler for HEAD)",
+        """
+        functions:
+          csv: {paths: ['/reports/csv'], methods: [GET]}
+        rules:
+          - {id: no-csv, action: block, function: csv}
+        """,
+        {"ip": OFFICE, "path": "/reports/csv", "method": "HEAD"},
+        deny("function_blocked", "no-csv"),
+    ),
+    Case(
         "functions: a trailing slash does not take a request out of its function",
         """
         rules:
