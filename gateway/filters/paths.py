@@ -14,6 +14,10 @@ log = get_logger("paths")
 # A pure function of the path, and the same few pages are asked for again and again;
 # NormalisedPath is frozen, and a refused path (BadPath) is not cached.
 _normalise = ShortKeyCache(normalise_path, maxsize=4096, longest=1024)
+# Never forwarded: CONNECT asks for a tunnel (the gateway is no forward proxy, and with an
+# origin-form target the CRM would read what follows as tunnel bytes or as another request);
+# TRACE echoes the request back, cookies and Authorization included (cross-site tracing).
+REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
 
 
 class PathFilter:
@@ -23,6 +27,12 @@ class PathFilter:
         self.case_insensitive = case_insensitive
 
     async def __call__(self, ex: Exchange) -> web.StreamResponse | None:
+        if ex.request.method in REFUSED_METHODS:
+            log.warning("request.bad_method", request_id=ex.request_id, client_ip=str(ex.client_ip),
+                        peer_ip=str(ex.peer_ip), method=ex.request.method)
+            response = ex.deny(405, "bad_request")
+            response.headers["Allow"] = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+            return response
         try:
             raw_path, ex.query = split_target(ex.request.raw_path)
             ex.path = _normalise(raw_path, case_insensitive=self.case_insensitive)

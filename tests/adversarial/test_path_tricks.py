@@ -212,6 +212,20 @@ async def test_method_spellings_cannot_dodge_a_method_bound_function(tmp_path: P
         assert [a for a in await crm_actions(s) if a["kind"] == "clock-in"] == []
 
 
+@pytest.mark.parametrize("method", ["CONNECT", "TRACE"])
+async def test_tunnel_and_echo_methods_are_never_forwarded(tmp_path: Path, method: str) -> None:
+    """CONNECT with an origin-form target reached the CRM, which read the gateway's chunked framing
+    after it as tunnel bytes, then as a second request; TRACE echoes cookies back (cross-site tracing)."""
+    async with stack(tmp_path) as s:
+        jim = await browser_login(s, "jim", source=OFFICE)
+        await s.reset_crm()
+        response = await send_raw(s.port, raw_request(method, "/echo", [("Cookie", cookie_header(jim, s))],
+                                                      b"hello"))
+        assert status_of(response) == 405
+        assert await s.crm_requests() == []
+        assert s.logs.events("request.bad_method")[-1]["method"] == method
+
+
 async def test_control_the_blocked_routes_are_reachable_where_the_policy_allows_them(tmp_path: Path) -> None:
     """Without this, every table above could pass because the routes were simply broken."""
     async with stack(tmp_path) as s:
