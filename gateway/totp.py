@@ -267,8 +267,12 @@ class TotpVerifier:
     starts at the first failure; the ``max_failures``-th failure locks the user
     for ``lock_seconds`` and is itself answered LOCKED. While locked, no code is
     even compared, so a lock cannot be used as an oracle. Success clears the
-    count. :class:`~gateway.state.StateUnavailable` propagates: without the
-    shared state a replay or a lock cannot be ruled out, so the caller answers 503.
+    count. Each attempt is counted before its code is compared (and the count
+    cleared again by a success): codes sent all at once, before any failure is
+    counted, would otherwise all be compared (with Redis, 39 wrong codes and the
+    right one sent together got the right one accepted at a limit of 3).
+    :class:`~gateway.state.StateUnavailable` propagates: without the shared
+    state a replay or a lock cannot be ruled out, so the caller answers 503.
     """
 
     def __init__(
@@ -302,11 +306,17 @@ class TotpVerifier:
         secret = self.secrets.get(user)
         if secret is None:
             return VerifyResult.NO_SECRET
+        attempts = await self.state.hit(f"totp:fail:{user}", self.failure_window)
+        if attempts > self.max_failures:  # others sent at the same time took the tries left: not compared
+            await self.state.flag(f"totp:lock:{user}", self.lock_seconds)
+            return VerifyResult.LOCKED
+        if await self.locked_for(user) is not None:  # one of them locked it (and cleared the count) meanwhile
+            return VerifyResult.LOCKED
         counter = self._matching_counter(secret, code)
         if counter is None:
-            return await self._failure(user, VerifyResult.INVALID)
+            return await self._failure(user, VerifyResult.INVALID, attempts)
         if not await self.state.first_use(f"totp:used:{user}:{counter}", ttl=USED_TTL):
-            return await self._failure(user, VerifyResult.REPLAYED)
+            return await self._failure(user, VerifyResult.REPLAYED, attempts)
         await self.state.clear(f"totp:fail:{user}")
         return VerifyResult.OK
 
@@ -323,8 +333,7 @@ class TotpVerifier:
                 found = counter
         return found
 
-    async def _failure(self, user: str, result: VerifyResult) -> VerifyResult:
-        failures = await self.state.hit(f"totp:fail:{user}", self.failure_window)
+    async def _failure(self, user: str, result: VerifyResult, failures: int) -> VerifyResult:
         if failures < self.max_failures:
             log.info("totp.failed", user=user, result=result.value, failures=failures)
             return result

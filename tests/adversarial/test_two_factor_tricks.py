@@ -8,7 +8,9 @@ carrying a crm_session cookie, under any spelling, and no CRM user.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +33,12 @@ from tests.adversarial.support import (
     status_of,
 )
 from tests.e2e.harness import OFFICE, POLICY, WAREHOUSE, Stack, stack
+from tests.support.redis_server import RedisServer, redis_server_fixture
 
 JIM_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 MAX_FAILURES = 3
+
+redis_server = redis_server_fixture(scope="module")
 
 
 def two_factor(directory: Path) -> dict[str, Any]:
@@ -83,6 +88,37 @@ async def test_totp_brute_force_is_locked_per_user_across_sessions_and_addresses
             assert CRM_COOKIE not in set_cookie_names(resp.headers.getall("Set-Cookie", ()))
         async with client.get(s.url("/dashboard"), allow_redirects=False) as resp:
             assert resp.status == 303
+        await no_crm_cookie_reached_the_crm(s)
+
+
+async def test_codes_sent_all_at_once_are_compared_no_more_than_max_failures_times(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """40 codes at once on 40 connections, the right one last: the lock was checked, the code compared,
+    and only then the failure counted, each across Redis round trips, so every code of the burst was
+    compared (the right one was accepted at a limit of 3). Now each attempt is counted first."""
+    async with stack(tmp_path, **two_factor(tmp_path),
+                     session={"store": "redis", "redis_url": redis_server.url}) as s:
+        client = await pending_login(s)
+        cookie = "; ".join(f"{name}={value}" for name, value in cookies_of(client, s).items())
+        valid = {pyotp.TOTP(JIM_SECRET).at(time.time() + step) for step in (-30, 0, 30)}
+        codes = [code for code in (f"{i:06d}" for i in range(100)) if code not in valid][:39]
+        codes.append(pyotp.TOTP(JIM_SECRET).now())
+        connections = [await asyncio.open_connection("127.0.0.1", s.port, local_addr=(OFFICE, 0)) for _ in codes]
+
+        async def attempt(connection: tuple[asyncio.StreamReader, asyncio.StreamWriter], code: str) -> int:
+            reader, writer = connection
+            body = f'{{"code": "{code}"}}'.encode()
+            headers = [("Cookie", cookie), ("Content-Type", "application/json")]
+            writer.write(raw_request("POST", "/_gateway/2fa", headers, body))
+            answer = await reader.read()
+            writer.close()
+            return status_of(answer)
+
+        statuses = await asyncio.gather(*(attempt(c, code) for c, code in zip(connections, codes, strict=True)))
+        compared = len(s.logs.events("totp.failed")) + len(s.logs.events("totp.locked")) + statuses.count(200)
+        assert compared <= MAX_FAILURES, (compared, statuses)
+        assert statuses[-1] == 429  # the right code came too late: the user is locked, the CRM session held
         await no_crm_cookie_reached_the_crm(s)
 
 
