@@ -52,6 +52,9 @@ class SharedState(Protocol):
     async def hit(self, key: str, window: float) -> int:
         """Count one event; return the count in a fixed window that starts at the first hit."""
 
+    async def give_back(self, key: str) -> None:
+        """Take back one :meth:`hit` (an attempt counted before its outcome turned out well); never below 0."""
+
     async def count(self, key: str) -> int:
         """The current count of ``key`` (0 when absent or expired)."""
 
@@ -154,6 +157,13 @@ class MemoryState:
         entry.value += 1
         return entry.value
 
+    async def give_back(self, key: str) -> None:
+        entry = self._live(key)
+        if entry is not None:
+            entry.value -= 1
+            if entry.value <= 0:
+                del self._entries[key]
+
     async def count(self, key: str) -> int:
         entry = self._live(key)
         return 0 if entry is None else entry.value
@@ -185,6 +195,14 @@ if redis.call('PTTL', KEYS[1]) < 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
 end
 return n
+"""
+
+# DECR that keeps the window's expiry and never leaves a count of 0 or less behind.
+_GIVE_BACK_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('DECR', KEYS[1]) <= 0 then
+  redis.call('DEL', KEYS[1])
+end
+return 0
 """
 
 
@@ -228,6 +246,7 @@ class RedisState:
             decode_responses=False,
         )
         self._hit = self._client.register_script(_HIT_SCRIPT)
+        self._give_back = self._client.register_script(_GIVE_BACK_SCRIPT)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -253,6 +272,9 @@ class RedisState:
         _check_ttl(window)
         result = await self._run("INCR", lambda: self._hit(keys=[self._key(key)], args=[_ms(window)]))
         return int(result)
+
+    async def give_back(self, key: str) -> None:
+        await self._run("DECR", lambda: self._give_back(keys=[self._key(key)]))
 
     async def count(self, key: str) -> int:
         result = await self._run("GET", lambda: self._client.get(self._key(key)))

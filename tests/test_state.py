@@ -124,6 +124,23 @@ CASES = [
         ),
     ),
     Case("clear of an unknown key is harmless", (("clear", "nothing", None, None),)),
+    Case(
+        "give_back takes back one hit, keeps the window and never goes below 0",
+        (
+            ("hit", "g", 2, 1),
+            ("hit", "g", 2, 2),
+            ("give_back", "g", None, None),
+            ("count", "g", None, 1),
+            ("advance", "", 1.2, None),
+            ("hit", "g", 2, 2),  # the same window: a give_back does not restart it
+            ("give_back", "g", None, None),
+            ("give_back", "g", None, None),
+            ("give_back", "g", None, None),
+            ("count", "g", None, 0),
+            ("hit", "g", 2, 1),
+        ),
+    ),
+    Case("give_back of an unknown key is harmless", (("give_back", "nothing", None, None), ("count", "nothing", None, 0))),
     Case("an unraised flag is None", (("flagged", "ban:1.2.3.4", None, None),)),
     Case(
         "a flag reports the seconds left and goes down by itself",
@@ -171,6 +188,8 @@ async def test_behaviour(backend: Backend, case: Case) -> None:
             assert await state.count(key) == expected, where
         elif op == "clear":
             await state.clear(key)
+        elif op == "give_back":
+            await state.give_back(key)
         elif op == "flag":
             assert arg is not None
             await state.flag(key, arg * backend.unit)

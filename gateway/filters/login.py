@@ -1,10 +1,11 @@
 """The CRM login, watched from outside (DESIGN.md §4).
 
 Before forwarding a login POST: refuse it with 429 when the username or the
-client IP is banned for failing too often (the CRM never sees it). After the
-CRM answers: on success, start a gateway session bound to the CRM's session
-cookie, and when the user needs 2FA hold the CRM's response (its cookies and
-redirect) in the session instead of sending it; on failure, count it.
+client IP is banned for failing too often (the CRM never sees it), else count
+it as a failure in advance. After the CRM answers: on success, give that back,
+start a gateway session bound to the CRM's session cookie, and when the user
+needs 2FA hold the CRM's response (its cookies and redirect) in the session
+instead of sending it; on failure, ban whoever it brought to the limit.
 """
 
 from __future__ import annotations
@@ -58,15 +59,26 @@ class LoginFilter:
     async def __call__(self, ex: Exchange) -> web.StreamResponse | None:
         if not ex.state.get("login_attempt"):
             return None
-        keys = [f"login:ban:ip:{ex.client_ip}"] + ([f"login:ban:user:{ex.user}"] if ex.user else [])
+        subjects = _subjects(ex)
         try:
-            left = [t for t in [await self.state.flagged(key) for key in keys] if t is not None]
+            left = [t for t in [await self.state.flagged(f"login:ban:{s}") for s in subjects] if t is not None]
+            if left:
+                log.warning("login.rejected_banned", request_id=ex.request_id, user=ex.user,
+                            client_ip=str(ex.client_ip), seconds_left=int(max(left)))
+                return ex.deny(429, "login_banned", retry_after=int(max(left)) + 1)
+            # The attempt counts as a failure until the CRM says otherwise (a success gives it
+            # back): logins sent all at once would otherwise all reach the CRM before the first
+            # failure was counted (40 guesses at a limit of 5). At most the attempts left run at once.
+            counts = [await self.state.hit(f"login:fail:{s}", self.login.find_time) for s in subjects]
+            if max(counts) > self.login.max_failures:
+                for subject in subjects:
+                    await self.state.give_back(f"login:fail:{subject}")  # it never reached the CRM
+                log.warning("login.rejected_busy", request_id=ex.request_id, user=ex.user,
+                            client_ip=str(ex.client_ip), attempts=max(counts))
+                return ex.deny(429, "login_banned", retry_after=5)
         except StateUnavailable:
             return ex.deny(503, "session_store_unavailable", retry_after=5)
-        if left:
-            log.warning("login.rejected_banned", request_id=ex.request_id, user=ex.user,
-                        client_ip=str(ex.client_ip), seconds_left=int(max(left)))
-            return ex.deny(429, "login_banned", retry_after=int(max(left)) + 1)
+        ex.state["login_counts"] = counts
         ex.upstream_hooks.append(self._on_response)
         return None
 
@@ -82,6 +94,7 @@ class LoginFilter:
         if not self.succeeded(upstream):
             await self._count_failure(ex)
             return None
+        await self.state.give_back(f"login:fail:ip:{ex.client_ip}")  # an office's own logins never ban it
         user = ex.user
         if user is None or ex.session is None:
             # The CRM opened a session the gateway cannot attribute (no username it could
@@ -115,16 +128,20 @@ class LoginFilter:
         return challenge(ex, target)
 
     async def _count_failure(self, ex: Exchange) -> None:
-        limit, window = self.login.max_failures, self.login.find_time
-        subjects = [("ip", str(ex.client_ip))] + ([("user", ex.user)] if ex.user else [])
-        for kind, value in subjects:
-            count = await self.state.hit(f"login:fail:{kind}:{value}", window)
-            if count >= limit:
-                await self.state.flag(f"login:ban:{kind}:{value}", self.login.ban_time)
-                await self.state.clear(f"login:fail:{kind}:{value}")
-                log.warning("login.banned", request_id=ex.request_id, banned=kind, user=ex.user,
-                            client_ip=str(ex.client_ip), failures=count, ban_seconds=int(self.login.ban_time))
+        """The attempt was counted before it went out (see __call__): ban a subject it brought to the limit."""
+        for subject, count in zip(_subjects(ex), ex.state["login_counts"], strict=True):
+            if count >= self.login.max_failures:
+                await self.state.flag(f"login:ban:{subject}", self.login.ban_time)
+                await self.state.clear(f"login:fail:{subject}")
+                log.warning("login.banned", request_id=ex.request_id, banned=subject.split(":", 1)[0],
+                            user=ex.user, client_ip=str(ex.client_ip), failures=count,
+                            ban_seconds=int(self.login.ban_time))
         log.info("login.failed", request_id=ex.request_id, user=ex.user, client_ip=str(ex.client_ip))
+
+
+def _subjects(ex: Exchange) -> list[str]:
+    """What login failures are counted and banned by: the client's address, and the username if any."""
+    return [f"ip:{ex.client_ip}"] + ([f"user:{ex.user}"] if ex.user else [])
 
 
 def challenge(ex: Exchange, target: str) -> web.Response:

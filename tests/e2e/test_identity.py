@@ -150,6 +150,29 @@ async def test_password_guessing_is_banned_before_the_crm_sees_attempt_n_plus_on
         assert (await login(s.client("127.0.0.2"), s, user="jim")).status == 302
 
 
+async def test_password_guesses_sent_all_at_once_reach_the_crm_no_more_than_max_failures_times(
+    tmp_path: Path,
+) -> None:
+    """The ban was checked before the CRM answered and the failure counted after: 40 guesses sent
+    together all reached the CRM. Now each attempt is counted first (and given back on success)."""
+    async with stack(tmp_path, login={"max_failures": 5}) as s:
+        client = s.client(OFFICE)
+        answers = await asyncio.gather(*(login(client, s, user="pat", password=f"guess{i}") for i in range(40)))
+        assert len([e for e in await s.crm_logins() if e["username"] == "pat"]) <= 5
+        assert {resp.status for resp in answers} == {200, 429}  # the CRM's own "wrong password" page, or refused
+        assert (await login(client, s, user="pat")).status == 429  # and pat is banned now
+
+
+async def test_an_offices_own_logins_never_count_against_it(tmp_path: Path) -> None:
+    """Attempts are counted before the CRM answers; a success gives its count back."""
+    async with stack(tmp_path, login={"max_failures": 3}) as s:
+        assert (await login(s.client(OFFICE), s, user="pat", password="guess")).status == 200
+        for _ in range(6):
+            assert (await login(s.client(OFFICE), s, user="jim")).status == 302
+        answers = await asyncio.gather(*(login(s.client(OFFICE), s, user=user) for user in ("jim", "alice")))
+        assert [resp.status for resp in answers] == [302, 302]
+
+
 async def test_2fa_holds_the_crm_session_until_a_valid_code(tmp_path: Path) -> None:
     extra = with_2fa(tmp_path)
     async with stack(tmp_path, policy=policy_with(require_2fa=True), **extra) as s:
