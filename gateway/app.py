@@ -145,6 +145,11 @@ class Gateway:
     def _whoami(self, ex: Exchange) -> dict[str, object]:
         policy = self.config.policy
         decision = policy.decide(facts_of(ex, user=ex.user))
+        if ex.session is not None and "pending" in ex.session:
+            # A password alone, no second factor yet: the user's settings (their overrides' reasons,
+            # such as a trip abroad) are not for whoever typed it.
+            return {"channel": decision.channel, "user": ex.user, "allowed": False, "reason": "mfa_required",
+                    "settings": None}
         settings = policy.settings_for(ex.user, datetime.now(UTC))
         return {
             "channel": decision.channel,

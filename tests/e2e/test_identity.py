@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,15 @@ async def login(client: aiohttp.ClientSession, s: Stack, user: str = "jim", pass
                            allow_redirects=False, **kwargs) as resp:
         await resp.read()
         return resp
+
+
+async def submit_code(client: aiohttp.ClientSession, s: Stack) -> None:
+    """jim's current code through the 2FA form."""
+    async with client.get(s.url("/_gateway/2fa")) as resp:
+        csrf = (await resp.text()).split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    async with client.post(s.url("/_gateway/2fa"), data={"code": pyotp.TOTP(JIM_SECRET).now(), "csrf_token": csrf},
+                           allow_redirects=False) as resp:
+        assert resp.status == 303
 
 
 def set_cookie_names(resp: aiohttp.ClientResponse) -> set[str]:
@@ -270,6 +280,25 @@ async def test_a_user_who_must_use_2fa_but_has_no_secret_is_told_to_ask_an_admin
         async with client.post(s.url("/login"), data={"username": "jim", "password": "demo"},
                                headers={"Accept": "application/json"}, allow_redirects=False) as resp:
             assert (await resp.json())["reason"] == "mfa_required"
+
+
+async def test_whoami_tells_a_password_without_its_second_factor_nothing_of_the_users_settings(
+    tmp_path: Path,
+) -> None:
+    """Someone with jim's password alone, from anywhere, read his overrides' reasons (say, a trip abroad)."""
+    policy = policy_with(require_2fa=True)
+    policy["users"]["jim"] = {"overrides": [{"ip_lockdown": False, "expires": "2099-01-01",
+                                             "reason": "Trade fairs in Asia until the 30th"}]}
+    async with stack(tmp_path, policy=policy, **with_2fa(tmp_path)) as s:
+        client = s.client(OFFICE)
+        assert (await login(client, s)).status == 303  # the password, no code yet
+        async with client.get(s.url("/_gateway/whoami")) as resp:
+            body = await resp.json()
+        assert (body["user"], body["allowed"], body["reason"], body["settings"]) == ("jim", False, "mfa_required", None)
+        assert "Asia" not in json.dumps(body)
+        await submit_code(client, s)
+        async with client.get(s.url("/_gateway/whoami")) as resp:
+            assert (await resp.json())["settings"]["overrides"] == ["Trade fairs in Asia until the 30th"]
 
 
 async def test_idle_sessions_expire(tmp_path: Path) -> None:
