@@ -140,7 +140,10 @@ CASES = [
             ("hit", "g", 2, 1),
         ),
     ),
-    Case("give_back of an unknown key is harmless", (("give_back", "nothing", None, None), ("count", "nothing", None, 0))),
+    Case(
+        "give_back of an unknown key is harmless",
+        (("give_back", "nothing", None, None), ("count", "nothing", None, 0)),
+    ),
     Case("an unraised flag is None", (("flagged", "ban:1.2.3.4", None, None),)),
     Case(
         "a flag reports the seconds left and goes down by itself",

@@ -11,6 +11,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Iterable
+from dataclasses import replace
 from email.parser import BytesParser
 from email.policy import HTTP
 from urllib.parse import parse_qsl, unquote
@@ -267,6 +268,32 @@ def _crm_cookies_in(line: str, name: str) -> tuple[tuple[str, str], ...]:
 _LENIENT_SEPARATORS = re.compile(r"[\s,]+")
 
 
+def without_url_sessions(forward: str, query: str, name: str) -> tuple[str, str] | None:
+    """``forward`` and ``query`` without the path parameters and query fields named like the CRM cookie.
+
+    Servlet containers read a session id from ``;jsessionid=`` in the path, PHP (with
+    ``use_only_cookies`` off) from the query: a CRM session carried there would reach
+    the CRM unbound, with the request judged as whoever the gateway session says (or
+    anonymous). Names are compared as :func:`cookie_name_key` reads them. None when
+    neither holds one (the common case: nothing to rebuild).
+    """
+    wanted = cookie_name_key(name)
+    path = forward
+    if ";" in forward:
+        segments = []
+        for segment in forward.split("/"):
+            if ";" in segment:
+                head, *parameters = segment.split(";")
+                segment = ";".join([head, *(p for p in parameters if cookie_name_key(p.partition("=")[0]) != wanted)])
+            segments.append(segment)
+        path = "/".join(segments)
+    kept = query
+    if query:
+        kept = "&".join(part for part in query.split("&")
+                        if cookie_name_key(part.partition("=")[0].replace("+", " ")) != wanted)
+    return None if path == forward and kept == query else (path, kept)
+
+
 class IdentityFilter:
     name = "identity"
 
@@ -325,6 +352,12 @@ class IdentityFilter:
                 ex.strip_cookies.update(name for name, _ in found)
                 log.info("session.crm_cookie_stripped", request_id=ex.request_id, user=ex.user,
                          client_ip=str(ex.client_ip), copies=len(found))
+            if (";" in ex.path.forward or ex.query) and (
+                url := without_url_sessions(ex.path.forward, ex.query, self.crm_cookie)
+            ):
+                ex.path, ex.query = replace(ex.path, forward=url[0]), url[1]
+                log.info("session.crm_url_session_stripped", request_id=ex.request_id, user=ex.user,
+                         client_ip=str(ex.client_ip))
 
         if ex.path.match in self.logout_paths and "user" in session:
             # The CRM still gets this request with its (bound) cookie, so it ends its session too.

@@ -202,6 +202,25 @@ async def test_a_crm_cookie_hidden_after_a_comma_or_a_space_is_refused(tmp_path:
         assert await s.crm_requests() == []
 
 
+@pytest.mark.parametrize("target", [
+    "/billing;crm_session={t}", "/billing;v=2;CRM_SESSION={t}/q3", "/billing?crm_session={t}",
+    "/billing?page=2&crm%5Fsession={t}&sort=date", "/billing;crm.session={t}",
+], ids=["path-parameter", "path-parameter-in-capitals", "query", "query-encoded-among-others", "php-spelling"])
+async def test_a_crm_session_in_the_url_is_stripped_like_the_cookie(tmp_path: Path, target: str) -> None:
+    """Servlet containers read ;jsessionid= from the path, PHP its session id from the query: pat's own
+    CRM session there reached the CRM unbound, with the request judged as anonymous (no user rules)."""
+    async with stack(tmp_path) as s:
+        token = cookies_of(await browser_login(s, "pat"), s)[CRM_COOKIE]
+        await s.reset_crm()
+        response = await send_raw(s.port, raw_request("GET", target.format(t=token), []))
+        assert status_of(response) < 500
+        [entry] = await s.crm_requests()
+        assert token not in entry["path"] + "?" + entry["query"], entry
+        assert entry["path"].startswith("/billing") and entry["user"] is None
+        assert s.logs.events("session.crm_url_session_stripped")
+        assert token not in s.logs.getvalue()
+
+
 async def test_control_the_bound_cookie_alone_passes(tmp_path: Path) -> None:
     async with stack(tmp_path) as s:
         client = await browser_login(s, "pat")
