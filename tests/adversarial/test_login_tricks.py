@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from gateway.filters.identity import UnreadableLogin, username_from_body
+from gateway.forms import UnreadableLogin, username_from_body
 from tests.adversarial.support import (
     CRM_COOKIE,
     GATEWAY_COOKIE,
