@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from gateway.exchange import Exchange
+from gateway.forms import FORM, MULTIPART, UnreadableLogin, read_small_body, username_from_body
 from gateway.headers import METHOD_OVERRIDE_HEADERS, METHOD_OVERRIDE_PARAM, canonical_name
 from gateway.logs import get_logger
 from gateway.metrics import DECISION_TIME
@@ -54,9 +55,14 @@ def override_methods(ex: Exchange) -> list[str]:
     return sorted(m for m in methods if _METHOD.fullmatch(m) and m != ex.request.method)
 
 
+def _rank(decision: Decision) -> int:
+    """0 for an enforced deny, 1 for a report-only one, 2 for an allow: lower is stricter."""
+    return 0 if decision.action == "deny" and decision.enforced else 1 if decision.action == "deny" else 2
+
+
 def _strictest(decisions: list[Decision]) -> Decision:
     """An enforced deny beats a report-only one, which beats an allow; the first of equals wins."""
-    return min(decisions, key=lambda d: 0 if d.action == "deny" and d.enforced else 1 if d.action == "deny" else 2)
+    return min(decisions, key=_rank)
 
 
 def log_decision(ex: Exchange, decision: Decision, event: str) -> None:
@@ -81,6 +87,22 @@ def log_decision(ex: Exchange, decision: Decision, event: str) -> None:
 class PolicyFilter:
     name = "policy"
 
+    def _body_may_override(self, ex: Exchange, decision: Decision) -> bool:
+        """Whether a ``_method`` in this POST's body could make it stricter: then the body is read.
+
+        Rails and Spring read the override from a form body only, Laravel and Symfony from
+        the body first, Laravel from a JSON body too. Only a POST is overridden, and only
+        into a method some function of its path is bound to whose decision is stricter.
+        """
+        assert ex.path is not None
+        if ex.request.method != "POST" or not (bound := self.policy.bound_methods(ex.path.match) - {"POST"}):
+            return False
+        kind = ex.request.content_type
+        if kind not in (FORM, MULTIPART) and not (kind == "application/json" or kind.endswith("+json")):
+            return False
+        rank = _rank(decision)
+        return any(_rank(self.policy.decide(facts_of(ex, user=ex.user, method=m))) < rank for m in bound)
+
     def __init__(self, policy: Policy, sessions: SessionStore | None = None, *, log_allowed: bool = False) -> None:
         self.policy = policy
         self.sessions = sessions
@@ -89,10 +111,21 @@ class PolicyFilter:
     async def __call__(self, ex: Exchange) -> web.StreamResponse | None:
         started = time.perf_counter()
         decision = self.policy.decide(facts_of(ex, user=ex.user))
-        if (overrides := override_methods(ex)) and not (decision.action == "deny" and decision.enforced):
+        if (overrides := override_methods(ex)) and _rank(decision):
             decision = _strictest([decision, *(self.policy.decide(facts_of(ex, user=ex.user, method=m))
                                                for m in overrides)])
         DECISION_TIME.observe(time.perf_counter() - started)
+        if _rank(decision) and self._body_may_override(ex, decision):
+            try:
+                if ex.body is None:  # (a login's body was read already)
+                    ex.body = await read_small_body(ex.request, "POST")
+                value = username_from_body(ex.body, ex.request.headers.get("Content-Type", ""), METHOD_OVERRIDE_PARAM)
+            except UnreadableLogin as exc:
+                log.warning("request.bad_override", request_id=ex.request_id, client_ip=str(ex.client_ip),
+                            error=str(exc))
+                return ex.deny(400, "bad_request")
+            if value and (method := value.upper()) != "POST" and _METHOD.fullmatch(method):
+                decision = _strictest([decision, self.policy.decide(facts_of(ex, user=ex.user, method=method))])
         ex.decision = decision
         ex.channel = decision.channel
         if decision.action == "allow":

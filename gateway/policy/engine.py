@@ -497,6 +497,8 @@ class Policy:
             lower=case_insensitive_paths,
         )
         self._path_cache = _cached(self, Policy._path_info)
+        self._any_bound = any(f.methods for f in spec.functions)
+        self._bound_cache = _cached(self, Policy._bound_methods)
         self._plan_cache = _cached(self, Policy._plan)
         self._default_title = f"No rule matched: default_action {self.default_action}"
 
@@ -541,6 +543,20 @@ class Policy:
     def functions_of(self, method: str, path: str) -> tuple[str, ...]:
         """The functions the (match-form) path and method belong to, in file order."""
         return self._path_for(method, path).functions
+
+    def bound_methods(self, path: str) -> frozenset[str]:
+        """The methods that the functions owning the (match-form) path are bound to (``methods``).
+
+        What a method override could change a request on ``path`` into, as far as the rules
+        can tell methods apart; empty for most paths.
+        """
+        if not self._any_bound:
+            return frozenset()
+        return self._bound_methods(path) if len(path) > _CACHEABLE else self._bound_cache(path)
+
+    def _bound_methods(self, path: str) -> frozenset[str]:
+        owners = self._function_paths.owners(path)
+        return frozenset(m for index, f in enumerate(self._functions) if index in owners for m in f.methods)
 
     def known_user(self, user: str) -> bool:
         return canonical_user(user) in self._users

@@ -12,8 +12,10 @@ a trick that starts being answered differently is noticed.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +30,7 @@ from tests.adversarial.support import (
     send_raw,
     status_of,
 )
-from tests.e2e.harness import HOME, OFFICE, WAREHOUSE, stack
+from tests.e2e.harness import HOME, OFFICE, POLICY, WAREHOUSE, stack
 
 
 @dataclass(frozen=True)
@@ -278,3 +280,54 @@ async def test_a_websocket_upgrade_to_a_blocked_route_is_judged_like_any_request
         response = await send_raw(s.port, raw_request("GET", target, headers, close=False), timeout=1.0)
         assert status_of(response) == 403
         assert await s.crm_requests() == []
+
+
+def no_contact_deletes() -> dict[str, Any]:
+    """A Rails- or Laravel-style CRM: POST /contacts/5 updates, DELETE /contacts/5 deletes, and nobody deletes."""
+    policy = copy.deepcopy(POLICY)
+    policy["functions"]["contact-delete"] = {"paths": ["/echo/contacts/*"], "methods": ["DELETE"]}
+    policy["rules"].append({"id": "no-contact-delete", "title": "No deleting contacts", "action": "block",
+                            "function": "contact-delete"})
+    return policy
+
+
+FORM = "application/x-www-form-urlencoded"
+BODY_OVERRIDES = [
+    ("form body", FORM, b"authenticity_token=x&_method=DELETE", 403),
+    ("form body, lower case", FORM, b"_method=delete", 403),
+    ("form body with a charset", f"{FORM}; charset=utf-8", b"_method=DELETE", 403),
+    ("JSON body (Laravel reads JSON input)", "application/json", b'{"name": "x", "_method": "DELETE"}', 403),
+    ("multipart body", "multipart/form-data; boundary=XX",
+     b'--XX\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--XX--\r\n', 403),
+    ("_method twice (which one does the CRM take?)", FORM, b"_method=PATCH&_method=DELETE", 400),
+    ("_method in a PHP spelling", FORM, b"_method[]=DELETE", 400),
+]
+
+
+@pytest.mark.parametrize(("content_type", "body", "status"), [b[1:] for b in BODY_OVERRIDES],
+                         ids=[b[0] for b in BODY_OVERRIDES])
+async def test_a_method_override_in_the_body_is_judged_as_the_method_it_asks_for(
+    tmp_path: Path, content_type: str, body: bytes, status: int
+) -> None:
+    """Rails and Spring read _method from a form body only, Laravel and Symfony from the body first: a
+    POST with _method=DELETE reached the CRM while the same override in a header or the query was 403."""
+    async with stack(tmp_path, policy=no_contact_deletes()) as s:
+        response = await send_raw(s.port, raw_request("POST", "/echo/contacts/5", [("Content-Type", content_type)],
+                                                      body))
+        assert status_of(response) == status
+        assert await s.crm_requests() == []
+
+
+async def test_control_a_post_that_asks_for_no_stricter_method_reaches_the_crm_body_intact(tmp_path: Path) -> None:
+    async with stack(tmp_path, policy=no_contact_deletes()) as s:
+        for body in (b"name=Ann&_method=PATCH", b"name=Ann"):
+            response = await send_raw(s.port, raw_request("POST", "/echo/contacts/5", [("Content-Type", FORM)], body))
+            assert status_of(response) == 200
+        assert [(r["method"], r["body_length"]) for r in await s.crm_requests()] == [("POST", 22), ("POST", 8)]
+        # A large upload to a path no override can make stricter is streamed, not read.
+        upload = b"x" * (200 * 1024)
+        response = await send_raw(s.port, raw_request("POST", "/echo/other", [("Content-Type", FORM)], upload))
+        assert status_of(response) == 200
+        # ... but to such a path, a body too large to look into is refused rather than forwarded unjudged.
+        response = await send_raw(s.port, raw_request("POST", "/echo/contacts/5", [("Content-Type", FORM)], upload))
+        assert status_of(response) == 400
