@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import hashlib
 import os
 import random
@@ -76,8 +75,13 @@ def generated_policy(count: int, seed: int = 6) -> dict[str, Any]:
     return {"functions": functions, "groups": groups, "rules": rules}
 
 
-def write_config(directory: Path, *, port: int, upstream_port: int, rules: int, level: str = "warning") -> Path:
-    """gateway.yaml + rules.yaml + people.yaml + generated.yaml + secret.key in ``directory``."""
+def write_config(directory: Path, *, port: int, upstream_port: int, rules: int, level: str = "warning",
+                 redis_url: str | None = None) -> Path:
+    """gateway.yaml + rules.yaml + people.yaml + generated.yaml + secret.key in ``directory``.
+
+    Sessions in the encrypted cookie (the default), or in Redis at ``redis_url`` (what
+    ``--workers N`` needs: the cookie store keeps its codes, counters and logouts per process).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     example_rules, people = example_policy()
     (directory / "rules.yaml").write_text(yaml.safe_dump(example_rules, sort_keys=False))
@@ -89,7 +93,8 @@ def write_config(directory: Path, *, port: int, upstream_port: int, rules: int, 
     main = {
         "listen": {"host": "127.0.0.1", "port": port},
         "upstream": {"url": f"http://127.0.0.1:{upstream_port}", "connect_timeout": 5, "read_timeout": 60},
-        "session": {"store": "cookie", "secret_key_file": "secret.key", "cookie_secure": False},
+        "session": {"store": "cookie", "secret_key_file": "secret.key", "cookie_secure": False}
+        | ({"store": "redis", "redis_url": redis_url} if redis_url else {}),
         "login": {
             "path": "/login",
             "method": "POST",
@@ -128,9 +133,11 @@ async def login_cookie(port: int) -> str:
     return f"crmgw_session={cookies['crmgw_session']}; crm_session={cookies['crm_session']}"
 
 
-@functools.lru_cache(maxsize=8)
 def _session_store(config: Path) -> Any:
-    """The gateway's SessionStore for this config (main file only: 100,000 rules need not be loaded)."""
+    """The gateway's SessionStore for this config (main file only: 100,000 rules need not be loaded).
+
+    Made anew for each mint, inside its event loop: a Redis client belongs to the loop it first ran in.
+    """
     from gateway.sessions import SessionStore
     from gateway.settings import parse_settings
     from gateway.state import MemoryState
@@ -154,16 +161,19 @@ def minted_cookie(config: Path) -> str:
 
     from gateway.sessions import fingerprint
 
-    store = _session_store(config)
-
-    async def mint() -> str:
+    async def mint() -> tuple[str, str]:
+        store = _session_store(config)
         session = await store.storage.new_session()
         now = time.time()
         session.update({"sid": os.urandom(16).hex(), "user": USER, "login_at": now, "seen": now,
                         "crm": fingerprint(BENCH_CRM_COOKIE), "mfa": False})
         response = web.Response()
-        await store.save(None, response, session)  # the cookie storage never looks at the request
-        value: str = response.cookies[store.cookie_name].value
-        return value
+        try:
+            await store.save(None, response, session)  # neither storage looks at the request
+        finally:
+            if (client := getattr(store.storage, "_redis", None)) is not None:
+                await client.aclose()
+        return store.cookie_name, response.cookies[store.cookie_name].value
 
-    return f"{store.cookie_name}={asyncio.run(mint())}; crm_session={BENCH_CRM_COOKIE}"
+    name, value = asyncio.run(mint())
+    return f"{name}={value}; crm_session={BENCH_CRM_COOKIE}"

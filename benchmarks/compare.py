@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import benchconfig
 from procstat import TreeSample
 from run import run_openloop, run_wrk
-from services import REPO, Services, free_port
+from services import HOST, REPO, Services, free_port
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,11 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Services(workdir) as services:
             upstream = services.nginx_upstream() if args.upstream == "nginx" else services.demo_crm()
+            # several workers need the Redis session store (serve refuses the cookie store with them)
+            redis_url = f"redis://{HOST}:{services.redis().port}/0" if args.workers > 1 else None
             gateways = []
             for index, tree in enumerate(trees):
                 port = free_port()
                 config = benchconfig.write_config(workdir / f"tree{index}", port=port, upstream_port=upstream.port,
-                                                  rules=args.rules)
+                                                  rules=args.rules, redis_url=redis_url)
                 gateways.append((config, services.gateway(config, port, args.workers, f"tree{index}", tree=tree)))
             labels.extend(str(t) for t in trees)
             if args.naive:

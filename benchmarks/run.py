@@ -3,12 +3,14 @@
     python benchmarks/run.py [--quick] [--rounds N] [--duration S] [--out benchmarks/results/latest.json]
 
 Two fast upstreams, measured separately: (a) nginx answering a small fixed
-response, (b) the demo CRM's ``/health``. In front of each, five
+response, (b) the demo CRM's ``/health``. In front of each, six
 configurations: ``direct`` (no proxy), ``nginx`` (reverse proxy, 1 worker,
 keep-alive upstream, allow/deny = the policy's allowed_networks), ``naive``
-(benchmarks/naive_proxy.py), ``gateway-1`` and ``gateway-2`` (serve with 1 and
-2 workers, example policy + 1,000 generated rules, an authenticated session
-cookie on every request). All on loopback, all on this machine's cores.
+(benchmarks/naive_proxy.py), ``gateway-1`` (serve, 1 worker, the default
+cookie session store), ``gateway-1-redis`` and ``gateway-2-redis`` (1 and 2
+workers with sessions in Redis, which several workers need), each with the
+example policy + 1,000 generated rules and an authenticated session cookie on
+every request. All on loopback, all on this machine's cores.
 
 Per round and configuration, interleaved (the order reverses every round so
 drift does not favour one side): a short warm-up, a closed-loop wrk run
@@ -44,8 +46,14 @@ import streams
 from procstat import TreeSample, loadavg, reset_tree_peak
 from services import BENCH, HOST, REPO, Proc, Services, free_port
 
-CONFIGS = ("direct", "nginx", "naive", "gateway-1", "gateway-2")
-GATEWAYS = ("gateway-1", "gateway-2")
+CONFIGS = ("direct", "nginx", "naive", "gateway-1", "gateway-1-redis", "gateway-2-redis")
+GATEWAYS = ("gateway-1", "gateway-1-redis", "gateway-2-redis")
+# name -> (workers, sessions in Redis). Several workers need the Redis store (the cookie store keeps
+# its used codes, counters and logouts per process, so serve refuses it); one worker is measured
+# with both, so the 2-workers ratio compares like with like.
+GATEWAY_SETUPS = {"gateway-1": (1, False), "gateway-1-redis": (1, True), "gateway-2-redis": (2, True)}
+# Each gateway's ratios are taken against the three baselines and this one: the Redis store's cost, the scaling.
+COMPARED_WITH = {"gateway-1": (), "gateway-1-redis": ("gateway-1",), "gateway-2-redis": ("gateway-1-redis",)}
 UPSTREAMS = ("nginx", "crm")
 PATH = "/health"
 OPEN_RATE = 500.0
@@ -55,7 +63,7 @@ RULES = 1000
 TARGETS = {
     "gateway-1 rps >= naive": ("gateway-1/naive", "rps", ">=", 1.0),
     "gateway-1 rps >= 2x naive (stretch)": ("gateway-1/naive", "rps", ">=", 2.0),
-    "gateway-2 rps >= 1.3x gateway-1": ("gateway-2/gateway-1", "rps", ">=", 1.3),
+    "gateway-2 rps >= 1.3x gateway-1 (both Redis)": ("gateway-2-redis/gateway-1-redis", "rps", ">=", 1.3),
     "added p50 at 500 rps <= 1 ms": ("gateway-1-direct", "p50_ms", "<=", 1.0),
     "added p99 at 500 rps <= 5 ms": ("gateway-1-direct", "p99_ms", "<=", 5.0),
 }
@@ -115,6 +123,7 @@ class Bench:
 
     def start(self) -> None:
         s = self.services
+        self.redis = s.redis()
         self.upstreams["nginx"] = s.nginx_upstream()
         self.upstreams["crm"] = s.demo_crm()
         allowed = benchconfig.allowed_networks()
@@ -122,10 +131,11 @@ class Bench:
             log(f"starting proxies in front of {name} (port {upstream.port})")
             self.proxies[(name, "nginx")] = s.nginx_proxy(upstream.port, allowed, f"nginx-proxy-{name}")
             self.proxies[(name, "naive")] = s.naive_proxy(upstream.port, f"naive-{name}")
-            for gateway, workers in (("gateway-1", 1), ("gateway-2", 2)):
+            for gateway, (workers, redis) in GATEWAY_SETUPS.items():
                 port = free_port()
                 config = benchconfig.write_config(self.workdir / f"{gateway}-{name}", port=port,
-                                                  upstream_port=upstream.port, rules=RULES)
+                                                  upstream_port=upstream.port, rules=RULES,
+                                                  redis_url=f"redis://{HOST}:{self.redis.port}/0" if redis else None)
                 self.configs[(name, gateway)] = config
                 self.proxies[(name, gateway)] = s.gateway(config, port, workers, f"{gateway}-{name}")
 
@@ -253,7 +263,7 @@ def aggregate(measurements: list[dict[str, Any]], stream_results: list[dict[str,
         pairs: dict[str, list[dict[str, float]]] = {}
         for configs in by_round.values():
             for gateway in GATEWAYS:
-                for other in ("direct", "nginx", "naive", "gateway-1"):
+                for other in ("direct", "nginx", "naive", *COMPARED_WITH[gateway]):
                     if other == gateway or gateway not in configs or other not in configs:
                         continue
                     g, o = configs[gateway], configs[other]
@@ -326,11 +336,11 @@ def table(result: dict[str, Any]) -> str:
     for upstream in UPSTREAMS:
         title = "nginx fixed response" if upstream == "nginx" else "demo CRM /health"
         lines.append(f"\nUpstream: {title}   (closed loop wrk -t1 -c50; latency: open loop at {OPEN_RATE:.0f} rps)")
-        lines.append(f"{'config':11} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} "
+        lines.append(f"{'config':15} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} "
                      f"{'CPU s/1k':>9} {'@500rps':>8} {'peak RSS':>9} {'errors':>6}")
         for config in CONFIGS:
             e = result["summary"][upstream][config]
-            lines.append(f"{config:11} {fmt(e['rps'], '8.0f')} {fmt(e['p50_ms'], '7.3f')} {fmt(e['p99_ms'], '7.3f')} "
+            lines.append(f"{config:15} {fmt(e['rps'], '8.0f')} {fmt(e['p50_ms'], '7.3f')} {fmt(e['p99_ms'], '7.3f')} "
                          f"{fmt(e['p99.9_ms'], '7.2f')} {fmt(e['cpu_s_per_1k_closed'], '9.3f')} "
                          f"{fmt(e['cpu_s_per_1k_open'], '8.3f')} {fmt(e['peak_rss_mib'], '7.1f')}Mi "
                          f"{e['errors']:>6}")
@@ -344,11 +354,11 @@ def table(result: dict[str, Any]) -> str:
         size = result["meta"]["stream_bytes"]
         lines.append(f"\nStreams through each proxy: {size / 2**20:.0f} MiB from/to the demo CRM "
                      "(MB/s = 10^6 B/s; RSS growth of the proxy)")
-        lines.append(f"{'config':11} {'down MB/s':>10} {'down +RSS':>10} {'up MB/s':>9} {'up +RSS':>9} "
+        lines.append(f"{'config':15} {'down MB/s':>10} {'down +RSS':>10} {'up MB/s':>9} {'up +RSS':>9} "
                      f"{'down/nginx':>10} {'up/nginx':>9}")
         for config, dirs in result["streams"].items():
             d, u = dirs.get("down", {}), dirs.get("up", {})
-            lines.append(f"{config:11} {fmt(d.get('mb_per_s'), '10.0f')} {fmt(d.get('rss_growth_mib'), '8.1f')}Mi "
+            lines.append(f"{config:15} {fmt(d.get('mb_per_s'), '10.0f')} {fmt(d.get('rss_growth_mib'), '8.1f')}Mi "
                          f"{fmt(u.get('mb_per_s'), '9.0f')} {fmt(u.get('rss_growth_mib'), '7.1f')}Mi "
                          f"{fmt(d.get('of_nginx'), '10.2f')} {fmt(u.get('of_nginx'), '9.2f')}"
                          + ("  FAILED" if d.get("failed") or u.get("failed") else ""))

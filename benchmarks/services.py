@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -176,6 +177,16 @@ class Services:
         port = free_port()
         return self.start(name, [sys.executable, str(BENCH / "naive_proxy.py"), str(port),
                                  f"http://{HOST}:{upstream_port}"], port, env=python_env(), ready_path=None)
+
+    def redis(self) -> Proc:
+        """A redis-server for the gateways with ``session.store: redis`` (what several workers need)."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        port = free_port()
+        argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+                "--dir", str(self._dir("redis")), "--daemonize", "no"]
+        return self.start("redis", argv, port, ready_path=None)
 
     def gateway(self, config: Path, port: int, workers: int, name: str, tree: Path = REPO) -> Proc:
         """``serve`` from ``tree`` (another checkout, to compare a change: benchmarks/compare.py)."""

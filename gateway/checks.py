@@ -7,19 +7,13 @@ from datetime import datetime
 from gateway.config import Config
 
 
-def warnings_for(config: Config, *, workers: int, now: datetime) -> list[str]:
+def warnings_for(config: Config, *, now: datetime) -> list[str]:
     settings = config.settings
     out = list(config.policy.warnings(now))
     where = str(settings.path)
-    if settings.session.store == "cookie":
-        if workers > 1:
-            out.append(
-                f"{where}: session.store is 'cookie' with {workers} workers: used TOTP codes and failure "
-                "counters are per process; use session.store: redis"
-            )
-        if settings.totp is not None:
-            out.append(
-                f"{where}: 2FA is on with session.store 'cookie': replay and lock-out counters are not "
-                "shared between processes or replicas; fine for one process, use redis for more"
-            )
+    if settings.session.store == "cookie" and settings.totp is not None:
+        out.append(
+            f"{where}: 2FA is on with session.store 'cookie': replay and lock-out counters are not "
+            "shared between processes or replicas; fine for one process, use redis for more"
+        )
     return out

@@ -84,12 +84,16 @@ def _serve_workers(args: argparse.Namespace) -> int:
     config exits 1 with no worker started, and the parent's memory does not grow with the rules.
     """
     from gateway import logs
+    from gateway.settings import unshared_state
     from gateway.workers import run_workers, validate
 
     settings = _load_settings_or_exit(args.config)
     verdict = validate(args.config)
     if verdict != "valid":
         return 0 if verdict == "stopped" else 1
+    if (why := unshared_state(settings, workers=args.workers)) is not None:
+        print(why, file=sys.stderr)
+        return 1
     logs.configure(level=settings.logging.level, fmt=settings.logging.format)
     return run_workers(args.config, workers=args.workers, drain_timeout=args.drain_timeout)
 
@@ -103,8 +107,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load_or_exit(args.config)
     from gateway.checks import warnings_for
+    from gateway.settings import unshared_state
 
-    warnings = warnings_for(config, workers=args.workers, now=datetime.now(UTC))
+    if (why := unshared_state(config.settings, workers=args.workers)) is not None:
+        print(why, file=sys.stderr)
+        return 1
+    warnings = warnings_for(config, now=datetime.now(UTC))
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
     settings = config.settings

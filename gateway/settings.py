@@ -288,3 +288,20 @@ def load_settings(path: Path) -> Settings:
     settings = parse_settings(data, path, problems)
     problems.raise_if_any()
     return settings
+
+
+def unshared_state(settings: Settings, *, workers: int) -> str | None:
+    """Why ``workers`` processes cannot run on these settings, or None.
+
+    With the cookie store each process keeps the state DESIGN.md §4 says must be
+    shared in its own memory: a TOTP code would be accepted once per worker, a
+    logged-out cookie would still work on the others, and every lock-out and login
+    ban would allow ``workers`` times the guesses. Without a ``login`` section there
+    are no sessions and nothing to share.
+    """
+    if workers > 1 and settings.session.store == "cookie" and settings.login is not None:
+        return (f"{settings.path}: session.store is 'cookie' with {workers} workers: each would keep its own "
+                "used TOTP codes, failure counters, bans and logouts (a code accepted once per worker, "
+                f"{workers} times the guesses, a logged-out cookie still valid on another worker); "
+                "set session.store: redis, or run one worker")
+    return None

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config" / "gateway.yaml"
@@ -61,10 +62,23 @@ def test_check_reports_every_error_with_file_and_line_and_exits_1(example: Path)
     assert any(e.startswith(f"{rules}:{len(lines)}:") and "no-such-function" in e for e in errors), errors
 
 
-def test_check_warns_about_several_workers_with_the_cookie_store(example: Path) -> None:
-    result = run("check", "-c", str(example), "--workers", "4")
-    assert result.returncode == 0
-    assert "session.store is 'cookie' with 4 workers" in result.stderr
+def use_redis(example: Path) -> None:
+    data = yaml.safe_load(example.read_text())
+    data["session"] = {**data.get("session", {}), "store": "redis", "redis_url": "redis://127.0.0.1:1/0"}
+    example.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_several_workers_with_the_cookie_store_are_refused(example: Path, command: str) -> None:
+    """Each worker would keep its own used TOTP codes, counters, bans and logouts (DESIGN.md §4: they must be
+    shared): a code was accepted once per worker, and a cookie logged out on one still worked on another."""
+    result = run(command, "-c", str(example), "--workers", "4")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"{example}: session.store is 'cookie' with 4 workers"), result.stderr
+    assert "workers.started" not in result.stdout + result.stderr
+    assert run("check", "-c", str(example)).returncode == 0  # one worker: fine
+    use_redis(example)
+    assert run("check", "-c", str(example), "--workers", "4").returncode == 0
 
 
 def test_explain_json_for_pat_and_billing(example: Path) -> None:
@@ -151,6 +165,7 @@ assert not held, held
 
 def test_the_workers_parent_never_imports_the_policy(example: Path) -> None:
     """The parent of ``serve --workers N`` stays small whatever the rule count: the policy lives in the workers."""
+    use_redis(example)
     result = subprocess.run([sys.executable, "-c", WORKERS_PARENT, str(example)], capture_output=True, text=True,
                             cwd=REPO, timeout=60, check=False)
     assert result.returncode == 0, result.stderr

@@ -141,9 +141,12 @@ async def test_redis_outage_fails_closed_and_recovers(
         gw.stop()
 
 
-async def test_workers_share_a_port_reload_together_and_drain(tmp_path: Path, crm_port: int) -> None:
+async def test_workers_share_a_port_reload_together_and_drain(
+    tmp_path: Path, crm_port: int, redis_server: RedisServer
+) -> None:
     port = free_port()
-    main = main_config(crm_port, listen={"host": "127.0.0.1", "port": port})
+    main = main_config(crm_port, listen={"host": "127.0.0.1", "port": port},
+                       session={"store": "redis", "redis_url": redis_server.url})
     path = write_config(tmp_path, main, POLICY)
     scratch = tmp_path / "tmp"
     scratch.mkdir()
