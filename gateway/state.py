@@ -205,6 +205,12 @@ end
 return 0
 """
 
+# A record and a flag in one round trip (the session and its revocation on every request, see
+# sessions.SessionStore.load). PTTL first: a missing record (nil) would end the array early.
+_READ_FLAGGED_SCRIPT = """
+return {redis.call('PTTL', KEYS[2]), redis.call('GET', KEYS[1])}
+"""
+
 
 def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
@@ -247,6 +253,7 @@ class RedisState:
         )
         self._hit = self._client.register_script(_HIT_SCRIPT)
         self._give_back = self._client.register_script(_GIVE_BACK_SCRIPT)
+        self._read_flagged = self._client.register_script(_READ_FLAGGED_SCRIPT)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -288,12 +295,12 @@ class RedisState:
         await self._run("SET", lambda: self._client.set(self._key(key), 1, px=_ms(ttl)))
 
     async def flagged(self, key: str) -> float | None:
-        left = await self._run("PTTL", lambda: self._client.pttl(self._key(key)))
-        if left == -2:  # no such key
-            return None
-        if left < 0:  # a key without expiry was not written by us: treat it as raised for good
-            return math.inf
-        return left / 1000 if left > 0 else None
+        return _seconds_left(await self._run("PTTL", lambda: self._client.pttl(self._key(key))))
+
+    async def read_flagged(self, record: str, flag: str) -> tuple[bytes | None, float | None]:
+        """The value of ``record`` (a key of its own, outside the prefix) and :meth:`flagged` of ``flag``, at once."""
+        left, value = await self._run("PTTL+GET", lambda: self._read_flagged(keys=[record, self._key(flag)]))
+        return value, _seconds_left(left)
 
     async def ping(self) -> bool:
         try:
@@ -304,6 +311,14 @@ class RedisState:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _seconds_left(pttl: int) -> float | None:
+    if pttl == -2:  # no such key
+        return None
+    if pttl < 0:  # a key without expiry was not written by us: treat it as raised for good
+        return math.inf
+    return pttl / 1000 if pttl > 0 else None
 
 
 def open_state(store: str, redis_url: str) -> SharedState:

@@ -314,6 +314,26 @@ async def test_redis_hit_repairs_a_counter_without_expiry(redis_server: RedisSer
         await raw.aclose()
 
 
+async def test_redis_reads_a_record_and_a_flag_at_once(redis_server: RedisServer) -> None:
+    """A session (a key of its own, outside the prefix) and its revocation flag, in one round trip."""
+    redis_server.flushall()
+    state = RedisState(redis_server.url)
+    raw = raw_client(redis_server)
+    try:
+        assert await state.read_flagged("crmgw_session_abc", "session:revoked:abc") == (None, None)
+        await raw.set("crmgw_session_abc", b'{"session": {}}')
+        assert await state.read_flagged("crmgw_session_abc", "session:revoked:abc") == (b'{"session": {}}', None)
+        await state.flag("session:revoked:abc", 60)
+        value, left = await state.read_flagged("crmgw_session_abc", "session:revoked:abc")
+        assert value == b'{"session": {}}' and left is not None and 59 < left <= 60
+        await raw.delete("crmgw_session_abc")
+        value, left = await state.read_flagged("crmgw_session_abc", "session:revoked:abc")
+        assert value is None and left is not None
+    finally:
+        await state.close()
+        await raw.aclose()
+
+
 async def test_two_redis_clients_share_counters_flags_and_used_codes(redis_server: RedisServer) -> None:
     """What two workers or replicas see: one's failures, locks and used codes are the other's."""
     redis_server.flushall()
