@@ -2,7 +2,7 @@
 
 The gateway judges some requests by a field of their body (the login POST by its
 username, a POST by the ``_method`` it asks the CRM to run). It reads such a body
-whole, bounded, and refuses with :class:`UnreadableLogin` any body that another
+whole, bounded, and refuses with :class:`UnreadableBody` any body that another
 parser (the CRM's) could read differently: a field twice, a charset other than
 UTF-8, a Content-Type with two boundaries, a field name PHP reads as this one.
 """
@@ -32,12 +32,12 @@ MULTIPART = "multipart/form-data"
 _UTF8 = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
 
 
-class UnreadableLogin(ValueError):
-    """The login cannot be read unambiguously: answered 400 rather than guessing who logs in.
+class UnreadableBody(ValueError):
+    """The body cannot be read unambiguously: answered 400 rather than guessing.
 
     Two readings of one body (a field twice, a username in the query string too,
     a charset the gateway does not decode) mean some CRM may log in a user the
-    gateway did not judge.
+    gateway did not judge, or run a method it did not judge.
     """
 
 
@@ -51,10 +51,10 @@ def normalise_username(value: str) -> str | None:
     username, and 100,000 of them at 64 KiB would hold gigabytes.
     """
     if len(value) > MAX_USERNAME:
-        raise UnreadableLogin(f"username longer than {MAX_USERNAME} characters")
+        raise UnreadableBody(f"username longer than {MAX_USERNAME} characters")
     name = unicodedata.normalize("NFKC", value).strip().lower()
     if any(unicodedata.category(char) in ("Cc", "Cs") for char in name):
-        raise UnreadableLogin("username contains a control character or is not valid UTF-8")
+        raise UnreadableBody("username contains a control character or is not valid UTF-8")
     return name or None
 
 
@@ -76,8 +76,8 @@ _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]
 _LOGIN_PARAMETERS = frozenset({"charset", "boundary"})
 
 
-def login_media_type(content_type: str) -> tuple[str, dict[str, str]]:
-    """A login body's media type and its parameters, read one way only (lower-case type and names).
+def media_type(content_type: str) -> tuple[str, dict[str, str]]:
+    """A body's media type and its parameters, read one way only (lower-case type and names).
 
     Parsers disagree on the rest: RFC 2231 forms (``boundary*=``, ``boundary*0*=``), a
     parameter given twice, a ``;`` or a backslash inside quotes. With two boundaries, a
@@ -87,14 +87,14 @@ def login_media_type(content_type: str) -> tuple[str, dict[str, str]]:
     """
     whole = _MEDIA_TYPE.fullmatch(content_type)
     if whole is None:
-        raise UnreadableLogin(f"Content-Type {_echo(content_type)} cannot be read one way only")
+        raise UnreadableBody(f"Content-Type {_echo(content_type)} cannot be read one way only")
     parameters: dict[str, str] = {}
     for name, value in _PARAMETER.findall(whole.group(2)):
         name = name.lower()
         if name not in _LOGIN_PARAMETERS:
-            raise UnreadableLogin(f"Content-Type parameter {_echo(name)} is not read in a login body")
+            raise UnreadableBody(f"Content-Type parameter {_echo(name)} is not read in a body the gateway judges")
         if name in parameters:
-            raise UnreadableLogin(f"Content-Type parameter {name!r} given twice")
+            raise UnreadableBody(f"Content-Type parameter {name!r} given twice")
         parameters[name] = value[1:-1] if value.startswith('"') else value
     return whole.group(1).lower(), parameters
 
@@ -107,36 +107,36 @@ def _echo(text: str) -> str:
 
 def _only(values: list[str], field: str) -> str | None:
     if len(values) > 1:
-        raise UnreadableLogin(f"the field {field!r} is given {len(values)} times")
+        raise UnreadableBody(f"the field {field!r} is given {len(values)} times")
     return normalise_username(values[0]) if values else None
 
 
-def username_from_body(body: bytes, content_type: str, field: str) -> str | None:
-    """The submitted username from a url-encoded, multipart or JSON login body (None: none given).
+def field_from_body(body: bytes, content_type: str, field: str) -> str | None:
+    """A field of a url-encoded, multipart or JSON body, as :func:`normalise_username` folds it (None: not given).
 
-    Raises :class:`UnreadableLogin` when the body has more than one reading:
+    Raises :class:`UnreadableBody` when the body has more than one reading:
     the field twice (PHP takes the last, most others the first), a field name
     PHP reads as the same field, a non-string JSON value, a charset other than
     UTF-8, or a media type the gateway does not read.
     """
-    kind, parameters = login_media_type(content_type) if content_type.strip() else ("", {})
+    kind, parameters = media_type(content_type) if content_type.strip() else ("", {})
     charset = parameters.get("charset", "").strip().lower()
     if charset and charset not in _UTF8:
-        raise UnreadableLogin(f"login body in charset {_echo(charset)}; only UTF-8 is read")
+        raise UnreadableBody(f"body in charset {_echo(charset)}; only UTF-8 is read")
     if kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json")):
         return _from_json(body, field)
     if kind == MULTIPART:
         boundary = parameters.get("boundary", "")
         if _BOUNDARY.fullmatch(boundary) is None:
-            raise UnreadableLogin(f"multipart login body with the boundary {_echo(boundary)}")
+            raise UnreadableBody(f"multipart body with the boundary {_echo(boundary)}")
         return _from_multipart(body, boundary, field)
     if kind in ("", FORM):
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
-            raise UnreadableLogin("form body is not UTF-8") from None
+            raise UnreadableBody("form body is not UTF-8") from None
         return _only(form_values(text, field), field)
-    raise UnreadableLogin(f"login body of type {_echo(kind)} cannot be read")
+    raise UnreadableBody(f"body of type {_echo(kind)} cannot be read")
 
 
 def form_values(text: str, field: str) -> list[str]:
@@ -146,31 +146,31 @@ def form_values(text: str, field: str) -> list[str]:
         if name == field:
             values.append(value)
         elif php_field_name(name) == field:
-            raise UnreadableLogin(f"the field {_echo(name)} reads as {field!r} in some back ends")
+            raise UnreadableBody(f"the field {_echo(name)} reads as {field!r} in some back ends")
     return values
 
 
 def _from_json(body: bytes, field: str) -> str | None:
     def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
         if sum(1 for key, _ in items if key == field) > 1:
-            raise UnreadableLogin(f"the key {field!r} is given twice")
+            raise UnreadableBody(f"the key {field!r} is given twice")
         return dict(items)
 
     try:
         data = json.loads(body.decode("utf-8"), object_pairs_hook=pairs)
     except UnicodeDecodeError:
-        raise UnreadableLogin("JSON body is not UTF-8") from None
+        raise UnreadableBody("JSON body is not UTF-8") from None
     except RecursionError:
-        raise UnreadableLogin("JSON body nested too deeply") from None
+        raise UnreadableBody("JSON body nested too deeply") from None
     except ValueError as exc:
-        if isinstance(exc, UnreadableLogin):
+        if isinstance(exc, UnreadableBody):
             raise
         return None  # not JSON at all: the CRM will refuse it too
     if not isinstance(data, dict) or field not in data:
         return None
     value = data[field]
     if not isinstance(value, str):
-        raise UnreadableLogin(f"the key {field!r} is not a string")
+        raise UnreadableBody(f"the key {field!r} is not a string")
     return normalise_username(value)
 
 
@@ -183,9 +183,9 @@ def _bound_multipart(body: bytes, boundary: str) -> None:
     """
     pieces = body.split(b"--" + boundary.encode("ascii"))
     if len(pieces) - 1 > MAX_LOGIN_PARTS + 1:  # the closing delimiter is one more
-        raise UnreadableLogin(f"multipart login body with more than {MAX_LOGIN_PARTS} parts")
+        raise UnreadableBody(f"multipart body with more than {MAX_LOGIN_PARTS} parts")
     if sum(len(piece.partition(b"\r\n\r\n")[0]) for piece in pieces[1:]) > MAX_LOGIN_PART_HEADERS:
-        raise UnreadableLogin(f"multipart login body with over {MAX_LOGIN_PART_HEADERS} bytes of part headers")
+        raise UnreadableBody(f"multipart body with over {MAX_LOGIN_PART_HEADERS} bytes of part headers")
 
 
 def _from_multipart(body: bytes, boundary: str, field: str) -> str | None:
@@ -201,14 +201,14 @@ def _from_multipart(body: bytes, boundary: str, field: str) -> str | None:
         name = part.get_param("name", header="content-disposition")
         if name != field:
             if isinstance(name, str) and php_field_name(name) == field:
-                raise UnreadableLogin(f"the part {_echo(name)} reads as {field!r} in some back ends")
+                raise UnreadableBody(f"the part {_echo(name)} reads as {field!r} in some back ends")
             continue
         charset = part.get_content_charset()
         if charset is not None and charset.lower() not in _UTF8:
-            raise UnreadableLogin(f"the {field!r} part is in charset {_echo(charset)}; only UTF-8 is read")
+            raise UnreadableBody(f"the {field!r} part is in charset {_echo(charset)}; only UTF-8 is read")
         payload = part.get_payload(decode=True)
         if not isinstance(payload, bytes):
-            raise UnreadableLogin(f"the {field!r} part cannot be read")
+            raise UnreadableBody(f"the {field!r} part cannot be read")
         values.append(payload.decode("utf-8", "surrogateescape"))
     return _only(values, field)
 
@@ -216,19 +216,19 @@ def _from_multipart(body: bytes, boundary: str, field: str) -> str | None:
 async def read_small_body(request: web.Request, what: str) -> bytes:
     """The whole request body, to be judged and then forwarded in place of the stream (``what``: for messages).
 
-    Raises :class:`UnreadableLogin` for a body over :data:`MAX_BODY` and for a
+    Raises :class:`UnreadableBody` for a body over :data:`MAX_BODY` and for a
     compressed one: the server hands the gateway the decoded body, which forwarded
     under the client's Content-Encoding and Content-Length would be read differently
     upstream.
     """
     if request.content_length is not None and request.content_length > MAX_BODY:
-        raise UnreadableLogin(f"{what} body too large")
+        raise UnreadableBody(f"{what} body too large")
     codings = {c.strip().lower() for v in request.headers.getall("Content-Encoding", ()) for c in v.split(",")}
     if codings - {"", "identity"}:
-        raise UnreadableLogin(f"compressed {what} body")
+        raise UnreadableBody(f"compressed {what} body")
     body = bytearray()
     while chunk := await request.content.read(65536):
         body.extend(chunk)
         if len(body) > MAX_BODY:
-            raise UnreadableLogin(f"{what} body too large")
+            raise UnreadableBody(f"{what} body too large")
     return bytes(body)

@@ -17,7 +17,7 @@ from aiohttp import web
 from gateway.caching import cache_short_keys
 from gateway.exchange import Exchange
 from gateway.filters.policy import facts_of
-from gateway.forms import UnreadableLogin, php_field_name, read_small_body, username_from_body
+from gateway.forms import UnreadableBody, field_from_body, php_field_name, read_small_body
 from gateway.logs import get_logger
 from gateway.policy import Policy
 from gateway.sessions import SessionStore, fingerprint, save_session_later
@@ -181,9 +181,9 @@ class IdentityFilter:
             # Back ends that merge query and body (PHP's $_REQUEST, Rails' params) would read it there.
             if any(name == field or php_field_name(name) == field
                    for name, _ in parse_qsl(ex.query, keep_blank_values=True)):
-                raise UnreadableLogin(f"the field {field!r} is in the query string")
-            ex.user = username_from_body(ex.body, request.headers.get("Content-Type", ""), field)
-        except UnreadableLogin as exc:
+                raise UnreadableBody(f"the field {field!r} is in the query string")
+            ex.user = field_from_body(ex.body, request.headers.get("Content-Type", ""), field)
+        except UnreadableBody as exc:
             return self._bad(ex, str(exc))
         if ex.user is None:
             # Judged without a name, the login POST would pass as an anonymous public request:

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from gateway.exchange import Exchange
-from gateway.forms import FORM, MULTIPART, UnreadableLogin, read_small_body, username_from_body
+from gateway.forms import FORM, MULTIPART, UnreadableBody, field_from_body, read_small_body
 from gateway.headers import METHOD_OVERRIDE_HEADERS, METHOD_OVERRIDE_PARAM, canonical_name
 from gateway.logs import get_logger
 from gateway.metrics import DECISION_TIME
@@ -87,6 +87,11 @@ def log_decision(ex: Exchange, decision: Decision, event: str) -> None:
 class PolicyFilter:
     name = "policy"
 
+    def __init__(self, policy: Policy, sessions: SessionStore | None = None, *, log_allowed: bool = False) -> None:
+        self.policy = policy
+        self.sessions = sessions
+        self.log_allowed = log_allowed
+
     def _body_may_override(self, ex: Exchange, decision: Decision) -> bool:
         """Whether a ``_method`` in this POST's body could make it stricter: then the body is read.
 
@@ -103,11 +108,6 @@ class PolicyFilter:
         rank = _rank(decision)
         return any(_rank(self.policy.decide(facts_of(ex, user=ex.user, method=m))) < rank for m in bound)
 
-    def __init__(self, policy: Policy, sessions: SessionStore | None = None, *, log_allowed: bool = False) -> None:
-        self.policy = policy
-        self.sessions = sessions
-        self.log_allowed = log_allowed
-
     async def __call__(self, ex: Exchange) -> web.StreamResponse | None:
         started = time.perf_counter()
         decision = self.policy.decide(facts_of(ex, user=ex.user))
@@ -119,8 +119,8 @@ class PolicyFilter:
             try:
                 if ex.body is None:  # (a login's body was read already)
                     ex.body = await read_small_body(ex.request, "POST")
-                value = username_from_body(ex.body, ex.request.headers.get("Content-Type", ""), METHOD_OVERRIDE_PARAM)
-            except UnreadableLogin as exc:
+                value = field_from_body(ex.body, ex.request.headers.get("Content-Type", ""), METHOD_OVERRIDE_PARAM)
+            except UnreadableBody as exc:
                 log.warning("request.bad_override", request_id=ex.request_id, client_ip=str(ex.client_ip),
                             error=str(exc))
                 return ex.deny(400, "bad_request")
