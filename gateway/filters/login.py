@@ -80,7 +80,18 @@ class LoginFilter:
             return ex.deny(503, "session_store_unavailable", retry_after=5)
         ex.state["login_counts"] = counts
         ex.upstream_hooks.append(self._on_response)
+        ex.send_hooks.append(self._unanswered)
         return None
+
+    async def _unanswered(self, ex: Exchange, response: web.StreamResponse) -> None:
+        """The CRM could not be reached (502) or the store failed (503): the password was never checked.
+
+        Its attempt is given back, or a CRM outage would leave an office's address refused for
+        ``find_time`` afterwards. A timeout (504) stays counted: the CRM may have checked it.
+        """
+        if "login_answered" not in ex.state and response.status in (502, 503):
+            for subject in _subjects(ex):
+                await self.state.give_back(f"login:fail:{subject}")
 
     def succeeded(self, upstream: UpstreamResponse) -> bool:
         if upstream.status not in self.login.success_status:
@@ -91,6 +102,7 @@ class LoginFilter:
         )
 
     async def _on_response(self, ex: Exchange, upstream: UpstreamResponse) -> web.StreamResponse | None:
+        ex.state["login_answered"] = True
         if not self.succeeded(upstream):
             await self._count_failure(ex)
             return None

@@ -13,7 +13,7 @@ import pyotp
 from yarl import URL
 
 from gateway.totp import SecretStore
-from tests.e2e.harness import HOME, OFFICE, POLICY, Stack, stack
+from tests.e2e.harness import HOME, OFFICE, POLICY, Stack, free_port, stack
 
 JIM_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 MOBILE_UA = "AcmeCRM-Mobile/5.2 (Android 14)"
@@ -181,6 +181,16 @@ async def test_an_offices_own_logins_never_count_against_it(tmp_path: Path) -> N
             assert (await login(s.client(OFFICE), s, user="jim")).status == 302
         answers = await asyncio.gather(*(login(s.client(OFFICE), s, user=user) for user in ("jim", "alice")))
         assert [resp.status for resp in answers] == [302, 302]
+
+
+async def test_logins_while_the_crm_is_down_do_not_count_against_anyone(tmp_path: Path) -> None:
+    """Attempts are counted before they go out; one the CRM never got is given back (else an office
+    would be refused logins for find_time after an outage)."""
+    async with stack(tmp_path, login={"max_failures": 3},
+                     upstream={"url": f"http://127.0.0.1:{free_port()}"}) as s:  # nothing listens there
+        for _ in range(6):
+            assert (await login(s.client(OFFICE), s, user="pat")).status == 502
+        assert not s.logs.events("login.rejected_busy") and not s.logs.events("login.banned")
 
 
 async def test_2fa_holds_the_crm_session_until_a_valid_code(tmp_path: Path) -> None:
