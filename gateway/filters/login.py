@@ -66,19 +66,20 @@ class LoginFilter:
                 log.warning("login.rejected_banned", request_id=ex.request_id, user=ex.user,
                             client_ip=str(ex.client_ip), seconds_left=int(max(left)))
                 return ex.deny(429, "login_banned", retry_after=int(max(left)) + 1)
-            # The attempt counts as a failure until the CRM says otherwise (a success gives it
-            # back): logins sent all at once would otherwise all reach the CRM before the first
-            # failure was counted (40 guesses at a limit of 5). At most the attempts left run at once.
-            counts = [await self.state.hit(f"login:fail:{s}", self.login.find_time) for s in subjects]
-            if max(counts) > self.login.max_failures:
-                for subject in subjects:
-                    await self.state.give_back(f"login:fail:{subject}")  # it never reached the CRM
+            # The username's attempt counts as a failure until the CRM says otherwise (a success
+            # clears it): logins sent all at once would otherwise all reach the CRM before the
+            # first failure was counted (40 guesses at a limit of 5); at most the tries left run at
+            # once. The address's failures are counted when the CRM answers: an office behind one
+            # address logs many people in at the same time.
+            count = await self.state.hit(f"login:fail:user:{ex.user}", self.login.find_time)
+            if count > self.login.max_failures:
+                await self.state.give_back(f"login:fail:user:{ex.user}")  # it never reached the CRM
                 log.warning("login.rejected_busy", request_id=ex.request_id, user=ex.user,
-                            client_ip=str(ex.client_ip), attempts=max(counts))
+                            client_ip=str(ex.client_ip), attempts=count)
                 return ex.deny(429, "login_banned", retry_after=5)
         except StateUnavailable:
             return ex.deny(503, "session_store_unavailable", retry_after=5)
-        ex.state["login_counts"] = counts
+        ex.state["login_count"] = count
         ex.upstream_hooks.append(self._on_response)
         ex.send_hooks.append(self._unanswered)
         return None
@@ -90,8 +91,7 @@ class LoginFilter:
         ``find_time`` afterwards. A timeout (504) stays counted: the CRM may have checked it.
         """
         if "login_answered" not in ex.state and response.status in (502, 503):
-            for subject in _subjects(ex):
-                await self.state.give_back(f"login:fail:{subject}")
+            await self.state.give_back(f"login:fail:user:{ex.user}")
 
     def succeeded(self, upstream: UpstreamResponse) -> bool:
         if upstream.status not in self.login.success_status:
@@ -106,7 +106,6 @@ class LoginFilter:
         if not self.succeeded(upstream):
             await self._count_failure(ex)
             return None
-        await self.state.give_back(f"login:fail:ip:{ex.client_ip}")  # an office's own logins never ban it
         user = ex.user
         if user is None or ex.session is None:
             # The CRM opened a session the gateway cannot attribute (no username it could
@@ -140,8 +139,10 @@ class LoginFilter:
         return challenge(ex, target)
 
     async def _count_failure(self, ex: Exchange) -> None:
-        """The attempt was counted before it went out (see __call__): ban a subject it brought to the limit."""
-        for subject, count in zip(_subjects(ex), ex.state["login_counts"], strict=True):
+        """Count the address's failure; ban the address or the username (counted before, see __call__) at the limit."""
+        counts = {f"ip:{ex.client_ip}": await self.state.hit(f"login:fail:ip:{ex.client_ip}", self.login.find_time),
+                  f"user:{ex.user}": ex.state["login_count"]}
+        for subject, count in counts.items():
             if count >= self.login.max_failures:
                 await self.state.flag(f"login:ban:{subject}", self.login.ban_time)
                 await self.state.clear(f"login:fail:{subject}")
