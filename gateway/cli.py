@@ -71,6 +71,7 @@ def _server(args: argparse.Namespace) -> Server:
         config_path=Path(args.config),
         config=config,
         worker=args.worker_index,
+        workers=args.worker_count,
         drain_timeout=args.drain_timeout,
         reuse_port=args.reuse_port,
     )
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds in-flight requests get to finish on SIGTERM (default 30)")
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-count", type=int, default=1, help=argparse.SUPPRESS)  # how many share the port
     serve.add_argument("--validate-only", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 

@@ -28,6 +28,7 @@ from gateway.app import GATEWAY, Gateway
 from gateway.config import Config, load_config
 from gateway.logs import get_logger
 from gateway.metrics import RELOADS
+from gateway.settings import unshared_state
 from gateway.yamlsrc import ConfigError
 
 log = get_logger("server")
@@ -136,6 +137,7 @@ class Server:
     config_path: Path
     config: Config
     worker: int = 0
+    workers: int = 1  # processes sharing the port (serve --workers N): what a reload may not make unsafe
     drain_timeout: float = 30.0
     reuse_port: bool = False
     watch: bool = True
@@ -180,6 +182,13 @@ class Server:
             except Exception as exc:  # never let a reload take the gateway down
                 RELOADS.labels("failed").inc()
                 log.error("config.reload_failed", trigger=trigger, errors=[repr(exc)], worker=self.worker)
+                trim_heap()
+                return False
+            if (why := unshared_state(config.settings, workers=self.workers)) is not None:
+                # A login section added while the cookie store's workers run: each would count on its own.
+                RELOADS.labels("failed").inc()
+                log.error("config.reload_failed", trigger=trigger, errors=[why], worker=self.worker)
+                del config
                 trim_heap()
                 return False
             if _signature(self.gateway.config.files) != before:

@@ -64,9 +64,10 @@ def validate(config: str) -> Literal["valid", "invalid", "stopped"]:
     return "valid" if code == 0 else "invalid"
 
 
-def _spawn(config: str, index: int, drain_timeout: float, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _spawn(config: str, index: int, count: int, drain_timeout: float, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        _serve_command(config, "--reuse-port", "--worker-index", str(index), "--drain-timeout", str(drain_timeout)),
+        _serve_command(config, "--reuse-port", "--worker-index", str(index), "--worker-count", str(count),
+                       "--drain-timeout", str(drain_timeout)),
         env=env,
     )
 
@@ -80,7 +81,7 @@ def run_workers(config: str, *, workers: int, drain_timeout: float) -> int:
 
 
 def _supervise(config: str, workers: int, drain_timeout: float, env: dict[str, str]) -> int:
-    children = {i: _spawn(config, i, drain_timeout, env) for i in range(workers)}
+    children = {i: _spawn(config, i, workers, drain_timeout, env) for i in range(workers)}
     stopping = False
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -113,6 +114,6 @@ def _supervise(config: str, workers: int, drain_timeout: float, env: dict[str, s
                 forward(signal.SIGTERM, None)
                 stopping = True
                 break
-            children[index] = _spawn(config, index, drain_timeout, env)
+            children[index] = _spawn(config, index, workers, drain_timeout, env)
     log.info("workers.stopped")
     return 0

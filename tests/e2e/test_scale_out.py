@@ -238,3 +238,28 @@ async def test_workers_share_a_port_reload_together_and_drain(
         assert list(scratch.iterdir()) == []  # the workers' metric files went with the parent
     finally:
         gw.stop()
+
+
+async def test_a_reload_cannot_give_the_cookie_stores_workers_a_login_to_count_alone(
+    tmp_path: Path, crm_port: int
+) -> None:
+    """Several workers with the cookie store are refused at start only when there is a login section:
+    adding one by a reload would have each worker count failures, bans and codes on its own."""
+    port = free_port()
+    main = main_config(crm_port, listen={"host": "127.0.0.1", "port": port}, login=None)
+    path = write_config(tmp_path, main, POLICY)
+    gw = GatewayProcess(path, extra_args=("--workers", "2"))
+    gw.start(port)
+    try:
+        main["login"] = main_config(crm_port)["login"]
+        path.write_text(yaml.safe_dump(main, sort_keys=False))
+        gw.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while len(gw.events("config.reload_failed")) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        failed = gw.events("config.reload_failed")
+        assert {e["worker"] for e in failed} == {0, 1}, gw.log_text()
+        assert all("session.store is 'cookie' with 2 workers" in e["errors"][0] for e in failed)
+        assert not gw.events("config.reloaded")
+    finally:
+        gw.stop()
