@@ -161,6 +161,11 @@ class IdentityFilter:
                 ex.path, ex.query = replace(ex.path, forward=url[0]), url[1]
                 log.info("session.crm_url_session_stripped", request_id=ex.request_id, user=ex.user,
                          client_ip=str(ex.client_ip))
+            if f"{self.crm_cookie.lower()}=" in unquote(f"{ex.path.forward}?{ex.query}").lower():
+                # Elsewhere in the URL (?next=crm_session=X): PHP with use_trans_sid finds it with a
+                # plain substring search of the URI, where it cannot be removed alone.
+                log.warning("request.bad_url_session", request_id=ex.request_id, client_ip=str(ex.client_ip))
+                return ex.deny(400, "bad_request")
 
         if ex.path.match in self.logout_paths and "user" in session:
             # The CRM still gets this request with its (bound) cookie, so it ends its session too.

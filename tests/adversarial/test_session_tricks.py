@@ -221,6 +221,19 @@ async def test_a_crm_session_in_the_url_is_stripped_like_the_cookie(tmp_path: Pa
         assert token not in s.logs.getvalue()
 
 
+@pytest.mark.parametrize("target", ["/billing?next=crm_session={t}", "/billing?q=x/crm_session={t}/",
+                                    "/billing/crm_session={t}/x", "/billing?next=crm%5Fsession%3D{t}"])
+async def test_a_crm_session_elsewhere_in_the_url_is_refused(tmp_path: Path, target: str) -> None:
+    """PHP with use_trans_sid takes the session id from anywhere in the URI (a substring search):
+    a copy inside another value cannot be removed alone."""
+    async with stack(tmp_path) as s:
+        token = cookies_of(await browser_login(s, "pat"), s)[CRM_COOKIE]
+        await s.reset_crm()
+        response = await send_raw(s.port, raw_request("GET", target.format(t=token), []))
+        assert status_of(response) == 400
+        assert await s.crm_requests() == []
+
+
 async def test_control_the_bound_cookie_alone_passes(tmp_path: Path) -> None:
     async with stack(tmp_path) as s:
         client = await browser_login(s, "pat")
