@@ -14,7 +14,7 @@ import re
 import unicodedata
 from email.parser import BytesParser
 from email.policy import HTTP
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from aiohttp import web
 
@@ -213,15 +213,15 @@ def _from_multipart(body: bytes, boundary: str, field: str) -> str | None:
     return _only(values, field)
 
 
-async def read_small_body(request: web.Request, what: str) -> bytes:
+async def read_small_body(request: web.Request, what: str, limit: int = MAX_BODY) -> bytes:
     """The whole request body, to be judged and then forwarded in place of the stream (``what``: for messages).
 
-    Raises :class:`UnreadableBody` for a body over :data:`MAX_BODY` and for a
+    Raises :class:`UnreadableBody` for a body over ``limit`` bytes and for a
     compressed one: the server hands the gateway the decoded body, which forwarded
     under the client's Content-Encoding and Content-Length would be read differently
     upstream.
     """
-    if request.content_length is not None and request.content_length > MAX_BODY:
+    if request.content_length is not None and request.content_length > limit:
         raise UnreadableBody(f"{what} body too large")
     codings = {c.strip().lower() for v in request.headers.getall("Content-Encoding", ()) for c in v.split(",")}
     if codings - {"", "identity"}:
@@ -229,6 +229,44 @@ async def read_small_body(request: web.Request, what: str) -> bytes:
     body = bytearray()
     while chunk := await request.content.read(65536):
         body.extend(chunk)
-        if len(body) > MAX_BODY:
+        if len(body) > limit:
             raise UnreadableBody(f"{what} body too large")
     return bytes(body)
+
+
+_ANY_BOUNDARY = re.compile(r"boundary(?:\*\d*)?\*?=(\"[^\"]*\"|[^;,\s]*)", re.IGNORECASE)
+_PART_NAME = re.compile(r"\bname(\*?)=(\"[^\"]*\"|[^;\s]*)", re.IGNORECASE)
+
+
+def field_values(body: bytes, content_type: str, field: str) -> set[str]:
+    """Every value of ``field`` that some back end may read in ``body``, whatever the Content-Type says.
+
+    Back ends disagree on what a body is (Rack reads a POST without a Content-Type as a form,
+    PHP cuts the type at a comma or a space, Laravel takes any ``/json`` type for JSON), so the
+    body is read every way: as a form (fields split at ``&`` and ``;``, names as PHP reads
+    them), as JSON, and as multipart at every boundary the header names (RFC 2231 forms too).
+    Judging the strictest of what is found needs no single right reading.
+    """
+    text = body.decode("latin-1")
+    values = {value for pair in re.split("[&;]", text) if "=" in pair
+              for name, value in parse_qsl(pair, keep_blank_values=True)
+              if name == field or php_field_name(name) == field}
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        data = None
+    if isinstance(data, dict) and isinstance(data.get(field), str):
+        values.add(data[field])
+    for quoted in _ANY_BOUNDARY.findall(content_type):
+        boundary = quoted.strip('"').rpartition("'")[2]  # utf-8''GW: the value after the charset
+        if not boundary:
+            continue
+        for part in text.split("--" + boundary)[1:]:  # (what comes before the first delimiter is no part)
+            head, _, content = part.partition("\r\n\r\n")
+            for star, name in _PART_NAME.findall(head):
+                name = name.strip('"')
+                if star:
+                    name = unquote(name.rpartition("'")[2])
+                if name == field or php_field_name(name) == field:
+                    values.add(content.removesuffix("\r\n"))
+    return values

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from gateway.exchange import Exchange
-from gateway.forms import FORM, MULTIPART, UnreadableBody, field_from_body, read_small_body
+from gateway.forms import UnreadableBody, field_values, read_small_body
 from gateway.headers import METHOD_OVERRIDE_HEADERS, METHOD_OVERRIDE_PARAM, canonical_name
 from gateway.logs import get_logger
 from gateway.metrics import DECISION_TIME
@@ -22,6 +22,9 @@ log = get_logger("policy")
 
 _OVERRIDES = frozenset(canonical_name(name) for name in METHOD_OVERRIDE_HEADERS)
 _METHOD = re.compile(r"[A-Z]{1,20}")
+# The largest POST body read for a _method override (only where one could be judged more strictly):
+# a form with a file in it; a larger one there is refused rather than forwarded unjudged.
+MAX_OVERRIDE_BODY = 1024 * 1024
 
 
 def facts_of(ex: Exchange, *, user: str | None, method: str | None = None) -> RequestFacts:
@@ -97,13 +100,13 @@ class PolicyFilter:
 
         Rails and Spring read the override from a form body only, Laravel and Symfony from
         the body first, Laravel from a JSON body too. Only a POST is overridden, and only
-        into a method some function of its path is bound to whose decision is stricter.
+        into a method some function of its path is bound to whose decision is stricter. The
+        body is read whatever its Content-Type says (see :func:`gateway.forms.field_values`).
         """
         assert ex.path is not None
         if ex.request.method != "POST" or not (bound := self.policy.bound_methods(ex.path.match) - {"POST"}):
             return False
-        kind = ex.request.content_type
-        if kind not in (FORM, MULTIPART) and not (kind == "application/json" or kind.endswith("+json")):
+        if ex.body is None and not ex.request.body_exists:
             return False
         rank = _rank(decision)
         return any(_rank(self.policy.decide(facts_of(ex, user=ex.user, method=m))) < rank for m in bound)
@@ -118,14 +121,15 @@ class PolicyFilter:
         if _rank(decision) and self._body_may_override(ex, decision):
             try:
                 if ex.body is None:  # (a login's body was read already)
-                    ex.body = await read_small_body(ex.request, "POST")
-                value = field_from_body(ex.body, ex.request.headers.get("Content-Type", ""), METHOD_OVERRIDE_PARAM)
+                    ex.body = await read_small_body(ex.request, "POST", MAX_OVERRIDE_BODY)
             except UnreadableBody as exc:
                 log.warning("request.bad_override", request_id=ex.request_id, client_ip=str(ex.client_ip),
                             error=str(exc))
                 return ex.deny(400, "bad_request")
-            if value and (method := value.upper()) != "POST" and _METHOD.fullmatch(method):
-                decision = _strictest([decision, self.policy.decide(facts_of(ex, user=ex.user, method=method))])
+            values = field_values(ex.body, ex.request.headers.get("Content-Type", ""), METHOD_OVERRIDE_PARAM)
+            methods = {value.strip().upper() for value in values} - {"POST"}
+            decision = _strictest([decision, *(self.policy.decide(facts_of(ex, user=ex.user, method=m))
+                                               for m in sorted(methods) if _METHOD.fullmatch(m))])
         ex.decision = decision
         ex.channel = decision.channel
         if decision.action == "allow":
