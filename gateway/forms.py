@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, unquote
 from aiohttp import web
 
 MAX_BODY = 64 * 1024  # the largest body read to judge a request
+MAX_FIELDS = 10_000  # the most fields or parts read for a method override (see field_values)
 MAX_USERNAME = 256  # characters, as submitted
 # What a multipart login body may hold. The standard library's MIME parser costs ~10 us per byte
 # of part headers (and more than linear in the number of parts): 64 KiB of them held the event
@@ -245,9 +246,13 @@ def field_values(body: bytes, content_type: str, field: str) -> set[str]:
     PHP cuts the type at a comma or a space, Laravel takes any ``/json`` type for JSON), so the
     body is read every way: as a form (fields split at ``&`` and ``;``, names as PHP reads
     them), as JSON, and as multipart at every boundary the header names (RFC 2231 forms too).
-    Judging the strictest of what is found needs no single right reading.
+    Judging the strictest of what is found needs no single right reading. Raises
+    :class:`UnreadableBody` for more than :data:`MAX_FIELDS` fields or parts (PHP reads
+    1,000 by default): reading a 1 MiB body of tiny ones took the event loop ~0.3 s.
     """
     text = body.decode("latin-1")
+    if text.count("&") + text.count(";") > MAX_FIELDS:
+        raise UnreadableBody(f"body with more than {MAX_FIELDS} fields")
     values = {value for pair in re.split("[&;]", text) if "=" in pair
               for name, value in parse_qsl(pair, keep_blank_values=True)
               if name == field or php_field_name(name) == field}
@@ -261,6 +266,8 @@ def field_values(body: bytes, content_type: str, field: str) -> set[str]:
         boundary = quoted.strip('"').rpartition("'")[2]  # utf-8''GW: the value after the charset
         if not boundary:
             continue
+        if text.count("--" + boundary) > MAX_FIELDS:
+            raise UnreadableBody(f"multipart body with more than {MAX_FIELDS} parts")
         for part in text.split("--" + boundary)[1:]:  # (what comes before the first delimiter is no part)
             head, _, content = part.partition("\r\n\r\n")
             for star, name in _PART_NAME.findall(head):

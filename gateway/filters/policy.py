@@ -122,11 +122,11 @@ class PolicyFilter:
             try:
                 if ex.body is None:  # (a login's body was read already)
                     ex.body = await read_small_body(ex.request, "POST", MAX_OVERRIDE_BODY)
+                values = field_values(ex.body, ex.request.headers.get("Content-Type", ""), METHOD_OVERRIDE_PARAM)
             except UnreadableBody as exc:
                 log.warning("request.bad_override", request_id=ex.request_id, client_ip=str(ex.client_ip),
                             error=str(exc))
                 return ex.deny(400, "bad_request")
-            values = field_values(ex.body, ex.request.headers.get("Content-Type", ""), METHOD_OVERRIDE_PARAM)
             methods = {value.strip().upper() for value in values} - {"POST"}
             decision = _strictest([decision, *(self.policy.decide(facts_of(ex, user=ex.user, method=m))
                                                for m in sorted(methods) if _METHOD.fullmatch(m))])
