@@ -248,7 +248,7 @@ def field_values(body: bytes, content_type: str, field: str) -> set[str]:
     them), as JSON, and as multipart at every boundary the header names (RFC 2231 forms too).
     Judging the strictest of what is found needs no single right reading. Raises
     :class:`UnreadableBody` for more than :data:`MAX_FIELDS` fields or parts (PHP reads
-    1,000 by default): reading a 1 MiB body of tiny ones took the event loop ~0.3 s.
+    1,000 by default): reading a 1 MiB form of 262,000 tiny fields took the event loop 0.5 s.
     """
     text = body.decode("latin-1")
     if text.count("&") + text.count(";") > MAX_FIELDS:
