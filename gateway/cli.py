@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -52,6 +53,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.validate_only:  # the workers parent's check, run in a child of its own
         _load_or_exit(args.config)
         return 0
+    # A SIGHUP before the server handles it would kill this process (its default action): the
+    # files are read just below anyway, and the watcher reloads any edit made meanwhile.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # No local here may hold the start-up config while the server runs: after a reload it would
     # keep the policy it started with in memory for good (~90 MiB at 100,000 rules).
     return asyncio.run(_server(args).run())
@@ -60,6 +64,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _server(args: argparse.Namespace) -> Server:
     """The one-process gateway, its config loaded and its logging and event loop set up."""
     config = _load_or_exit(args.config)
+    from gateway.settings import unshared_state
+
+    if (why := unshared_state(config.settings, workers=args.worker_count)) is not None:
+        # A worker (re)started after the files changed: as a reload would be, it is refused.
+        print(why, file=sys.stderr)
+        raise SystemExit(1)
     # Imported after the load: their objects then fill the holes the load's temporaries left
     # (imported first, idle RSS is ~3 MiB higher at 100,000 rules).
     from gateway import logs

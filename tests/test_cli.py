@@ -81,6 +81,14 @@ def test_several_workers_with_the_cookie_store_are_refused(example: Path, comman
     assert run("check", "-c", str(example), "--workers", "4").returncode == 0
 
 
+def test_a_worker_started_on_files_unsafe_for_several_refuses_to_serve(example: Path) -> None:
+    """A worker the parent (re)starts after an edit reads the files anew: a login section with the cookie
+    store then refuses it, as the parent's start and every worker's reload do."""
+    result = run("serve", "-c", str(example), "--worker-count", "2")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"{example}: session.store is 'cookie' with 2 workers"), result.stderr
+
+
 def test_explain_json_for_pat_and_billing(example: Path) -> None:
     result = run("explain", "-c", str(example), "--ip", "127.0.0.1", "--user", "pat", "--path", "/billing/7",
                  "--at", "2026-11-24T10:00:00+00:00", "--json")

@@ -251,6 +251,12 @@ async def test_a_reload_cannot_give_the_cookie_stores_workers_a_login_to_count_a
     gw = GatewayProcess(path, extra_args=("--workers", "2"))
     gw.start(port)
     try:
+        pids: set[int] = set()
+        deadline = time.monotonic() + 15
+        while len(pids) < 2 and time.monotonic() < deadline:  # both workers serve (and handle SIGHUP)
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as client:
+                async with client.get(f"http://127.0.0.1:{port}/_gateway/health") as resp:
+                    pids.add((await resp.json())["pid"])
         main["login"] = main_config(crm_port)["login"]
         path.write_text(yaml.safe_dump(main, sort_keys=False))
         gw.signal(signal.SIGHUP)
