@@ -19,7 +19,8 @@ from urllib.parse import parse_qsl, unquote
 from aiohttp import web
 
 MAX_BODY = 64 * 1024  # the largest body read to judge a request
-MAX_FIELDS = 10_000  # the most fields or parts read for a method override (see field_values)
+MAX_MENTIONS = 100  # the most places a body searched for a method override may name it (see field_values)
+MAX_BOUNDARIES = 3  # ... and the most multipart boundaries its Content-Type may name
 MAX_USERNAME = 256  # characters, as submitted
 # What a multipart login body may hold. The standard library's MIME parser costs ~10 us per byte
 # of part headers (and more than linear in the number of parts): 64 KiB of them held the event
@@ -235,45 +236,84 @@ async def read_small_body(request: web.Request, what: str, limit: int = MAX_BODY
     return bytes(body)
 
 
-_ANY_BOUNDARY = re.compile(r"boundary(?:\*\d*)?\*?=(\"[^\"]*\"|[^;,\s]*)", re.IGNORECASE)
-_PART_NAME = re.compile(r"\bname(\*?)=(\"[^\"]*\"|[^;\s]*)", re.IGNORECASE)
+_ANY_BOUNDARY = re.compile(r"boundary\s*(?:\*\d*)?\*?\s*=\s*(\"[^\"]*\"|'[^']*'|[^;,\s]*)", re.IGNORECASE)
+_PART_NAME = re.compile(r"\bname\s*(\*?)\s*=\s*(\"[^\"]*\"|'[^']*'|[^;\s]*)", re.IGNORECASE)
+_HEAD_END = re.compile(r"\r?\n\r?\n")
+
+
+def _mentions(field: str) -> re.Pattern[str]:
+    """``field`` written any way a reader may decode it: each character raw, %XX or \\u00XX, any case."""
+    return re.compile("".join(f"(?:{re.escape(c)}|%{ord(c):02x}|\\\\u{ord(c):04x})" for c in field), re.IGNORECASE)
 
 
 def field_values(body: bytes, content_type: str, field: str) -> set[str]:
     """Every value of ``field`` that some back end may read in ``body``, whatever the Content-Type says.
 
     Back ends disagree on what a body is (Rack reads a POST without a Content-Type as a form,
-    PHP cuts the type at a comma or a space, Laravel takes any ``/json`` type for JSON), so the
-    body is read every way: as a form (fields split at ``&`` and ``;``, names as PHP reads
-    them), as JSON, and as multipart at every boundary the header names (RFC 2231 forms too).
-    Judging the strictest of what is found needs no single right reading. Raises
-    :class:`UnreadableBody` for more than :data:`MAX_FIELDS` fields or parts (PHP reads
-    1,000 by default): reading a 1 MiB form of 262,000 tiny fields took the event loop 0.5 s.
+    PHP cuts the type at a comma or a space, Laravel takes any ``/json`` type for JSON), and on
+    how to spell a field (PHP truncates a name at NUL and skips spaces around ``=``, Rack 2
+    reads ``[_method]``). So the work starts from every place the body mentions the field,
+    written any way (:func:`_mentions`, NUL bytes dropped: a UTF-16 body too), and reads each
+    as a form field, a JSON key and a multipart part at every boundary the header names; the
+    strictest of what is found is judged. A mention no reading accounts for is a spelling some
+    back end may read and the gateway cannot: :class:`UnreadableBody` (400), as for more than
+    :data:`MAX_MENTIONS` mentions or :data:`MAX_BOUNDARIES` boundaries (the work is bounded by
+    them, not by the body's size).
     """
-    text = body.decode("latin-1")
-    if text.count("&") + text.count(";") > MAX_FIELDS:
-        raise UnreadableBody(f"body with more than {MAX_FIELDS} fields")
-    values = {value for pair in re.split("[&;]", text) if "=" in pair
-              for name, value in parse_qsl(pair, keep_blank_values=True)
-              if name == field or php_field_name(name) == field}
+    text = body.decode("latin-1").replace("\x00", "")
+    places = [found.start() for found in _mentions(field).finditer(text)]
+    if not places:
+        return set()
+    if len(places) > MAX_MENTIONS:
+        raise UnreadableBody(f"body naming {field!r} more than {MAX_MENTIONS} times")
+    readings: list[list[str]] = [_form_values(text, places, field), _json_values(body, field)]
+    boundaries = {value.strip("\"'").rpartition("'")[2] for value in _ANY_BOUNDARY.findall(content_type)} - {""}
+    if len(boundaries) > MAX_BOUNDARIES:
+        raise UnreadableBody(f"Content-Type naming {len(boundaries)} boundaries")
+    readings += [_part_values(text, places, "--" + boundary, field) for boundary in sorted(boundaries)]
+    if len(places) > max(len(values) for values in readings):
+        raise UnreadableBody(f"{field!r} written where it cannot be read one way")
+    return {value for values in readings for value in values}
+
+
+def _form_values(text: str, places: list[int], field: str) -> list[str]:
+    """The values of the form fields (split at ``&`` and ``;``) around the mentions, named as PHP reads them."""
+    values = []
+    for at in sorted({max(text.rfind("&", 0, at), text.rfind(";", 0, at)) + 1 for at in places}):
+        ends = [end for end in (text.find("&", at), text.find(";", at)) if end >= 0]
+        for name, value in parse_qsl(text[at:min(ends, default=len(text))], keep_blank_values=True):
+            if name == field or php_field_name(name) == field:
+                values.append(value)
+    return values
+
+
+def _json_values(body: bytes, field: str) -> list[str]:
+    """Every string value of a ``field`` key, at any depth and however often (a JSON body in any encoding)."""
+    values: list[str] = []
+
+    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
+        values.extend(value for key, value in items if key == field and isinstance(value, str))
+        return dict(items)
+
     try:
-        data = json.loads(body)
+        json.loads(body, object_pairs_hook=pairs)
     except (ValueError, RecursionError):
-        data = None
-    if isinstance(data, dict) and isinstance(data.get(field), str):
-        values.add(data[field])
-    for quoted in _ANY_BOUNDARY.findall(content_type):
-        boundary = quoted.strip('"').rpartition("'")[2]  # utf-8''GW: the value after the charset
-        if not boundary:
-            continue
-        if text.count("--" + boundary) > MAX_FIELDS:
-            raise UnreadableBody(f"multipart body with more than {MAX_FIELDS} parts")
-        for part in text.split("--" + boundary)[1:]:  # (what comes before the first delimiter is no part)
-            head, _, content = part.partition("\r\n\r\n")
-            for star, name in _PART_NAME.findall(head):
-                name = name.strip('"')
-                if star:
-                    name = unquote(name.rpartition("'")[2])
-                if name == field or php_field_name(name) == field:
-                    values.add(content.removesuffix("\r\n"))
+        return []
+    return values
+
+
+def _part_values(text: str, places: list[int], delimiter: str, field: str) -> list[str]:
+    """The contents of the multipart parts around the mentions whose head names ``field`` (CRLF or bare LF)."""
+    values = []
+    for start in sorted({text.rfind(delimiter, 0, at) for at in places} - {-1}):
+        end = text.find(delimiter, start + len(delimiter))
+        part = text[start + len(delimiter):end if end >= 0 else len(text)]
+        pieces = _HEAD_END.split(part, maxsplit=1)
+        head, content = (pieces[0], pieces[1]) if len(pieces) == 2 else (part, "")
+        for star, name in _PART_NAME.findall(head):
+            name = name.strip("\"'")
+            if star:
+                name = unquote(name.rpartition("'")[2])
+            if name == field or php_field_name(name) == field:
+                values.append(content.strip("\r\n"))
     return values

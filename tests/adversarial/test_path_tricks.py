@@ -295,27 +295,40 @@ def no_contact_deletes() -> dict[str, Any]:
 
 FORM = "application/x-www-form-urlencoded"
 BODY_OVERRIDES = [
-    ("form body", FORM, b"authenticity_token=x&_method=DELETE"),
-    ("form body, lower case", FORM, b"_method=delete"),
-    ("form body with a charset", f"{FORM}; charset=utf-8", b"_method=DELETE"),
-    ("form body, the name percent-encoded", FORM, b"%5Fm%65thod=DELETE"),
-    ("_method twice (the CRM may take either)", FORM, b"_method=PATCH&_method=DELETE"),
-    ("_method in a PHP spelling", FORM, b"_method[]=DELETE"),
-    ("no Content-Type (Rack reads a form)", None, b"_method=DELETE"),
-    ("a form type cut at a comma (Rack, PHP)", f"{FORM}, text/plain", b"_method=DELETE"),
-    ("a form type cut at a space (PHP)", f"{FORM} text/plain", b"_method=DELETE"),
-    ("JSON body (Laravel reads JSON input)", "application/json", b'{"name": "x", "_method": "DELETE"}'),
-    ("text/json (Laravel: any /json type)", "text/json", b'{"_method": "DELETE"}'),
+    ("form body", FORM, b"authenticity_token=x&_method=DELETE", 403),
+    ("form body, lower case", FORM, b"_method=delete", 403),
+    ("form body with a charset", f"{FORM}; charset=utf-8", b"_method=DELETE", 403),
+    ("form body, the name percent-encoded", FORM, b"%5Fm%65thod=DELETE", 403),
+    ("_method twice (the CRM may take either)", FORM, b"_method=PATCH&_method=DELETE", 403),
+    ("_method in a PHP spelling", FORM, b"_method[]=DELETE", 403),
+    ("no Content-Type (Rack reads a form)", None, b"_method=DELETE", 403),
+    ("a form type cut at a comma (Rack, PHP)", f"{FORM}, text/plain", b"_method=DELETE", 403),
+    ("a form type cut at a space (PHP)", f"{FORM} text/plain", b"_method=DELETE", 403),
+    ("a UTF-16 form body (Tomcat reads the charset)", f"{FORM}; charset=UTF-16LE",
+     "_method=DELETE".encode("utf-16-le"), 403),
+    ("JSON body (Laravel reads JSON input)", "application/json", b'{"name": "x", "_method": "DELETE"}', 403),
+    ("text/json (Laravel: any /json type)", "text/json", b'{"_method": "DELETE"}', 403),
+    ("JSON, the key escaped", "application/json", b'{"\\u005fmethod": "DELETE"}', 403),
     ("multipart body", "multipart/form-data; boundary=XX",
-     b'--XX\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--XX--\r\n'),
+     b'--XX\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--XX--\r\n', 403),
     ("multipart, at the RFC 2231 boundary beside a plain one", "multipart/form-data; boundary*=utf-8''GW; boundary=XX",
-     b'--GW\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--GW--\r\n'),
+     b'--GW\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--GW--\r\n', 403),
+    ("multipart with bare LF line ends (PHP)", "multipart/form-data; boundary=XX",
+     b'--XX\nContent-Disposition: form-data; name="_method"\n\nDELETE\n--XX--\n', 403),
+    ("multipart, name= with a space and single quotes (PHP)", "multipart/form-data; boundary =XX",
+     b"--XX\r\nContent-Disposition: form-data; name= '_method'\r\n\r\nDELETE\r\n--XX--\r\n", 403),
+    # Spellings some back end reads as _method and the gateway cannot read one way: refused.
+    ("a NUL in the name (PHP stops there)", FORM, b"_method%00x=DELETE", 400),
+    ("the name in brackets (Rack 2)", FORM, b"[_method]=DELETE", 400),
+    ("JSON Python cannot parse (an integer of 5,000 digits; PHP can)", "application/json",
+     b'{"x": ' + b"1" * 5000 + b', "_method": "DELETE"}', 400),
 ]
 
 
-@pytest.mark.parametrize(("content_type", "body"), [b[1:] for b in BODY_OVERRIDES], ids=[b[0] for b in BODY_OVERRIDES])
+@pytest.mark.parametrize(("content_type", "body", "status"), [b[1:] for b in BODY_OVERRIDES],
+                         ids=[b[0] for b in BODY_OVERRIDES])
 async def test_a_method_override_in_the_body_is_judged_as_the_method_it_asks_for(
-    tmp_path: Path, content_type: str | None, body: bytes
+    tmp_path: Path, content_type: str | None, body: bytes, status: int
 ) -> None:
     """Rails and Spring read _method from a form body only, Laravel and Symfony from the body first: a
     POST with _method=DELETE reached the CRM while the same override in a header or the query was 403.
@@ -323,7 +336,7 @@ async def test_a_method_override_in_the_body_is_judged_as_the_method_it_asks_for
     async with stack(tmp_path, policy=no_contact_deletes()) as s:
         headers = [("Content-Type", content_type)] if content_type else []
         response = await send_raw(s.port, raw_request("POST", "/echo/contacts/5", headers, body))
-        assert status_of(response) == 403
+        assert status_of(response) == status
         assert await s.crm_requests() == []
 
 
@@ -353,19 +366,20 @@ async def test_control_a_post_that_asks_for_no_stricter_method_reaches_the_crm_b
 
 
 @pytest.mark.parametrize(("content_type", "body", "refused"), [
-    ("", b"a=b&" * 262_000, True),
-    ("multipart/form-data; boundary=XX", b"--XX\r\n\r\n" * 131_000, True),
-    ("", b"%41=b&" * 9_000, False),
-    ("application/octet-stream", bytes(range(256)) * 4096, False),
-], ids=["1 MiB of tiny fields", "1 MiB of tiny parts", "9,000 encoded fields", "1 MiB of bytes"])
-def test_a_1_mib_body_is_searched_for_an_override_or_refused_at_once(content_type: str, body: bytes,
-                                                                       refused: bool) -> None:
-    """A denial-of-service guard, not a speed target: the body is read on the event loop, and a 1 MiB
-    form of 262,000 tiny fields took 0.5 s to read every way."""
+    ("", b"a=b&" * 262_000, False),
+    ("multipart/form-data; boundary=XX", b"--XX\r\n\r\n" * 131_000, False),
+    ("", b"_method=PUT&" * 101, True),
+    ("multipart/form-data; " + "; ".join(f"boundary=b{i}" for i in range(600)), b"--b0\r\n\r\n_method" * 9_999, True),
+    ("multipart/form-data; " + "; ".join(["boundary=b"] * 600), b"--b\r\n\r\n" * 9_999, False),
+], ids=["1 MiB of tiny fields", "1 MiB of tiny parts", "101 mentions", "600 boundaries", "one boundary 600 times"])
+def test_a_body_is_searched_for_an_override_or_refused_at_once(content_type: str, body: bytes, refused: bool) -> None:
+    """A denial-of-service guard, not a speed target: the body is read on the event loop; a 1 MiB form of
+    262,000 tiny fields took 0.5 s to read every way, 600 boundaries over 9,999 parts 8-10 s. The work now
+    follows the places the body names _method (at most 100) and the boundaries (at most 3)."""
     started = time.process_time()
     if refused:
         with pytest.raises(UnreadableBody):
             field_values(body, content_type, "_method")
     else:
-        assert field_values(body, content_type, "_method") == set()
+        field_values(body, content_type, "_method")
     assert time.process_time() - started < 0.1
