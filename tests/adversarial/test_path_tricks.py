@@ -347,8 +347,10 @@ async def test_control_a_post_that_asks_for_no_stricter_method_reaches_the_crm_b
              b"Content-Type: image/jpeg\r\n\r\n" + bytes(range(256)) * 1600 + b"\r\n")
     override = b'--XX\r\nContent-Disposition: form-data; name="_method"\r\n\r\nPATCH\r\n'
     multipart = override + fields + photo + b"--XX--\r\n"
+    csv = (b'--XX\r\nContent-Disposition: form-data; name="import"; filename="contacts.csv"\r\n'
+           b"Content-Type: text/csv\r\n\r\n" + b"Ann;Lee;ann@example.com;&nbsp;\r\n" * 3000 + b"--XX--\r\n")
     sent = [(FORM, b"name=Ann&_method=PATCH"), (FORM, b"name=Ann"),
-            ("multipart/form-data; boundary=XX", multipart),
+            ("multipart/form-data; boundary=XX", multipart), ("multipart/form-data; boundary=XX", csv),
             ("application/json; charset=utf-8; v=2", b'{"name": "Ann", "_method": "PATCH"}')]
     async with stack(tmp_path, policy=no_contact_deletes()) as s:
         for content_type, body in sent:
