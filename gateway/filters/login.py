@@ -29,6 +29,8 @@ from gateway.upstream import UpstreamResponse
 log = get_logger("login")
 
 TWO_FACTOR_PATH = "/_gateway/2fa"
+# How long a login counts as waiting for the CRM at most (one whose client left is never answered).
+WAITING_WINDOW = 60.0
 
 
 def same_origin_path(location: str | None, host: str | None) -> str:
@@ -71,11 +73,15 @@ class LoginFilter:
             # first failure was counted (40 guesses at a limit of 5); at most the tries left run at
             # once. The address's failures are counted when the CRM answers: an office behind one
             # address logs many people in at the same time.
+            # An address's logins waiting for the CRM are capped too (twice the failures allowed): a
+            # burst across many usernames would otherwise all be out before the first failure is counted.
             count = await self.state.hit(f"login:fail:user:{ex.user}", self.login.find_time)
-            if count > self.login.max_failures:
+            waiting = await self.state.hit(f"login:waiting:ip:{ex.client_ip}", WAITING_WINDOW)
+            if count > self.login.max_failures or waiting > 2 * self.login.max_failures:
                 await self.state.give_back(f"login:fail:user:{ex.user}")  # it never reached the CRM
+                await self.state.give_back(f"login:waiting:ip:{ex.client_ip}")
                 log.warning("login.rejected_busy", request_id=ex.request_id, user=ex.user,
-                            client_ip=str(ex.client_ip), attempts=count)
+                            client_ip=str(ex.client_ip), attempts=count, waiting=waiting)
                 return ex.deny(429, "login_banned", retry_after=5)
         except StateUnavailable:
             return ex.deny(503, "session_store_unavailable", retry_after=5)
@@ -85,12 +91,16 @@ class LoginFilter:
         return None
 
     async def _unanswered(self, ex: Exchange, response: web.StreamResponse) -> None:
-        """The CRM could not be reached (502) or the store failed (503): the password was never checked.
+        """Answered without the CRM's answer: the login no longer waits; if the CRM could not be
+        reached (502) or the store failed (503), the password was never checked either.
 
-        Its attempt is given back, or a CRM outage would leave an office's address refused for
+        That attempt is given back, or a CRM outage would leave a username refused for
         ``find_time`` afterwards. A timeout (504) stays counted: the CRM may have checked it.
         """
-        if "login_answered" not in ex.state and response.status in (502, 503):
+        if "login_answered" in ex.state:
+            return
+        await self.state.give_back(f"login:waiting:ip:{ex.client_ip}")
+        if response.status in (502, 503):
             await self.state.give_back(f"login:fail:user:{ex.user}")
 
     def succeeded(self, upstream: UpstreamResponse) -> bool:
@@ -103,6 +113,7 @@ class LoginFilter:
 
     async def _on_response(self, ex: Exchange, upstream: UpstreamResponse) -> web.StreamResponse | None:
         ex.state["login_answered"] = True
+        await self.state.give_back(f"login:waiting:ip:{ex.client_ip}")
         if not self.succeeded(upstream):
             await self._count_failure(ex)
             return None

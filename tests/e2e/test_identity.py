@@ -173,6 +173,17 @@ async def test_password_guesses_sent_all_at_once_reach_the_crm_no_more_than_max_
         assert (await login(client, s, user="pat")).status == 429  # and pat is banned now
 
 
+async def test_a_burst_of_guesses_across_usernames_from_one_address_is_capped(tmp_path: Path) -> None:
+    """An address's failures are counted as the CRM answers, so its logins waiting for an answer are
+    capped at twice the failures allowed: 40 usernames guessed at once all reached the CRM."""
+    async with stack(tmp_path, login={"max_failures": 3}) as s:
+        client = s.client(OFFICE)
+        answers = await asyncio.gather(*(login(client, s, user=f"user{i}", password="guess") for i in range(40)))
+        assert len(await s.crm_logins()) <= 2 * 3 + 3
+        assert 429 in {resp.status for resp in answers}
+        assert s.logs.events("login.rejected_busy")
+
+
 async def test_an_offices_own_logins_never_count_against_it(tmp_path: Path) -> None:
     """A username's attempts are counted before the CRM answers (a success clears them); an address's
     failures when it answers: six people logging in at once behind one office address all get in."""
