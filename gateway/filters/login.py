@@ -71,10 +71,9 @@ class LoginFilter:
             # The username's attempt counts as a failure until the CRM says otherwise (a success
             # clears it): logins sent all at once would otherwise all reach the CRM before the
             # first failure was counted (40 guesses at a limit of 5); at most the tries left run at
-            # once. The address's failures are counted when the CRM answers: an office behind one
-            # address logs many people in at the same time.
-            # An address's logins waiting for the CRM are capped too (twice the failures allowed): a
-            # burst across many usernames would otherwise all be out before the first failure is counted.
+            # once. The address's failures are counted when the CRM answers (an office behind one
+            # address logs many people in at the same time), and its logins waiting for an answer
+            # are capped at twice the failures allowed (a burst across many usernames).
             count = await self.state.hit(f"login:fail:user:{ex.user}", self.login.find_time)
             waiting = await self.state.hit(f"login:waiting:ip:{ex.client_ip}", WAITING_WINDOW)
             if count > self.login.max_failures or waiting > 2 * self.login.max_failures:
