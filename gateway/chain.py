@@ -54,6 +54,9 @@ class Chain:
             # Fail closed: what the gateway cannot decide is not forwarded.
             log.exception("request.failed", request_id=request_id, method=request.method)
             response = ex.deny(500, "internal_error")
+        finally:
+            for hook in ex.done_hooks:  # also when the client left and the request was cancelled
+                await hook(ex)
         if not response.prepared:
             response.headers[REQUEST_ID] = request_id
             await ex.before_send(response)

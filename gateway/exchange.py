@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 UpstreamHook = Callable[["Exchange", "UpstreamResponse"], Awaitable[web.StreamResponse | None]]
 # Called with the response about to be sent, whoever made it (e.g. to save the session cookie).
 SendHook = Callable[["Exchange", web.StreamResponse], Awaitable[None]]
+# Called once the chain is done with the request, however it ended (answered, failed, the client gone).
+DoneHook = Callable[["Exchange"], Awaitable[None]]
 
 
 @dataclass(slots=True, eq=False)
@@ -52,6 +54,7 @@ class Exchange:
     upstream_headers: dict[str, str] = field(default_factory=dict)
     upstream_hooks: list[UpstreamHook] = field(default_factory=list)
     send_hooks: list[SendHook] = field(default_factory=list)
+    done_hooks: list[DoneHook] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
 
     async def before_send(self, response: web.StreamResponse) -> None:

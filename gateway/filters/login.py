@@ -87,19 +87,21 @@ class LoginFilter:
         ex.state["login_count"] = count
         ex.upstream_hooks.append(self._on_response)
         ex.send_hooks.append(self._unanswered)
+        ex.done_hooks.append(self._done_waiting)
         return None
 
+    async def _done_waiting(self, ex: Exchange) -> None:
+        """The login no longer waits for the CRM, however it ended (a client that left included)."""
+        await self.state.give_back(f"login:waiting:ip:{ex.client_ip}")
+
     async def _unanswered(self, ex: Exchange, response: web.StreamResponse) -> None:
-        """Answered without the CRM's answer: the login no longer waits; if the CRM could not be
-        reached (502) or the store failed (503), the password was never checked either.
+        """Answered without the CRM's answer: if it could not be reached (502) or the store failed
+        (503), the password was never checked.
 
         That attempt is given back, or a CRM outage would leave a username refused for
         ``find_time`` afterwards. A timeout (504) stays counted: the CRM may have checked it.
         """
-        if "login_answered" in ex.state:
-            return
-        await self.state.give_back(f"login:waiting:ip:{ex.client_ip}")
-        if response.status in (502, 503):
+        if "login_answered" not in ex.state and response.status in (502, 503):
             await self.state.give_back(f"login:fail:user:{ex.user}")
 
     def succeeded(self, upstream: UpstreamResponse) -> bool:
@@ -112,7 +114,6 @@ class LoginFilter:
 
     async def _on_response(self, ex: Exchange, upstream: UpstreamResponse) -> web.StreamResponse | None:
         ex.state["login_answered"] = True
-        await self.state.give_back(f"login:waiting:ip:{ex.client_ip}")
         if not self.succeeded(upstream):
             await self._count_failure(ex)
             return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 from pathlib import Path
@@ -182,6 +183,27 @@ async def test_a_burst_of_guesses_across_usernames_from_one_address_is_capped(tm
         assert len(await s.crm_logins()) <= 2 * 3 + 3
         assert 429 in {resp.status for resp in answers}
         assert s.logs.events("login.rejected_busy")
+
+
+async def test_logins_whose_clients_left_stop_waiting(tmp_path: Path) -> None:
+    """A login whose client left (a closed tab) was cancelled before the CRM answered and stayed counted
+    as waiting: four of them made everyone behind the address wait 60 s for a 429."""
+    async def slow_crm(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    crm = await asyncio.start_server(slow_crm, "127.0.0.1", 0)
+    port = crm.sockets[0].getsockname()[1]
+    try:
+        async with stack(tmp_path, login={"max_failures": 2},
+                         upstream={"url": f"http://127.0.0.1:{port}", "read_timeout": 30}) as s:
+            for i in range(5):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.2):
+                        await login(s.client(OFFICE), s, user=f"user{i}", password="guess")
+                await asyncio.sleep(0.05)
+            assert not s.logs.events("login.rejected_busy")
+    finally:
+        crm.close()
 
 
 async def test_an_offices_own_logins_never_count_against_it(tmp_path: Path) -> None:
