@@ -241,11 +241,6 @@ _ANY_BOUNDARY = re.compile(r"boundary\s*+(?:\*\d*+)?+\*?+\s*+=\s*+(\"[^\"]*+\"|'
 _PART_NAME = re.compile(r"\bname\s*+(\*?+)\s*+=\s*+(\"[^\"]*+\"|'[^']*+'|[^;\s]*+)", re.IGNORECASE)
 _HEAD_END = re.compile(r"\r?\n\r?\n")
 MAX_PART_HEAD = 8 * 1024  # a part's head, where its name is: longer ones are refused
-# Where a part's name stands: on its Content-Disposition line, after `name=`, a quote, an RFC 2231
-# charset'language' (an HTML file's `<input name="_method">` is content, not a part's name).
-_AFTER_NAME_EQUALS = re.compile(
-    r"[ \t]*+content-disposition[^\n]*?name\s*+\*?+\s*+=\s*+[\"']?+(?:[^\"';\r\n]*+'[^'\r\n]*+')?+$",
-    re.IGNORECASE)
 _JSON_KEY_END = re.compile(r"\"\s*+:")
 # RFC 2047 encoded words, which commons-fileupload decodes in part names: not read here, so refused.
 _ENCODED_WORD_NAME = re.compile(r"name\s*+\*?+\s*+=\s*+[\"']?+=\?", re.IGNORECASE)
@@ -266,20 +261,39 @@ def _mentions(field: str) -> re.Pattern[str]:
     return re.compile("".join(spellings(c) for c in field), re.IGNORECASE)
 
 
-def _named_at(text: str, at: int, end: int) -> bool:
+_ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
+
+
+def _neighbour(text: str, at: int, end: int) -> tuple[str, str]:
+    """The characters just before ``at`` and at ``end``, as a reader decodes them (``%20`` is a space)."""
+    before = text[at - 3:at] if at >= 3 and _ESCAPE.fullmatch(text, at - 3, at) else text[at - 1:at]
+    after = text[end:end + 3] if _ESCAPE.fullmatch(text, end, end + 3) else text[end:end + 1]
+    return unquote(before), unquote(after)
+
+
+def _in_part_head(text: str, at: int, delimiters: list[str]) -> bool:
+    """Whether ``at`` lies in a part's head: after a delimiter, before the blank line that ends it."""
+    for delimiter in delimiters:
+        start = text.rfind(delimiter, 0, at)
+        if start >= 0 and _HEAD_END.search(text, start, at) is None:
+            return True
+    return False
+
+
+def _named_at(text: str, at: int, end: int, delimiters: list[str] | None) -> bool:
     """Whether the mention ``text[at:end]`` may stand where a field's name does, and be all of it.
 
-    A form field's name (no ``=`` yet since the field began), a JSON key, a multipart part's
-    name (on a Content-Disposition line; a line too long to look at counts too). Not inside a
-    longer name (``payment_method``), not in a value or a file's content.
+    In a multipart body (``delimiters`` given), a part's head, folded lines included; else a
+    form field's name (no ``=`` yet since the field began) or a JSON key. Not inside a longer
+    name (``payment_method``; ``%20`` and the like decoded first), not in a value or a file.
     """
-    if (at and text[at - 1].isalnum()) or (end < len(text) and text[end].isalnum()):
+    before, after = _neighbour(text, at, end)
+    if before.isalnum() or after.isalnum():
         return False
+    if delimiters is not None:
+        return _in_part_head(text, at, delimiters)
     field_start = max(text.rfind("&", 0, at), text.rfind(";", 0, at)) + 1
-    if "=" not in text[field_start:at] or _JSON_KEY_END.match(text, end) is not None:
-        return True
-    line_start = text.rfind("\n", 0, at) + 1
-    return at - line_start > MAX_PART_HEAD or _AFTER_NAME_EQUALS.match(text, line_start, at) is not None
+    return "=" not in text[field_start:at] or _JSON_KEY_END.match(text, end) is not None
 
 
 def field_values(body: bytes, content_type: str, field: str) -> set[str]:
@@ -289,30 +303,34 @@ def field_values(body: bytes, content_type: str, field: str) -> set[str]:
     PHP cuts the type at a comma or a space, Laravel takes any ``/json`` type for JSON), and on
     how to spell a field (PHP truncates a name at NUL and skips spaces around ``=``, Rack 2
     reads ``[_method]``). So the work starts from every place the body mentions the field,
-    written any way (:func:`_mentions`, NUL bytes dropped: a UTF-16 body too), and reads each
+    written any way (:func:`_mentions`; a body declared UTF-16 decoded first), and reads each
     as a form field, a JSON key and a multipart part at every boundary the header names; the
     strictest of what is found is judged. A mention no reading accounts for is a spelling some
     back end may read and the gateway cannot: :class:`UnreadableBody` (400), as for more than
     :data:`MAX_MENTIONS` mentions or :data:`MAX_BOUNDARIES` boundaries (the work is bounded by
     them, not by the body's size).
     """
-    text = body.decode("latin-1").replace("\x00", "")
     # Tomcat decodes names in the charset given (IBM037: EBCDIC); commons-fileupload decodes =?...?= names.
-    if unreadable := {c.lower() for c in _CHARSET.findall(content_type)} - _READABLE_CHARSETS:
+    charsets = {c.lower() for c in _CHARSET.findall(content_type)}
+    if unreadable := charsets - _READABLE_CHARSETS:
         raise UnreadableBody(f"body in charset {_echo(', '.join(sorted(unreadable)))}")
+    utf16 = sorted(c for c in charsets if c.startswith("utf-16"))
+    text = body.decode(utf16[0], "replace") if utf16 else body.decode("latin-1")
     if _ENCODED_WORD_NAME.search(text):
         raise UnreadableBody("a part named with an RFC 2047 encoded word")
+    boundaries = {value.strip("\"'").rpartition("'")[2] for value in _ANY_BOUNDARY.findall(content_type)} - {""}
+    if len(boundaries) > MAX_BOUNDARIES:
+        raise UnreadableBody(f"Content-Type naming {len(boundaries)} boundaries")
+    delimiters = ["--" + boundary for boundary in sorted(boundaries)]
+    multipart = delimiters if content_type.strip().lower().startswith("multipart/") else None
     places = [found.start() for found in _mentions(field).finditer(text)
-              if _named_at(text, found.start(), found.end())]
+              if _named_at(text, found.start(), found.end(), multipart)]
     if not places:
         return set()
     if len(places) > MAX_MENTIONS:
         raise UnreadableBody(f"body naming {field!r} more than {MAX_MENTIONS} times")
     readings: list[list[str]] = [_form_values(text, places, field), _json_values(body, field)]
-    boundaries = {value.strip("\"'").rpartition("'")[2] for value in _ANY_BOUNDARY.findall(content_type)} - {""}
-    if len(boundaries) > MAX_BOUNDARIES:
-        raise UnreadableBody(f"Content-Type naming {len(boundaries)} boundaries")
-    readings += [_part_values(text, places, "--" + boundary, field) for boundary in sorted(boundaries)]
+    readings += [_part_values(text, places, delimiter, field) for delimiter in delimiters]
     if len(places) > max(len(values) for values in readings):
         raise UnreadableBody(f"{field!r} written where it cannot be read one way")
     return {value for values in readings for value in values}

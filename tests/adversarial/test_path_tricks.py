@@ -321,7 +321,11 @@ BODY_OVERRIDES = [
     ("PHP's '.' percent-encoded", FORM, b"%2Emethod=DELETE", 403),
     ("a multipart part named '.method' (PHP)", "multipart/form-data; boundary=XX",
      b'--XX\r\nContent-Disposition: form-data; name=".method"\r\n\r\nDELETE\r\n--XX--\r\n', 403),
+    ("a multipart head folded onto a second line (PHP, commons-fileupload)", "multipart/form-data; boundary=XX",
+     b'--XX\r\nContent-Disposition: form-data;\r\n name="_method"\r\n\r\nDELETE\r\n--XX--\r\n', 403),
+    ("an encoded space before the name (PHP drops leading spaces)", FORM, b"%20_method=DELETE", 403),
     # Spellings some back end reads as _method and the gateway cannot read one way: refused.
+    ("a raw NUL after the name (PHP stops there)", FORM, b"_method\x00x=DELETE", 400),
     ("a charset Tomcat decodes and the gateway does not (EBCDIC)", f"{FORM}; charset=IBM037",
      "_method=DELETE".encode("cp037"), 400),
     ("a part named with an RFC 2047 encoded word (commons-fileupload)", "multipart/form-data; boundary=XX",
@@ -363,6 +367,10 @@ async def test_control_a_post_that_asks_for_no_stricter_method_reaches_the_crm_b
             (FORM, b"payment_method=card&_method=patch&contact[preferred_contact_method]=email"),
             (FORM, b"note=set+the+_METHOD+field"), ("application/json", b'{"shipping_method": "ups"}'),
             ("multipart/form-data; boundary=XX", template),
+            ("multipart/form-data; boundary=XX", b'--XX\r\nContent-Disposition: form-data; name="app.js"; '
+             b'filename="app.min.js"\r\n\r\n' + b"var a=1;" * 1200 + b"e.name='_method';\r\n--XX--\r\n"),
+            ("multipart/form-data; boundary=XX", b'--XX\r\nContent-Disposition: form-data; name="note"\r\n\r\n'
+             b"Dev call; _method override discussed\r\n--XX--\r\n"),
             ("multipart/form-data; boundary=XX", multipart), ("multipart/form-data; boundary=XX", csv),
             ("application/json; charset=utf-8; v=2", b'{"name": "Ann", "_method": "PATCH"}')]
     async with stack(tmp_path, policy=no_contact_deletes()) as s:
@@ -386,7 +394,7 @@ async def test_control_a_post_that_asks_for_no_stricter_method_reaches_the_crm_b
     ("", b"_method=PUT&" * 101, True),
     ("multipart/form-data; " + "; ".join(f"boundary=b{i}" for i in range(600)), b"--b0\r\n\r\n_method" * 9_999, True),
     ("multipart/form-data; " + "; ".join(["boundary=b"] * 600), b"--b\r\n\r\n" * 9_999, False),
-    ("multipart/form-data; boundary=b", b"--b\r\nname" + b"\t" * 100_000 + b"\r\n\r\n_method\r\n", True),
+    ("multipart/form-data; boundary=b", b"--b\r\nname" + b"\t" * 100_000 + b' x="_method"\r\n\r\nDELETE\r\n', True),
 ], ids=["1 MiB of tiny fields", "1 MiB of tiny parts", "101 mentions", "600 boundaries", "one boundary 600 times",
         "'name' and 100,000 tabs (14 s with a backtracking pattern)"])
 def test_a_body_is_searched_for_an_override_or_refused_at_once(content_type: str, body: bytes, refused: bool) -> None:
