@@ -9,6 +9,7 @@ UTF-8, a Content-Type with two boundaries, a field name PHP reads as this one.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 import unicodedata
@@ -237,63 +238,79 @@ async def read_small_body(request: web.Request, what: str, limit: int = MAX_BODY
 
 
 # Possessive quantifiers throughout: `name` and then 100,000 tabs took 14 s to fail to match.
-_ANY_BOUNDARY = re.compile(r"boundary\s*+(?:\*\d*+)?+\*?+\s*+=\s*+(\"[^\"]*+\"|'[^']*+'|[^;,\s]*+)", re.IGNORECASE)
+_ANY_BOUNDARY = re.compile(r"boundary\s*+((?:\*\d*+)?+\*?+)\s*+=\s*+(\"[^\"]*+\"|'[^']*+'|[^;,\s]*+)", re.IGNORECASE)
 _PART_NAME = re.compile(r"\bname\s*+(\*?+)\s*+=\s*+(\"[^\"]*+\"|'[^']*+'|[^;\s]*+)", re.IGNORECASE)
 _HEAD_END = re.compile(r"\r?\n\r?\n")
 MAX_PART_HEAD = 8 * 1024  # a part's head, where its name is: longer ones are refused
-_JSON_KEY_END = re.compile(r"\"\s*+:")
+# What may come before a field's name where some back end still reads the name alone: in a form,
+# spaces (PHP drops them) and one '[' (Rack 2 reads [_method]); in a part's head, `name=` (a
+# parameter of its own, folded lines too), a quote, an RFC 2231 charset'language'.
+_BEFORE_FORM_NAME = re.compile(r"(?:[ +]|%20)*+(?:\[|%5[bB])?+")
+_BEFORE_PART_NAME = re.compile(r"\s*+name\s*+\*?+\s*+=\s*+[\"']?+(?:[^\"';\r\n]*+'[^'\r\n]*+')?+", re.IGNORECASE)
+# ... and what may end it: a form name at '=', '[' (an array), ']' (Rack 2), the field's end or a NUL
+# (PHP stops there); a part's name at its quote or ';'; a JSON key at its quote.
+_AFTER_FORM_NAME = re.compile(r"(?:[=\[\]&;\x00]|%(?:3[dD]|5[bBdD]|00|26|3[bB])|$)")
+_AFTER_PART_NAME = re.compile(r"[\"';\s]|$")
+_JSON_KEY = re.compile(r"\"\s*+:")
 # RFC 2047 encoded words, which commons-fileupload decodes in part names: not read here, so refused.
 _ENCODED_WORD_NAME = re.compile(r"name\s*+\*?+\s*+=\s*+[\"']?+=\?", re.IGNORECASE)
 _CHARSET = re.compile(r"charset\s*+=\s*+[\"']?+([^\"';,\s]*+)", re.IGNORECASE)
-# Charsets whose bytes for ASCII field names are ASCII's (UTF-16 once its NULs are dropped).
-_READABLE_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin1", "utf-16", "utf-16le",
-                                "utf-16be", "windows-1252", "cp1252"})
+_ASCII = "".join(map(chr, range(128)))
+
+
+def _readable_charset(name: str) -> bool:
+    """Whether a body in this charset spells ASCII names in ASCII bytes (as read here); UTF-16 is decoded."""
+    try:
+        codec = codecs.lookup(name).name
+    except LookupError:
+        return False
+    if codec.startswith("utf-16"):
+        return True
+    try:
+        return _ASCII.encode(codec) == _ASCII.encode("ascii")  # refuses EBCDIC, UTF-7, UTF-32
+    except (UnicodeError, LookupError):
+        return False
 
 
 def _mentions(field: str) -> re.Pattern[str]:
-    """``field`` written any way a reader may decode it: each character raw, %XX or \\u00XX, any case;
-    an ``_`` also as ``.`` or ``[`` (PHP renames them so)."""
+    """``field`` written any way a reader may decode it: each character raw, %XX or \\u00XX (letters in
+    their case: back ends read names so); an ``_`` also as ``.`` or ``[`` (PHP renames them so)."""
     def spellings(c: str) -> str:
-        alternatives = [re.escape(c), f"%{ord(c):02x}", f"\\\\u{ord(c):04x}"]
+        hexes = f"{ord(c):02x}"
+        alternatives = [re.escape(c), f"%(?i:{hexes})", f"\\\\u(?i:{ord(c):04x})"]
         if c == "_":
-            alternatives += [r"\.", "%2e", r"\[", "%5b"]
+            alternatives += [r"\.", "%2[eE]", r"\[", "%5[bB]"]
         return "(?:" + "|".join(alternatives) + ")"
-    return re.compile("".join(spellings(c) for c in field), re.IGNORECASE)
+    return re.compile("".join(spellings(c) for c in field))
 
 
-_ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
-
-
-def _neighbour(text: str, at: int, end: int) -> tuple[str, str]:
-    """The characters just before ``at`` and at ``end``, as a reader decodes them (``%20`` is a space)."""
-    before = text[at - 3:at] if at >= 3 and _ESCAPE.fullmatch(text, at - 3, at) else text[at - 1:at]
-    after = text[end:end + 3] if _ESCAPE.fullmatch(text, end, end + 3) else text[end:end + 1]
-    return unquote(before), unquote(after)
-
-
-def _in_part_head(text: str, at: int, delimiters: list[str]) -> bool:
-    """Whether ``at`` lies in a part's head: after a delimiter, before the blank line that ends it."""
+def _in_part_head(text: str, at: int, delimiters: list[str]) -> int | None:
+    """Where the head of the part ``at`` lies in starts, if ``at`` is in one (before its blank line)."""
     for delimiter in delimiters:
         start = text.rfind(delimiter, 0, at)
         if start >= 0 and _HEAD_END.search(text, start, at) is None:
-            return True
-    return False
+            return start
+    return None
 
 
 def _named_at(text: str, at: int, end: int, delimiters: list[str] | None) -> bool:
-    """Whether the mention ``text[at:end]`` may stand where a field's name does, and be all of it.
+    """Whether the mention ``text[at:end]`` stands where some back end reads it as a whole field name.
 
-    In a multipart body (``delimiters`` given), a part's head, folded lines included; else a
-    form field's name (no ``=`` yet since the field began) or a JSON key. Not inside a longer
-    name (``payment_method``; ``%20`` and the like decoded first), not in a value or a file.
+    In a multipart body (``delimiters`` given), a part's ``name`` parameter; else a form field's
+    name (from the field's start, but for spaces and one ``[``) or a JSON key. Not a part of a
+    longer name (``order[shipping][method]``, ``_method_name``), not ``filename``, not in a value.
     """
-    before, after = _neighbour(text, at, end)
-    if before.isalnum() or after.isalnum():
-        return False
     if delimiters is not None:
-        return _in_part_head(text, at, delimiters)
+        head = _in_part_head(text, at, delimiters)
+        if head is None:
+            return False
+        parameter = max(text.rfind(";", head, at), text.rfind("\n", head, at), head) + 1
+        return (_BEFORE_PART_NAME.fullmatch(text, parameter, at) is not None
+                and _AFTER_PART_NAME.match(text, end) is not None)
     field_start = max(text.rfind("&", 0, at), text.rfind(";", 0, at)) + 1
-    return "=" not in text[field_start:at] or _JSON_KEY_END.match(text, end) is not None
+    if _BEFORE_FORM_NAME.fullmatch(text, field_start, at) and _AFTER_FORM_NAME.match(text, end):
+        return True
+    return text[at - 1:at] == '"' and _JSON_KEY.match(text, end) is not None
 
 
 def field_values(body: bytes, content_type: str, field: str) -> set[str]:
@@ -301,28 +318,31 @@ def field_values(body: bytes, content_type: str, field: str) -> set[str]:
 
     Back ends disagree on what a body is (Rack reads a POST without a Content-Type as a form,
     PHP cuts the type at a comma or a space, Laravel takes any ``/json`` type for JSON), and on
-    how to spell a field (PHP truncates a name at NUL and skips spaces around ``=``, Rack 2
-    reads ``[_method]``). So the work starts from every place the body mentions the field,
-    written any way (:func:`_mentions`; a body declared UTF-16 decoded first), and reads each
-    as a form field, a JSON key and a multipart part at every boundary the header names; the
-    strictest of what is found is judged. A mention no reading accounts for is a spelling some
-    back end may read and the gateway cannot: :class:`UnreadableBody` (400), as for more than
-    :data:`MAX_MENTIONS` mentions or :data:`MAX_BOUNDARIES` boundaries (the work is bounded by
-    them, not by the body's size).
+    how to spell a field (PHP truncates a name at NUL, drops leading spaces and reads ``.`` as
+    ``_``, Rack 2 reads ``[_method]``). So the work starts from every place the body names the
+    field where some back end reads a name (:func:`_mentions`, :func:`_named_at`; a body
+    declared UTF-16 decoded first), and reads each as a form field, a JSON key and a multipart
+    part at every boundary the header names; the strictest of what is found is judged. A name
+    no reading accounts for is a spelling some back end may read and the gateway cannot:
+    :class:`UnreadableBody` (400), as for more than :data:`MAX_MENTIONS` of them or
+    :data:`MAX_BOUNDARIES` boundaries (the work is bounded by them, not by the body's size).
     """
     # Tomcat decodes names in the charset given (IBM037: EBCDIC); commons-fileupload decodes =?...?= names.
     charsets = {c.lower() for c in _CHARSET.findall(content_type)}
-    if unreadable := charsets - _READABLE_CHARSETS:
+    if unreadable := {c for c in charsets if not _readable_charset(c)}:
         raise UnreadableBody(f"body in charset {_echo(', '.join(sorted(unreadable)))}")
-    utf16 = sorted(c for c in charsets if c.startswith("utf-16"))
+    utf16 = sorted(codecs.lookup(c).name for c in charsets if codecs.lookup(c).name.startswith("utf-16"))
     text = body.decode(utf16[0], "replace") if utf16 else body.decode("latin-1")
-    if _ENCODED_WORD_NAME.search(text):
-        raise UnreadableBody("a part named with an RFC 2047 encoded word")
-    boundaries = {value.strip("\"'").rpartition("'")[2] for value in _ANY_BOUNDARY.findall(content_type)} - {""}
+    boundaries = {value.strip("\"'").rpartition("'")[2] if star else value.strip("\"'")
+                  for star, value in _ANY_BOUNDARY.findall(content_type)} - {""}
     if len(boundaries) > MAX_BOUNDARIES:
         raise UnreadableBody(f"Content-Type naming {len(boundaries)} boundaries")
     delimiters = ["--" + boundary for boundary in sorted(boundaries)]
     multipart = delimiters if content_type.strip().lower().startswith("multipart/") else None
+    if multipart:
+        words = [found.start() for found in _ENCODED_WORD_NAME.finditer(text)][:MAX_MENTIONS + 1]
+        if len(words) > MAX_MENTIONS or any(_in_part_head(text, at, multipart) is not None for at in words):
+            raise UnreadableBody("a part named with an RFC 2047 encoded word")
     places = [found.start() for found in _mentions(field).finditer(text)
               if _named_at(text, found.start(), found.end(), multipart)]
     if not places:
@@ -377,7 +397,7 @@ def _part_values(text: str, places: list[int], delimiter: str, field: str) -> li
             if star:
                 name = unquote(name.rpartition("'")[2])
             if name == field or php_field_name(name) == field:
-                if {c.lower() for c in _CHARSET.findall(head)} - _READABLE_CHARSETS:
+                if not all(_readable_charset(c) for c in _CHARSET.findall(head)):
                     raise UnreadableBody(f"the {field!r} part in a charset the gateway does not read")
                 values.append(content.strip("\r\n"))
     return values
