@@ -170,27 +170,13 @@ class Server:
                 finally:
                     sys.setswitchinterval(switch)
             except ConfigError as exc:
-                RELOADS.labels("failed").inc()
-                log.error(
-                    "config.reload_failed",
-                    trigger=trigger,
-                    errors=[str(p) for p in exc.problems],
-                    worker=self.worker,
-                )
-                trim_heap()  # what the refused load read (a big file's text, its cut: ~20 MiB at 100,000 rules)
-                return False
+                return self._refused(trigger, [str(p) for p in exc.problems])
             except Exception as exc:  # never let a reload take the gateway down
-                RELOADS.labels("failed").inc()
-                log.error("config.reload_failed", trigger=trigger, errors=[repr(exc)], worker=self.worker)
-                trim_heap()
-                return False
+                return self._refused(trigger, [repr(exc)])
             if (why := unshared_state(config.settings, workers=self.workers)) is not None:
                 # A login section added while the cookie store's workers run: each would count on its own.
-                RELOADS.labels("failed").inc()
-                log.error("config.reload_failed", trigger=trigger, errors=[why], worker=self.worker)
                 del config
-                trim_heap()
-                return False
+                return self._refused(trigger, [why])
             if _signature(self.gateway.config.files) != before:
                 # A file changed while it was read: what was read may be half of it. The
                 # watcher sees the change and loads the files once they settle.
@@ -225,6 +211,13 @@ class Server:
                 log.warning("config.restart_needed", sections=kept, worker=self.worker,
                             detail=f"{' and '.join(kept)} changed: applied at the next restart, not by a reload")
             return True
+
+    def _refused(self, trigger: str, errors: list[str]) -> bool:
+        """A reload refused: the running policy stays; what the refused load read is handed back."""
+        RELOADS.labels("failed").inc()
+        log.error("config.reload_failed", trigger=trigger, errors=errors, worker=self.worker)
+        trim_heap()  # (a big file's text and its cut: ~20 MiB at 100,000 rules)
+        return False
 
     async def _watch(self) -> None:
         while not self._stop.is_set():
