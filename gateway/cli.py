@@ -41,6 +41,15 @@ def _load_settings_or_exit(path: str) -> Settings:
         _exit_with_problems(exc)
 
 
+def _exit_if_unshared(settings: Settings, workers: int) -> None:
+    """Exit 1, saying why, when ``workers`` processes may not run on these settings (the cookie store's state)."""
+    from gateway.settings import unshared_state
+
+    if (why := unshared_state(settings, workers=workers)) is not None:
+        print(why, file=sys.stderr)
+        raise SystemExit(1)
+
+
 def _exit_with_problems(exc: ConfigError) -> NoReturn:
     for problem in exc.problems:
         print(problem, file=sys.stderr)
@@ -64,12 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _server(args: argparse.Namespace) -> Server:
     """The one-process gateway, its config loaded and its logging and event loop set up."""
     config = _load_or_exit(args.config)
-    from gateway.settings import unshared_state
-
-    if (why := unshared_state(config.settings, workers=args.worker_count)) is not None:
-        # A worker (re)started after the files changed: as a reload would be, it is refused.
-        print(why, file=sys.stderr)
-        raise SystemExit(1)
+    _exit_if_unshared(config.settings, args.worker_count)  # a worker (re)started after an edit, as a reload
     # Imported after the load: their objects then fill the holes the load's temporaries left
     # (imported first, idle RSS is ~3 MiB higher at 100,000 rules).
     from gateway import logs
@@ -95,16 +99,13 @@ def _serve_workers(args: argparse.Namespace) -> int:
     config exits 1 with no worker started, and the parent's memory does not grow with the rules.
     """
     from gateway import logs
-    from gateway.settings import unshared_state
     from gateway.workers import run_workers, validate
 
     settings = _load_settings_or_exit(args.config)
     verdict = validate(args.config)
     if verdict != "valid":
         return 0 if verdict == "stopped" else 1
-    if (why := unshared_state(settings, workers=args.workers)) is not None:
-        print(why, file=sys.stderr)
-        return 1
+    _exit_if_unshared(settings, args.workers)
     logs.configure(level=settings.logging.level, fmt=settings.logging.format)
     return run_workers(args.config, workers=args.workers, drain_timeout=args.drain_timeout)
 
@@ -118,11 +119,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load_or_exit(args.config)
     from gateway.checks import warnings_for
-    from gateway.settings import unshared_state
 
-    if (why := unshared_state(config.settings, workers=args.workers)) is not None:
-        print(why, file=sys.stderr)
-        return 1
+    _exit_if_unshared(config.settings, args.workers)
     warnings = warnings_for(config, now=datetime.now(UTC))
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
