@@ -2,9 +2,11 @@
 
 The gateway judges some requests by a field of their body (the login POST by its
 username, a POST by the ``_method`` it asks the CRM to run). It reads such a body
-whole, bounded, and refuses with :class:`UnreadableBody` any body that another
-parser (the CRM's) could read differently: a field twice, a charset other than
-UTF-8, a Content-Type with two boundaries, a field name PHP reads as this one.
+whole, bounded. A login body is read one way only (:func:`field_from_body`): one
+that another parser (the CRM's) could read differently is refused with
+:class:`UnreadableBody` (a field twice, a charset other than UTF-8, a Content-Type
+with two boundaries, a field name PHP reads as this one). A method override is
+looked for every way a back end may read it (:func:`field_values`).
 """
 
 from __future__ import annotations
@@ -331,7 +333,7 @@ def field_values(body: bytes, content_type: str, field: str) -> set[str]:
     charsets = {c.lower() for c in _CHARSET.findall(content_type)}
     if unreadable := {c for c in charsets if not _readable_charset(c)}:
         raise UnreadableBody(f"body in charset {_echo(', '.join(sorted(unreadable)))}")
-    utf16 = sorted(codecs.lookup(c).name for c in charsets if codecs.lookup(c).name.startswith("utf-16"))
+    utf16 = sorted(name for name in (codecs.lookup(c).name for c in charsets) if name.startswith("utf-16"))
     text = body.decode(utf16[0], "replace") if utf16 else body.decode("latin-1")
     boundaries = {value.strip("\"'").rpartition("'")[2] if star else value.strip("\"'")
                   for star, value in _ANY_BOUNDARY.findall(content_type)} - {""}
