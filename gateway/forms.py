@@ -266,10 +266,13 @@ def _readable_charset(name: str) -> bool:
         codec = codecs.lookup(name).name
     except LookupError:
         return False
-    if codec.startswith("utf-16"):
-        return True
+    return codec.startswith("utf-16") or _ascii_compatible(codec)
+
+
+def _ascii_compatible(codec: str) -> bool:
+    """Whether ``codec`` writes ASCII as ASCII bytes: refuses EBCDIC, UTF-7, UTF-16, UTF-32."""
     try:
-        return _ASCII.encode(codec) == _ASCII.encode("ascii")  # refuses EBCDIC, UTF-7, UTF-32
+        return _ASCII.encode(codec) == _ASCII.encode("ascii")
     except (UnicodeError, LookupError):
         return False
 
@@ -399,7 +402,8 @@ def _part_values(text: str, places: list[int], delimiter: str, field: str) -> li
             if star:
                 name = unquote(name.rpartition("'")[2])
             if name == field or php_field_name(name) == field:
-                if not all(_readable_charset(c) for c in _CHARSET.findall(head)):
+                # A part's own charset decodes its value, which is read here as it stands.
+                if not all(_ascii_compatible(c) for c in _CHARSET.findall(head)):
                     raise UnreadableBody(f"the {field!r} part in a charset the gateway does not read")
                 values.append(content.strip("\r\n"))
     return values

@@ -328,6 +328,10 @@ BODY_OVERRIDES = [
     ("a raw NUL after the name (PHP stops there)", FORM, b"_method\x00x=DELETE", 400),
     ("a charset Tomcat decodes and the gateway does not (EBCDIC)", f"{FORM}; charset=IBM037",
      "_method=DELETE".encode("cp037"), 400),
+    ("a _method part in UTF-16 of its own (a back end decoding parts by their charset)",
+     "multipart/form-data; boundary=XX",
+     b'--XX\r\nContent-Disposition: form-data; name="_method"\r\nContent-Type: text/plain; charset=UTF-16LE\r\n\r\n'
+     + "DELETE".encode("utf-16-le") + b"\r\n--XX--\r\n", 400),
     ("a part named with an RFC 2047 encoded word (commons-fileupload)", "multipart/form-data; boundary=XX",
      b'--XX\r\nContent-Disposition: form-data; name="=?UTF-8?B?X21ldGhvZA==?="\r\n\r\nDELETE\r\n--XX--\r\n', 400),
     ("a NUL in the name (PHP stops there)", FORM, b"_method%00x=DELETE", 400),
