@@ -140,7 +140,8 @@ class Gateway:
             filters.append(LoginFilter(settings.login, store=sessions, state=state, policy=config.policy,
                                        secrets=secrets))
         filters.append(MFAGate(sessions, login_path))
-        return Chain(filters, Proxy(settings.upstream, self.pool, self.client, websockets=self.websockets))
+        return Chain(filters, Proxy(settings.upstream, self.pool, self.client,
+                                      own_cookie=settings.session.cookie_name, websockets=self.websockets))
 
     def _whoami(self, ex: Exchange) -> dict[str, object]:
         policy = self.config.policy

@@ -20,6 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway import headers as h
+from gateway.caching import cache_short_keys
 from gateway.client_ip import address_text
 from gateway.exchange import Exchange
 from gateway.logs import get_logger
@@ -74,15 +75,20 @@ def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str],
     return [(name, value) for name, value in headers.items() if name.lower() not in skip]
 
 
-def _strip_cookies(values: list[str], names: set[str]) -> str | None:
-    """The Cookie header without the named cookies (kept byte-for-byte otherwise)."""
-    kept = []
-    for value in values:
-        for part in value.split(";"):
-            name = part.split("=", 1)[0].strip()
-            if name and name not in names:
-                kept.append(part.strip())
-    return "; ".join(kept) or None
+def _strip_cookies(values: list[str], names: frozenset[str]) -> str | None:
+    """The Cookie header without the named cookies: one line (None when nothing is left)."""
+    if len(values) == 1:
+        return _line_without(values[0], names) or None
+    return "; ".join(kept for value in values if (kept := _line_without(value, names))) or None
+
+
+@cache_short_keys(maxsize=1024, longest=4096)  # a browser sends the same Cookie line request after request
+def _line_without(line: str, names: frozenset[str]) -> str:
+    """One Cookie line without the named cookies, kept byte-for-byte when none is in it."""
+    parts = [(part.split("=", 1)[0].strip(), part) for part in line.split(";")]
+    if not any(name in names for name, _ in parts):
+        return line
+    return "; ".join(part.strip() for name, part in parts if name and name not in names)
 
 
 class Proxy:
@@ -91,13 +97,15 @@ class Proxy:
     name = "proxy"
 
     def __init__(self, upstream: Upstream, pool: UpstreamPool, client: ClientSession, *,
-                 websockets: set[web.WebSocketResponse] | None = None) -> None:
+                 own_cookie: str, websockets: set[web.WebSocketResponse] | None = None) -> None:
         self.base_text = str(URL(upstream.url)).rstrip("/")
         # Open client WebSockets, shared with the app so that a drain can close them (1001).
         self.websockets: set[web.WebSocketResponse] = set() if websockets is None else websockets
         self.preserve_host = upstream.preserve_host
         self.pool = pool  # plain HTTP
         self.client = client  # WebSocket upgrades only
+        # The gateway's session cookie is the gateway's: the CRM (and its logs) never see it.
+        self.own_cookies = frozenset({own_cookie})
 
     @staticmethod
     def new_pool(upstream: Upstream) -> UpstreamPool:
@@ -140,11 +148,9 @@ class Proxy:
         request = ex.request
         headers = request.headers
         pairs = end_to_end(headers, _CLIENT_SKIP if self.preserve_host else _CLIENT_SKIP_HOST)
-        if ex.strip_cookies and (sent := [value for name, value in pairs if name.lower() == "cookie"]):
-            cookie = _strip_cookies(sent, ex.strip_cookies)
-            pairs = [(name, value) for name, value in pairs if name.lower() != "cookie"]
-            if cookie:
-                pairs.append(("Cookie", cookie))
+        if "Cookie" in headers:
+            pairs = self._without_cookies(pairs, self.own_cookies.union(ex.strip_cookies)
+                                          if ex.strip_cookies else self.own_cookies)
         client_ip = address_text(ex.client_ip)
         pairs += ((h.X_FORWARDED_FOR, client_ip), (h.X_REAL_IP, client_ip),
                   (h.X_FORWARDED_PROTO, ex.scheme or request.scheme))
@@ -157,6 +163,22 @@ class Proxy:
             pairs = [(name, value) for name, value in pairs if name.lower() not in replaced]
             pairs += ex.upstream_headers.items()
         return pairs
+
+    @staticmethod
+    def _without_cookies(pairs: list[tuple[str, str]], names: frozenset[str]) -> list[tuple[str, str]]:
+        """``pairs`` with the named cookies struck out of their Cookie lines (merged into the first one)."""
+        at = [i for i, (name, _) in enumerate(pairs) if name.lower() == "cookie"]
+        if not at:
+            return pairs
+        cookie = _strip_cookies([pairs[i][1] for i in at], names)
+        if len(at) == 1 and cookie == pairs[at[0]][1]:
+            return pairs
+        kept = [pair for i, pair in enumerate(pairs) if i not in at[1:]]
+        if cookie is None:
+            del kept[at[0]]
+        else:
+            kept[at[0]] = (pairs[at[0]][0], cookie)
+        return kept
 
     def upstream_headers(self, ex: Exchange, *, websocket: bool = False) -> CIMultiDict[str]:
         """upstream_header_pairs as a multidict (aiohttp's WebSocket client), without the client's handshake."""

@@ -132,6 +132,35 @@ async def test_a_crm_cookie_not_bound_to_the_gateway_session_is_stripped(tmp_pat
         assert "theme" in seen["cookies"]
 
 
+async def test_the_crm_never_sees_the_gateway_session_cookie(tmp_path: Path) -> None:
+    """The gateway's cookie is its own (Pomerium strips its own too): the CRM's logs, debug pages
+    and scripts must not hold it. The CRM's own cookies reach it as the browser wrote them."""
+    async with stack(tmp_path) as s:
+        office = s.client(OFFICE)
+        await login(office, s)
+        sent = cookie_header(office, s)
+        crm = sent.split("crm_session=", 1)[1].split(";", 1)[0]
+        assert "crmgw_session=" in sent
+        bare = s.client(OFFICE, cookie_jar=aiohttp.DummyCookieJar())
+
+        async def cookie_lines_at_the_crm(cookie: str) -> list[str]:
+            async with bare.get(s.url("/echo"), headers={"Cookie": cookie}) as resp:
+                assert resp.status == 200, cookie
+                return [v for n, v in (await resp.json())["headers"] if n.lower() == "cookie"]
+
+        assert await cookie_lines_at_the_crm(f"theme=dark;  {sent};lang=en") == [
+            f"theme=dark; crm_session={crm}; lang=en"]
+        assert await cookie_lines_at_the_crm(sent) == [f"crm_session={crm}"]
+        assert await cookie_lines_at_the_crm(f"crmgw_session=old; {sent}") == [f"crm_session={crm}"]
+        # Without the gateway's cookie in it, a Cookie line reaches the CRM byte for byte.
+        async with bare.get(s.url("/echo"), headers={"Cookie": "theme=dark;  lang=en"}) as resp:
+            assert [v for n, v in (await resp.json())["headers"] if n.lower() == "cookie"] == ["theme=dark;  lang=en"]
+        # A gateway cookie alone leaves no Cookie line at all.
+        jar_cookie = [part for part in sent.split("; ") if part.startswith("crmgw_session=")][0]
+        async with bare.get(s.url("/echo"), headers={"Cookie": jar_cookie}) as resp:
+            assert not [n for n, _ in (await resp.json())["headers"] if n.lower() == "cookie"]
+
+
 async def test_logout_ends_the_gateway_session_even_for_a_copied_cookie(tmp_path: Path) -> None:
     async with stack(tmp_path) as s:
         client = s.client(OFFICE)
