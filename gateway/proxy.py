@@ -58,7 +58,8 @@ def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set
 
 
 # What end_to_end drops besides the hop-by-hop headers, per use: built once, not per request.
-_CLIENT_SKIP = h.HOP_BY_HOP | h.OWNED_HEADERS  # the gateway sets these itself
+# the gateway sets these itself; Cookie is passed on without the gateway's own (Proxy._cookie_for_crm)
+_CLIENT_SKIP = h.HOP_BY_HOP | h.OWNED_HEADERS | {"cookie"}
 _CLIENT_SKIP_HOST = _CLIENT_SKIP | {"host"}  # ... and Host, when the upstream's own is sent
 # The response is re-framed, and the CRM's own request id (if any) replaced by the gateway's.
 _SMALL_BODY_SKIP = h.HOP_BY_HOP | {"content-length", h.REQUEST_ID.lower()}
@@ -148,9 +149,8 @@ class Proxy:
         request = ex.request
         headers = request.headers
         pairs = end_to_end(headers, _CLIENT_SKIP if self.preserve_host else _CLIENT_SKIP_HOST)
-        if "Cookie" in headers:
-            pairs = self._without_cookies(pairs, self.own_cookies.union(ex.strip_cookies)
-                                          if ex.strip_cookies else self.own_cookies)
+        if "Cookie" in headers and (cookie := self._cookie_for_crm(ex)):
+            pairs.append(("Cookie", cookie))
         client_ip = address_text(ex.client_ip)
         pairs += ((h.X_FORWARDED_FOR, client_ip), (h.X_REAL_IP, client_ip),
                   (h.X_FORWARDED_PROTO, ex.scheme or request.scheme))
@@ -164,21 +164,13 @@ class Proxy:
             pairs += ex.upstream_headers.items()
         return pairs
 
-    @staticmethod
-    def _without_cookies(pairs: list[tuple[str, str]], names: frozenset[str]) -> list[tuple[str, str]]:
-        """``pairs`` with the named cookies struck out of their Cookie lines (merged into the first one)."""
-        at = [i for i, (name, _) in enumerate(pairs) if name.lower() == "cookie"]
-        if not at:
-            return pairs
-        cookie = _strip_cookies([pairs[i][1] for i in at], names)
-        if len(at) == 1 and cookie == pairs[at[0]][1]:
-            return pairs
-        kept = [pair for i, pair in enumerate(pairs) if i not in at[1:]]
-        if cookie is None:
-            del kept[at[0]]
-        else:
-            kept[at[0]] = (pairs[at[0]][0], cookie)
-        return kept
+    def _cookie_for_crm(self, ex: Exchange) -> str | None:
+        """The client's Cookie lines as one, without the gateway's cookie and those the identity filter struck out."""
+        headers = ex.request.headers
+        if "Connection" in headers and "cookie" in _connection_tokens(headers):
+            return None  # named hop-by-hop by the client
+        names = self.own_cookies.union(ex.strip_cookies) if ex.strip_cookies else self.own_cookies
+        return _strip_cookies(headers.getall("Cookie"), names)
 
     def upstream_headers(self, ex: Exchange, *, websocket: bool = False) -> CIMultiDict[str]:
         """upstream_header_pairs as a multidict (aiohttp's WebSocket client), without the client's handshake."""
