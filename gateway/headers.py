@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from multidict import istr
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 REQUEST_ID = istr("X-Request-ID")
 X_FORWARDED_FOR = istr("X-Forwarded-For")
@@ -82,3 +82,16 @@ HOP_BY_HOP: frozenset[str] = frozenset(
 
 # Never written to a log, whatever the event.
 SECRET_HEADERS: frozenset[str] = frozenset({"authorization", "cookie", "set-cookie", "proxy-authorization"})
+
+
+def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    """The lower-case names the Connection header lists (hop-by-hop for this connection)."""
+    tokens: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        tokens.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return tokens
+
+
+def asks_for_websocket(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> bool:
+    """Whether a request asks to be upgraded to a WebSocket (RFC 6455 §4.1)."""
+    return headers.get("Upgrade", "").lower() == "websocket" and "upgrade" in connection_tokens(headers)

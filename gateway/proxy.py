@@ -50,13 +50,6 @@ class ClientStalled(Exception):
     """The client stopped sending its body, or reading the response, for longer than allowed."""
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
-    tokens: set[str] = set()
-    for value in headers.getall("Connection", ()):
-        tokens.update(token.strip().lower() for token in value.split(",") if token.strip())
-    return tokens
-
-
 # What end_to_end drops besides the hop-by-hop headers, per use: built once, not per request.
 # the gateway sets these itself; Cookie is passed on without the gateway's own (Proxy._cookie_for_crm)
 _CLIENT_SKIP = h.HOP_BY_HOP | h.OWNED_HEADERS | {"cookie"}
@@ -72,7 +65,7 @@ def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str],
     ``skip`` holds lower-case names and includes the hop-by-hop ones.
     """
     if "Connection" in headers:
-        skip = skip | _connection_tokens(headers)
+        skip = skip | h.connection_tokens(headers)
     return [(name, value) for name, value in headers.items() if name.lower() not in skip]
 
 
@@ -167,7 +160,7 @@ class Proxy:
     def _cookie_for_crm(self, ex: Exchange) -> str | None:
         """The client's Cookie lines as one, without the gateway's cookie and those the identity filter struck out."""
         headers = ex.request.headers
-        if "Connection" in headers and "cookie" in _connection_tokens(headers):
+        if "Connection" in headers and "cookie" in h.connection_tokens(headers):
             return None  # named hop-by-hop by the client
         names = self.own_cookies.union(ex.strip_cookies) if ex.strip_cookies else self.own_cookies
         return _strip_cookies(headers.getall("Cookie"), names)
@@ -402,7 +395,6 @@ def _relayed_close_code(code: int | None, broken: WSCloseCode) -> int:
 
 
 def _is_websocket(request: web.Request) -> bool:
-    return (
-        request.headers.get("Upgrade", "").lower() == "websocket"
-        and "upgrade" in _connection_tokens(request.headers)
-    )
+    # Only a GET is one (the paths filter refuses other methods asking for it): the CRM's
+    # handshake is a GET, so the request must have been judged as one.
+    return request.method == "GET" and h.asks_for_websocket(request.headers)

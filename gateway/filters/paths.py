@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway.caching import ShortKeyCache
 from gateway.exchange import Exchange
+from gateway.headers import asks_for_websocket
 from gateway.logs import get_logger
 from gateway.paths import BadPath, normalise_path, split_target
 
@@ -33,6 +34,12 @@ class PathFilter:
             response = ex.deny(405, "bad_request")
             response.headers["Allow"] = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
             return response
+        if ex.request.method != "GET" and asks_for_websocket(ex.request.headers):
+            # RFC 6455 §4.1: the opening handshake is a GET, and the CRM's would be one,
+            # running its GET handler for a request judged as another method.
+            log.warning("request.bad_upgrade", request_id=ex.request_id, client_ip=str(ex.client_ip),
+                        peer_ip=str(ex.peer_ip), method=ex.request.method)
+            return ex.deny(400, "bad_request")
         try:
             raw_path, ex.query = split_target(ex.request.raw_path)
             ex.path = _normalise(raw_path, case_insensitive=self.case_insensitive)

@@ -284,6 +284,30 @@ async def test_a_websocket_upgrade_to_a_blocked_route_is_judged_like_any_request
         assert await s.crm_requests() == []
 
 
+@pytest.mark.parametrize("method", ["OPTIONS", "DELETE", "PUT", "PATCH", "POST"])
+async def test_a_websocket_upgrade_that_is_not_a_get_is_refused(tmp_path: Path, method: str) -> None:
+    """The CRM's handshake is a GET whatever the client's method, so an upgrade judged as DELETE ran
+    the CRM's GET handler of a function bound to GET, and blocked (review 7: a legacy CRM's
+    GET /contacts/7/delete). RFC 6455 §4.1: the handshake is a GET; anything else is 400."""
+    policy = copy.deepcopy(POLICY)
+    policy["functions"]["contact-delete"] = {"paths": ["/echo/contacts/*/delete"], "methods": ["GET"]}
+    policy["rules"].append({"id": "no-get-delete", "title": "Nobody deletes contacts", "action": "block",
+                            "function": "contact-delete"})
+    async with stack(tmp_path, policy=policy) as s:
+        jim = await browser_login(s, "jim", source=OFFICE)
+        await s.reset_crm()
+        cookie = ("Cookie", cookie_header(jim, s))
+        plain = await send_raw(s.port, raw_request("GET", "/echo/contacts/7/delete", [cookie]))
+        assert status_of(plain) == 403  # the control: blocked as what it is
+        headers = [cookie, ("Upgrade", "websocket"), ("Connection", "keep-alive, Upgrade"),
+                   ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13")]
+        response = await send_raw(s.port, raw_request(method, "/echo/contacts/7/delete", headers, close=False),
+                                  timeout=1.0)
+        assert status_of(response) == 400
+        assert await s.crm_requests() == []
+        assert s.logs.events("request.bad_upgrade")[-1]["method"] == method
+
+
 def no_contact_deletes() -> dict[str, Any]:
     """A Rails- or Laravel-style CRM: POST /contacts/5 updates, DELETE /contacts/5 deletes, and nobody deletes."""
     policy = copy.deepcopy(POLICY)
