@@ -156,7 +156,7 @@ async def test_the_crm_never_sees_the_gateway_session_cookie(tmp_path: Path) -> 
         async with bare.get(s.url("/echo"), headers={"Cookie": "theme=dark;  lang=en"}) as resp:
             assert [v for n, v in (await resp.json())["headers"] if n.lower() == "cookie"] == ["theme=dark;  lang=en"]
         # A gateway cookie alone leaves no Cookie line at all.
-        jar_cookie = [part for part in sent.split("; ") if part.startswith("crmgw_session=")][0]
+        jar_cookie = next(part for part in sent.split("; ") if part.startswith("crmgw_session="))
         async with bare.get(s.url("/echo"), headers={"Cookie": jar_cookie}) as resp:
             assert not [n for n, _ in (await resp.json())["headers"] if n.lower() == "cookie"]
 
