@@ -10,9 +10,13 @@ instead of sending it; on failure, ban whoever it brought to the limit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
@@ -108,9 +112,7 @@ class LoginFilter:
         if upstream.status not in self.login.success_status:
             return False
         wanted = self.login.success_set_cookie
-        return wanted is None or any(
-            header.split("=", 1)[0].strip() == wanted for header in upstream.headers.getall("Set-Cookie", ())
-        )
+        return wanted is None or set_cookie(upstream.headers.getall("Set-Cookie", ()), wanted) is not None
 
     async def _on_response(self, ex: Exchange, upstream: UpstreamResponse) -> web.StreamResponse | None:
         ex.state["login_answered"] = True
@@ -128,7 +130,7 @@ class LoginFilter:
             return ex.deny(400, "bad_request")
         await self.state.clear(f"login:fail:user:{user}")
         set_cookies = list(upstream.headers.getall("Set-Cookie", ()))
-        crm_value = _cookie(set_cookies, self.login.upstream_session_cookie)
+        crm_value = set_cookie(set_cookies, self.login.upstream_session_cookie)
         session = await self.store.begin(ex.request, ex.session, user)
         session["crm"] = fingerprint(crm_value) if crm_value is not None else None
         session["mfa"] = False
@@ -178,10 +180,37 @@ def challenge(ex: Exchange, target: str) -> web.Response:
     return web.Response(status=303, headers={"Location": url, "Cache-Control": "no-store"})
 
 
-def _cookie(set_cookie_headers: list[str], name: str) -> str | None:
+def set_cookie(set_cookie_headers: Iterable[str], name: str) -> str | None:
+    """The value the browser keeps of cookie ``name`` after these Set-Cookie lines: the last one's.
+
+    None when none sets it, or when the last one deletes it (an empty value, ``Max-Age``
+    of zero or less, or an ``Expires`` date past, RFC 6265 §5.2): a CRM that clears its
+    cookie on a failed login, as PHP's ``setcookie(name, "")`` does, opens no session,
+    and one that clears the old cookie before it sets the new one has the new one bound.
+    """
+    kept = None
     for header in set_cookie_headers:
-        first = header.split(";", 1)[0]
+        first, *attributes = header.split(";")
         key, _, value = first.partition("=")
         if key.strip() == name:
-            return value.strip().strip('"')
-    return None
+            value = value.strip().strip('"')
+            kept = value if value and not _deletes(attributes) else None
+    return kept
+
+
+def _deletes(attributes: list[str]) -> bool:
+    """Whether a Set-Cookie's attributes expire it at once (Max-Age wins over Expires, RFC 6265 §5.3)."""
+    max_age, expires = None, None
+    for attribute in attributes:  # the last of each counts
+        key, _, value = attribute.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if key == "max-age" and re.fullmatch(r"-?[0-9]+", value):
+            max_age = int(value)
+        elif key == "expires":
+            with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+                expires = parsedate_to_datetime(value)
+    if max_age is not None:
+        return max_age <= 0
+    if expires is None:
+        return False
+    return (expires if expires.tzinfo else expires.replace(tzinfo=UTC)) <= datetime.now(UTC)

@@ -1,0 +1,95 @@
+"""What the CRM answers, attacked: when a login counts as a success, which CRM session is bound,
+and whether a CRM response can touch the gateway's own session cookie (review 7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from gateway.filters.login import set_cookie
+from tests.adversarial.scripted_crm import Rig, Script, rig
+from tests.e2e.harness import HOME, OFFICE
+
+
+def jar(client: aiohttp.ClientSession, r: Rig) -> dict[str, str]:
+    return {k: m.value for k, m in client.cookie_jar.filter_cookies(URL(r.url("/"))).items()}
+
+
+async def login(client: aiohttp.ClientSession, r: Rig, user: str = "jim",
+                password: str = "demo") -> aiohttp.ClientResponse:
+    async with client.post(r.url("/login"), data={"username": user, "password": password},
+                           allow_redirects=False) as resp:
+        await resp.read()
+        return resp
+
+
+async def whoami(client: aiohttp.ClientSession, r: Rig) -> str | None:
+    async with client.get(r.url("/_gateway/whoami")) as resp:
+        user: str | None = (await resp.json())["user"]
+        return user
+
+
+# A legacy CRM answering a wrong password: back to the form, its cookie cleared (PHP's setcookie(name, "")).
+FAILED_LOGIN_CLEARS_COOKIE = [("Location", "/login?error=1"), ("Set-Cookie", "crm_session=; Max-Age=0; Path=/")]
+
+
+async def test_a_failed_login_whose_redirect_deletes_the_crm_cookie_is_not_a_success(tmp_path: Path) -> None:
+    """The success test (302/303 and a Set-Cookie named crm_session) took the deletion for a new
+    session: a wrong password for alice (exempt from the lock-down) from home gave a gateway session
+    as alice, which opened the CRM's pages from outside."""
+    script = Script(login_fail_status=302, login_fail_headers=FAILED_LOGIN_CLEARS_COOKIE)
+    async with rig(tmp_path, script=script) as r:
+        attacker = r.client(HOME)
+        assert (await login(attacker, r, "alice", "wrong-password")).status == 302
+        async with attacker.get(r.url("/page")) as page:
+            assert page.status == 403
+        assert await whoami(attacker, r) is None
+        assert r.logs.events("login.failed")[-1]["user"] == "alice"
+
+
+async def test_failed_logins_whose_redirect_deletes_the_crm_cookie_are_counted_and_banned(tmp_path: Path) -> None:
+    """Each such 'success' had cleared the username's failures: guessing was never banned."""
+    script = Script(login_fail_status=302, login_fail_headers=FAILED_LOGIN_CLEARS_COOKIE)
+    async with rig(tmp_path, script=script) as r:
+        statuses = []
+        for i in range(8):
+            client = r.client(OFFICE)
+            statuses.append((await login(client, r, "jim", f"guess{i}")).status)
+            await client.close()
+        assert statuses[:5] == [302] * 5 and statuses[5:] == [429] * 3
+
+
+async def test_the_bound_crm_session_is_the_one_the_browser_keeps(tmp_path: Path) -> None:
+    """A CRM that clears the old cookie and sets the new one in one answer (two Set-Cookie lines; the
+    browser keeps the last) had the deletion bound, and the user's real CRM session stripped."""
+    script = Script(login_ok_cookies=["crm_session=; Max-Age=0; Path=/", "crm_session={token}; Path=/; HttpOnly"])
+    async with rig(tmp_path, script=script) as r:
+        jim = r.client(OFFICE)
+        assert (await login(jim, r)).status == 302
+        assert jar(jim, r)["crm_session"].startswith("tok")
+        async with jim.get(r.url("/page")) as resp:
+            assert await resp.text() == "page for jim"
+        assert not r.logs.events("session.crm_cookie_stripped")
+
+
+@pytest.mark.parametrize(("lines", "kept"), [
+    (["crm_session=abc; Path=/"], "abc"),
+    (["crm_session=; Path=/"], None),
+    (['crm_session=""; Path=/'], None),
+    (["crm_session=abc; Max-Age=0"], None),
+    (["crm_session=abc; Max-Age=-1"], None),
+    (["crm_session=abc; Max-Age=60"], "abc"),
+    (["crm_session=abc; Max-Age=x"], "abc"),  # not a number: ignored (RFC 6265 §5.2.2)
+    (["crm_session=abc; expires=Thu, 01 Jan 1970 00:00:00 GMT"], None),
+    (["crm_session=abc; Expires=Fri, 01 Jan 2100 00:00:00 GMT"], "abc"),
+    (["crm_session=abc; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=60"], "abc"),  # Max-Age wins
+    (["crm_session=abc; Expires=not a date"], "abc"),
+    (["crm_session=old", "crm_session=; Max-Age=0"], None),
+    (["crm_session=; Max-Age=0", "crm_session=new"], "new"),
+    (["other=1", "crm_sessionx=2"], None),
+])
+def test_set_cookie_is_what_the_browser_keeps(lines: list[str], kept: str | None) -> None:
+    assert set_cookie(lines, "crm_session") == kept
