@@ -55,7 +55,8 @@ class ClientStalled(Exception):
 _CLIENT_SKIP = h.HOP_BY_HOP | h.OWNED_HEADERS | {"cookie"}
 _CLIENT_SKIP_HOST = _CLIENT_SKIP | {"host"}  # ... and Host, when the upstream's own is sent
 # The response is re-framed, and the CRM's own request id (if any) replaced by the gateway's.
-_SMALL_BODY_SKIP = h.HOP_BY_HOP | {"content-length", h.REQUEST_ID.lower()}
+_STREAM_SKIP = h.HOP_BY_HOP | {h.REQUEST_ID.lower()}
+_SMALL_BODY_SKIP = _STREAM_SKIP | {"content-length"}
 
 
 def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str],
@@ -210,8 +211,7 @@ class Proxy:
         if length is not None and length.isdigit() and int(length) <= SMALL_BODY and ex.request.method != "HEAD":
             return await self._relay_small(ex, upstream)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(end_to_end(upstream.headers))
-        response.headers[h.REQUEST_ID] = ex.request_id
+        response.headers.extend(self._response_headers(ex, upstream, _STREAM_SKIP))
         if length is not None and length.isdigit():
             response.content_length = int(length)
         await ex.before_send(response)
@@ -256,11 +256,29 @@ class Proxy:
         except (UpstreamError, TimeoutError) as exc:
             upstream.close()
             return self._failure(ex, 502, "upstream_unavailable", error=type(exc).__name__)
-        headers = end_to_end(upstream.headers, _SMALL_BODY_SKIP)
-        headers.append((h.REQUEST_ID, ex.request_id))
+        headers = self._response_headers(ex, upstream, _SMALL_BODY_SKIP)
         response = web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
         await ex.before_send(response)
         return response
+
+    def _response_headers(self, ex: Exchange, upstream: UpstreamResponse,
+                          skip: frozenset[str]) -> list[tuple[str, str]]:
+        """The CRM's end-to-end headers for the client, and the gateway's request id.
+
+        A Set-Cookie for the gateway's own session cookie is dropped: a CRM page (one that
+        reflects a cookie, or a compromised CRM) must not end a user's gateway session or
+        plant another user's in their browser.
+        """
+        headers = end_to_end(upstream.headers, skip)
+        if "Set-Cookie" in upstream.headers:
+            kept = [(name, value) for name, value in headers
+                    if name.lower() != "set-cookie" or h.set_cookie_name(value) not in self.own_cookies]
+            if len(kept) < len(headers):
+                log.warning("upstream.own_cookie_dropped", request_id=ex.request_id, client_ip=str(ex.client_ip),
+                            path=ex.path.forward if ex.path else None)
+            headers = kept
+        headers.append((h.REQUEST_ID, ex.request_id))
+        return headers
 
     async def _websocket(self, ex: Exchange) -> web.StreamResponse:
         request = ex.request

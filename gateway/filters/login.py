@@ -22,6 +22,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from gateway.exchange import Exchange
+from gateway.headers import set_cookie_name
 from gateway.logs import get_logger
 from gateway.policy import Policy
 from gateway.sessions import SessionStore, fingerprint, save_session_later
@@ -146,7 +147,9 @@ class LoginFilter:
             return ex.deny(403, "mfa_required")
         # Hold the CRM's answer: nothing of its session reaches the client before the code.
         target = same_origin_path(upstream.headers.get("Location"), ex.request.headers.get("Host"))
-        session["pending"] = {"cookies": list(set_cookies), "location": target}
+        # (the gateway's own cookie is the gateway's: a CRM's Set-Cookie for it is not kept)
+        own = self.store.settings.cookie_name
+        session["pending"] = {"cookies": [c for c in set_cookies if set_cookie_name(c) != own], "location": target}
         session["csrf"] = os.urandom(16).hex()
         log.info("mfa.challenge", request_id=ex.request_id, user=user, client_ip=str(ex.client_ip))
         return challenge(ex, target)

@@ -36,6 +36,7 @@ class Script:
     login_fail_headers: list[tuple[str, str]] = field(default_factory=list)
     # extra headers on GET /page
     page_headers: list[tuple[str, str]] = field(default_factory=list)
+    page_size: int = 0  # pad GET /page's body to this many bytes (0: a short text)
     seen: list[dict[str, Any]] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     sessions: dict[str, str] = field(default_factory=dict)
@@ -71,7 +72,8 @@ def crm_app(script: Script) -> web.Application:
 
     async def page(request: web.Request) -> web.StreamResponse:
         user = script.sessions.get(request.cookies.get("crm_session", ""))
-        resp = web.Response(text=f"page for {user}")
+        text = f"page for {user}"
+        resp = web.Response(text=text.ljust(script.page_size))
         for name, value in script.page_headers:
             resp.headers.add(name, value)
         return resp

@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
+import pyotp
 import pytest
 from yarl import URL
 
 from gateway.filters.login import set_cookie
 from tests.adversarial.scripted_crm import Rig, Script, rig
 from tests.e2e.harness import HOME, OFFICE
+from tests.e2e.test_identity import JIM_SECRET, policy_with, with_2fa
 
 
 def jar(client: aiohttp.ClientSession, r: Rig) -> dict[str, str]:
@@ -93,3 +95,56 @@ async def test_the_bound_crm_session_is_the_one_the_browser_keeps(tmp_path: Path
 ])
 def test_set_cookie_is_what_the_browser_keeps(lines: list[str], kept: str | None) -> None:
     assert set_cookie(lines, "crm_session") == kept
+
+
+@pytest.mark.parametrize("line", [
+    "crmgw_session=; Max-Age=0; Path=/",
+    'crmgw_session=""; expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/',
+    "crmgw_session=junk; Path=/",
+    " crmgw_session =junk",
+])
+@pytest.mark.parametrize("big", [False, True], ids=["small body", "streamed body"])
+async def test_a_crm_response_cannot_delete_or_overwrite_the_gateway_session_cookie(
+    tmp_path: Path, line: str, big: bool
+) -> None:
+    async with rig(tmp_path) as r:
+        jim = r.client(OFFICE)
+        assert (await login(jim, r)).status == 302
+        r.script.page_headers = [("Set-Cookie", line), ("Set-Cookie", "theme=dark; Path=/")]
+        r.script.page_size = 200_000 if big else 0
+        async with jim.get(r.url("/page")) as resp:
+            await resp.read()
+            set_cookies = resp.headers.getall("Set-Cookie", ())
+        assert set_cookies == ["theme=dark; Path=/"]
+        assert await whoami(jim, r) == "jim"
+        assert r.logs.events("upstream.own_cookie_dropped")
+
+
+async def test_a_crm_response_cannot_plant_another_users_gateway_session(tmp_path: Path) -> None:
+    """A CRM page that reflects a cookie (or a compromised CRM) handed jim's browser bob's gateway session."""
+    async with rig(tmp_path) as r:
+        bob = r.client(OFFICE)
+        assert (await login(bob, r, "bob")).status == 302
+        bobs = jar(bob, r)["crmgw_session"]
+        jim = r.client(OFFICE)
+        assert (await login(jim, r, "jim")).status == 302
+        r.script.page_headers = [("Set-Cookie", f"crmgw_session={bobs}; Path=/; HttpOnly")]
+        async with jim.get(r.url("/page")) as resp:
+            await resp.read()
+        assert await whoami(jim, r) == "jim"
+
+
+async def test_a_held_login_answer_keeps_no_set_cookie_for_the_gateway_session(tmp_path: Path) -> None:
+    """The CRM's login answer waits in the session for the second factor; its Set-Cookie for the
+    gateway's own cookie is not kept to be released with it."""
+    policy = policy_with(require_2fa=True)
+    script = Script(login_ok_cookies=["crm_session={token}; Path=/", "crmgw_session=planted; Path=/"])
+    async with rig(tmp_path, policy=policy, script=script, **with_2fa(tmp_path)) as r:
+        jim = r.client(OFFICE)
+        assert (await login(jim, r)).status == 303
+        async with jim.post(r.url("/_gateway/2fa"), json={"code": pyotp.TOTP(JIM_SECRET).now()}) as resp:
+            assert resp.status == 200
+            released = resp.headers.getall("Set-Cookie", ())
+        assert any(line.startswith("crm_session=tok") for line in released)
+        assert not [line for line in released if line.startswith("crmgw_session=planted")]
+        assert await whoami(jim, r) == "jim"
