@@ -83,7 +83,11 @@ def _parse(text: str, path: Path) -> tuple[dict[str, str], dict[str, str]]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise SecretsFileError(f"{path}: not valid YAML: {exc}") from None
+        # Where and what only: PyYAML's own text quotes the line, which holds a secret.
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        raise SecretsFileError(f"{path}{where}: not valid YAML: {problem}") from None
     if data is None:
         return {}, {}
     if not isinstance(data, dict):
