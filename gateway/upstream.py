@@ -268,7 +268,7 @@ class _Connection(asyncio.Protocol):
     def on_status(self, status: bytes) -> None:
         if len(status) > MAX_HEADER_LINE:
             raise UpstreamError("the CRM's status line is too long")
-        self.reason = status.decode("utf-8", "surrogateescape")
+        self.reason = _text(status)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.head_done:
@@ -277,7 +277,7 @@ class _Connection(asyncio.Protocol):
             raise UpstreamError("a header line from the CRM is too long")
         if len(self.headers) >= MAX_HEADERS:
             raise UpstreamError("too many headers from the CRM")
-        self.headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
+        self.headers.append((_text(name), _text(value)))
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
@@ -558,3 +558,17 @@ async def _send_body(conn: _Connection, body: AsyncIterable[bytes], *, chunked: 
         await conn.drain()
     if chunked:
         conn.write(b"0\r\n\r\n")
+
+
+def _text(raw: bytes) -> str:
+    """A CRM's header bytes as text: UTF-8, else Latin-1 (RFC 9110 obs-text), never losing a byte.
+
+    The client's response is written as UTF-8 (aiohttp), which drops lone surrogates: a
+    ``surrogateescape`` reading turned ``Location: /<0xFF>/evil.example/`` into
+    ``//evil.example/``, a redirect off site. Read as Latin-1, a byte that is not UTF-8 reaches
+    the client as two (``Müller`` as ``MÃ¼ller``), all above 0x7F: no slash or backslash appears.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
