@@ -49,6 +49,10 @@ CASES = [
     ("wrong type", "upstream: {url: http://a:1}\nlisten:\n  port: eighty\n", 3, "listen.port: expected an integer"),
     ("bool is not an int", "upstream: {url: http://a:1}\nlisten:\n  port: true\n", 3, "listen.port: expected"),
     ("bad url scheme", "upstream:\n  url: ftp://crm\n", 2, "upstream.url: expected http(s)://"),
+    ("credentials in the url (never sent; logged at start)", "upstream:\n  url: http://svc:S3cret@crm:80\n", 2,
+     "upstream.url: credentials in the URL are not supported, got 'http://***@crm:80'"),
+    ("a bad url's password not echoed", "upstream:\n  url: htp://svc:S3cret@crm\n", 2,
+     "upstream.url: expected http(s)://host[:port], got 'htp://***@crm'"),
     ("bad CIDR", "upstream: {url: http://a:1}\nclient_ip:\n  trusted_proxies:\n    - 10.0.0.0/8\n"
                  "    - 10.0.0.300/32\n", 5, "not an IP address or CIDR: '10.0.0.300/32'"),
     ("bad header", "upstream: {url: http://a:1}\nclient_ip:\n  header: x-client\n", 3,
