@@ -33,7 +33,7 @@ from gateway.logs import get_logger
 from gateway.metrics import MetricsEndpoint
 from gateway.proxy import Proxy
 from gateway.sessions import SessionStore
-from gateway.state import SharedState, open_state
+from gateway.state import SharedState, StateUnavailable, open_state
 from gateway.totp import SecretStore, TotpVerifier
 from gateway.upstream import MAX_HEADER_LINE, UpstreamPool
 
@@ -141,7 +141,33 @@ class Gateway:
                                        secrets=secrets))
         filters.append(MFAGate(sessions, login_path))
         return Chain(filters, Proxy(settings.upstream, self.pool, self.client,
-                                      own_cookie=settings.session.cookie_name, websockets=self.websockets))
+                                      own_cookie=settings.session.cookie_name, websockets=self.websockets,
+                                      recheck=self.still_allowed))
+
+    async def still_allowed(self, ex: Exchange) -> str | None:
+        """Why an open WebSocket's request would be refused now, with the current policy (None: it passes).
+
+        Its session must still be the one it opened with (not logged out, revoked or past
+        ``max_age``; the idle clock is left out: the socket's traffic is activity), and the
+        current policy must allow its user from its address at this hour, the second
+        factor given where it is now required.
+        """
+        assert self.sessions is not None
+        user, session = None, None
+        if ex.user is not None:
+            try:
+                session = await self.sessions.load(ex.request, idle=False)
+            except StateUnavailable:
+                return None  # judged again at the next message or check
+            if session.get("user") != ex.user:
+                return "session_ended"
+            user = ex.user
+        decision = self.config.policy.decide(facts_of(ex, user=user))
+        if decision.action == "deny" and decision.enforced:
+            return decision.reason or "ip_not_allowed"
+        if session is not None and decision.settings.require_2fa and not decision.public and not session.get("mfa"):
+            return "mfa_required"
+        return None
 
     def _whoami(self, ex: Exchange) -> dict[str, object]:
         policy = self.config.policy

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import ClientSession, WSCloseCode, WSMsgType, web
@@ -41,6 +41,9 @@ SEND_TIMEOUT = 60.0
 # handing it on, so without a bound one client could make the gateway hold gigabytes. A larger
 # one closes the client's socket with 1009 (message too big). The CRM's messages are not bounded.
 WS_MAX_CLIENT_MESSAGE = 16 * 1024 * 1024
+# An open WebSocket is judged again before each message from the client, and this often when it
+# is quiet: a logout, a reload that blocks its user, the end of login hours close it (1008).
+WS_RECHECK = 10.0
 # The longest a request body may pause (nginx's client_body_timeout): a slow POST otherwise
 # holds its upstream connection, and a CRM worker waiting for the rest, for ever.
 RECEIVE_TIMEOUT = 60.0
@@ -92,7 +95,8 @@ class Proxy:
     name = "proxy"
 
     def __init__(self, upstream: Upstream, pool: UpstreamPool, client: ClientSession, *,
-                 own_cookie: str, websockets: set[web.WebSocketResponse] | None = None) -> None:
+                 own_cookie: str, websockets: set[web.WebSocketResponse] | None = None,
+                 recheck: Callable[[Exchange], Awaitable[str | None]] | None = None) -> None:
         self.base_text = str(URL(upstream.url)).rstrip("/")
         # Open client WebSockets, shared with the app so that a drain can close them (1001).
         self.websockets: set[web.WebSocketResponse] = set() if websockets is None else websockets
@@ -101,6 +105,8 @@ class Proxy:
         self.client = client  # WebSocket upgrades only
         # The gateway's session cookie is the gateway's: the CRM (and its logs) never see it.
         self.own_cookies = frozenset({own_cookie})
+        # Why an open WebSocket's request would now be refused (None: it still passes).
+        self.recheck = recheck
 
     @staticmethod
     def new_pool(upstream: Upstream) -> UpstreamPool:
@@ -310,12 +316,24 @@ class Proxy:
         await client_ws.prepare(request)
         self.websockets.add(client_ws)
 
+        async def refused() -> bool:
+            """Judged again: if the request would now be refused, the client's socket is closed (1008)."""
+            reason = await self.recheck(ex) if self.recheck is not None else None
+            if reason is None:
+                return False
+            log.info("websocket.closed", request_id=ex.request_id, user=ex.user, client_ip=str(ex.client_ip),
+                     reason=reason)
+            await client_ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"")
+            return True
+
         async def pump(
             source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
             sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
             broken: WSCloseCode,
         ) -> None:
             async for message in source:
+                if source is client_ws and message.type in (WSMsgType.TEXT, WSMsgType.BINARY) and await refused():
+                    break
                 if message.type == WSMsgType.TEXT:
                     await sink.send_str(message.data)
                 elif message.type == WSMsgType.BINARY:
@@ -325,12 +343,20 @@ class Proxy:
             if not sink.closed:
                 await sink.close(code=_relayed_close_code(source.close_code, broken), message=b"")
 
-        tasks = [asyncio.ensure_future(pump(client_ws, upstream_ws, WSCloseCode.GOING_AWAY)),
+        async def watch() -> None:
+            """A quiet socket (or one only the CRM talks on) is judged again every WS_RECHECK seconds."""
+            while True:
+                await asyncio.sleep(WS_RECHECK)
+                if await refused():
+                    return
+
+        pumps = [asyncio.ensure_future(pump(client_ws, upstream_ws, WSCloseCode.GOING_AWAY)),
                  asyncio.ensure_future(pump(upstream_ws, client_ws, WSCloseCode.BAD_GATEWAY))]
+        tasks = [*pumps, asyncio.ensure_future(watch())] if self.recheck is not None else pumps
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             # Give the other direction a moment to deliver the close, then stop it.
-            await asyncio.wait(tasks, timeout=5)
+            await asyncio.wait(pumps, timeout=5)
         finally:
             for task in tasks:
                 task.cancel()

@@ -189,8 +189,12 @@ class SessionStore:
     def has_cookie(self, request: web.Request) -> bool:
         return self.cookie_name in request.cookies
 
-    async def load(self, request: web.Request) -> Session:
-        """The request's live session, or a new empty one if absent, expired or revoked."""
+    async def load(self, request: web.Request, *, idle: bool = True) -> Session:
+        """The request's live session, or a new empty one if absent, expired or revoked.
+
+        ``idle=False`` leaves the idle clock out: an open WebSocket's request is as old as the
+        socket, and its traffic is the user's activity (see Gateway.still_allowed).
+        """
         revoked: float | None = None
         try:
             if self._read_flagged is None:
@@ -204,7 +208,7 @@ class SessionStore:
         now = time.time()
         expired = (
             now - float(session.get("login_at", 0)) > self.settings.max_age
-            or now - float(session.get("seen", 0)) > self.settings.idle_timeout
+            or (idle and now - float(session.get("seen", 0)) > self.settings.idle_timeout)
         )
         if self._read_flagged is None and not expired:
             revoked = await self.state.flagged(self._revocation(session))
