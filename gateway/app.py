@@ -132,7 +132,9 @@ class Gateway:
             ),
             IdentityFilter(sessions, config.policy, settings.login,
                            case_insensitive=settings.case_insensitive_paths),
-            TwoFactorEndpoint(verifier, sessions, login_path),
+            TwoFactorEndpoint(verifier, sessions, login_path, policy=config.policy,
+                              login_method=settings.login.method if settings.login else "POST",
+                              case_insensitive=settings.case_insensitive_paths),
             WhoAmI(self._whoami),
             PolicyFilter(config.policy, sessions, log_allowed=settings.logging.log_allowed),
         ]

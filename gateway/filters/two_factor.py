@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import html
 import json
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -17,7 +18,9 @@ from aiohttp import web
 
 from gateway.exchange import Exchange
 from gateway.filters.login import TWO_FACTOR_PATH, challenge, same_origin_path
+from gateway.filters.policy import facts_of, log_decision
 from gateway.logs import get_logger
+from gateway.policy import Policy
 from gateway.sessions import SessionStore, save_session_later
 from gateway.state import StateUnavailable
 from gateway.totp import TotpVerifier, VerifyResult
@@ -50,10 +53,14 @@ MAX_FORM = 4096
 class TwoFactorEndpoint:
     name = "two_factor"
 
-    def __init__(self, verifier: TotpVerifier | None, store: SessionStore, login_path: str) -> None:
+    def __init__(self, verifier: TotpVerifier | None, store: SessionStore, login_path: str, *,
+                 policy: Policy, login_method: str = "POST", case_insensitive: bool = False) -> None:
         self.verifier = verifier
         self.store = store
         self.login_path = login_path
+        self.policy = policy
+        self.login_method = login_method
+        self.login_match = login_path.lower() if case_insensitive else login_path  # as rules see it
 
     async def __call__(self, ex: Exchange) -> web.StreamResponse | None:
         assert ex.path is not None
@@ -80,6 +87,12 @@ class TwoFactorEndpoint:
                         client_ip=str(ex.client_ip))
             return ex.deny(403, "bad_request", as_json=False)
         user = str(session["user"])
+        # The code completes a login: judged as the login would be now, from this address (a
+        # pending cookie carried elsewhere must not have the CRM's session released there).
+        decision = self.policy.decide(replace(facts_of(ex, user=user, method=self.login_method), path=self.login_match))
+        if decision.action == "deny" and decision.enforced:
+            log_decision(ex, decision, "access.denied")
+            return ex.deny(403, decision.reason or "ip_not_allowed", as_json=as_json or ex.wants_json)
         try:
             result = await self.verifier.verify(user, str(fields.get("code", "")))
         except StateUnavailable:

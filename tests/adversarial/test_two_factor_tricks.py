@@ -32,7 +32,7 @@ from tests.adversarial.support import (
     set_cookie_names,
     status_of,
 )
-from tests.e2e.harness import OFFICE, POLICY, WAREHOUSE, Stack, stack
+from tests.e2e.harness import HOME, OFFICE, POLICY, WAREHOUSE, Stack, stack
 from tests.support.redis_server import RedisServer, redis_server_fixture
 
 JIM_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
@@ -136,6 +136,24 @@ async def test_a_code_cannot_be_replayed_in_another_session(tmp_path: Path) -> N
         async with second.get(s.url("/dashboard"), allow_redirects=False) as resp:
             assert resp.status == 303
         await no_crm_cookie_reached_the_crm(s)
+
+
+async def test_a_pending_login_carried_off_site_gets_no_crm_session_for_its_code(tmp_path: Path) -> None:
+    """The 2FA endpoint ran before the policy: jim's pending cookie carried home (locked down) and a
+    valid code had the CRM's session released there (review 7). The code completes a login, and is
+    judged as that login would be, from where it is given; the code is not spent."""
+    async with stack(tmp_path, **two_factor(tmp_path)) as s:
+        office = await pending_login(s)
+        home = s.client(HOME)
+        home.cookie_jar.update_cookies({c.key: c.value for c in office.cookie_jar}, URL(s.url("/")))
+        code = pyotp.TOTP(JIM_SECRET).now()
+        async with home.post(s.url("/_gateway/2fa"), json={"code": code}) as resp:
+            assert resp.status == 403 and (await resp.json())["reason"] == "ip_not_allowed"
+            assert CRM_COOKIE not in set_cookie_names(resp.headers.getall("Set-Cookie", ()))
+        assert s.logs.events("access.denied")[-1]["user"] == "jim"
+        async with office.post(s.url("/_gateway/2fa"), json={"code": code}) as resp:
+            assert resp.status == 200  # from the office the same code still counts
+            assert CRM_COOKIE in set_cookie_names(resp.headers.getall("Set-Cookie", ()))
 
 
 OFF_SITE = [
