@@ -11,10 +11,14 @@ looked for every way a back end may read it (:func:`field_values`).
 
 from __future__ import annotations
 
+import bisect
 import codecs
+import functools
+import itertools
 import json
 import re
 import unicodedata
+from collections.abc import Callable
 from email.parser import BytesParser
 from email.policy import HTTP
 from urllib.parse import parse_qsl, unquote
@@ -22,7 +26,7 @@ from urllib.parse import parse_qsl, unquote
 from aiohttp import web
 
 MAX_BODY = 64 * 1024  # the largest body read to judge a request
-MAX_MENTIONS = 100  # the most places a body searched for a method override may name it (see field_values)
+MAX_MENTIONS = 1000  # the most places a body searched for a method override may name it (see field_values)
 MAX_BOUNDARIES = 3  # ... and the most multipart boundaries its Content-Type may name
 MAX_USERNAME = 256  # characters, as submitted
 # What a multipart login body may hold. The standard library's MIME parser costs ~10 us per byte
@@ -244,18 +248,28 @@ _ANY_BOUNDARY = re.compile(r"boundary\s*+((?:\*\d*+)?+\*?+)\s*+=\s*+(\"[^\"]*+\"
 _PART_NAME = re.compile(r"\bname\s*+(\*?+)\s*+=\s*+(\"[^\"]*+\"|'[^']*+'|[^;\s]*+)", re.IGNORECASE)
 _HEAD_END = re.compile(r"\r?\n\r?\n")
 MAX_PART_HEAD = 8 * 1024  # a part's head, where its name is: longer ones are refused
-# What may come before a field's name where some back end still reads the name alone: in a form,
-# spaces (PHP drops them) and one '[' (Rack 2 reads [_method]); in a part's head, `name=` (a
-# parameter of its own, folded lines too), a quote, an RFC 2231 charset'language'.
-_BEFORE_FORM_NAME = re.compile(r"(?:[ +]|%20)*+(?:\[|%5[bB])?+")
-_BEFORE_PART_NAME = re.compile(r"\s*+name\s*+\*?+\s*+=\s*+[\"']?+(?:[^\"';\r\n]*+'[^'\r\n]*+')?+", re.IGNORECASE)
-# ... and what may end it: a form name at '=', '[' (an array), ']' (Rack 2), the field's end or a NUL
-# (PHP stops there); a part's name at its quote or ';'; a JSON key at its quote.
+MAX_RAW_MENTIONS = 10_000  # the field's letters anywhere in a body, named or not: more is refused
+# A multipart boundary as browsers and HTTP libraries write them. RFC 2046 allows more, where
+# back ends part ways: Rack stops at ',', PHP keeps spaces, Laravel reads a type holding '/json' as JSON.
+_PLAIN_BOUNDARY = re.compile(r"[0-9A-Za-z_\-.']{1,70}")
+# What may come before a form field's name where some back end still reads the name alone:
+# spaces (PHP drops them) and brackets (Rack 2 drops leading '[' and ']'), raw or encoded.
+_FORM_PREFIX_CHARS = frozenset(" +[]")
+_FORM_PREFIX_CODES = frozenset({"%20", "%5B", "%5b", "%5D", "%5d"})
+# ... and what may end it: '=', '[' (an array), ']' (Rack 2), the field's end or a NUL (PHP
+# stops there). A JSON key ends at its quote and a colon.
 _AFTER_FORM_NAME = re.compile(r"(?:[=\[\]&;\x00]|%(?:3[dD]|5[bBdD]|00|26|3[bB])|$)")
-_AFTER_PART_NAME = re.compile(r"[\"';\s]|$")
 _JSON_KEY = re.compile(r"\"\s*+:")
-# RFC 2047 encoded words, which commons-fileupload decodes in part names: not read here, so refused.
-_ENCODED_WORD_NAME = re.compile(r"name\s*+\*?+\s*+=\s*+[\"']?+=\?", re.IGNORECASE)
+_FIELD_END = re.compile(r"[&;]")
+# In a part's head, any mention not inside a longer name counts (Rack 3 reads `name` after a
+# quoted value without ';', the last `name` given, a Content-ID without a name; PHP ends a name
+# at NUL): a head whose names this module does not read as the field, where it names it, is refused.
+_NAME_CHAR = re.compile(r"[0-9A-Za-z_.]")
+# RFC 2047 encoded words, which commons-fileupload decodes in part names: not read here, so refused;
+# and RFC 2231 names in a charset that is not ASCII's (Tomcat decodes name*=UTF-16LE''%5F%00...).
+_ENCODED_WORD_NAME = re.compile(r"\bname\s*+\*?+\s*+=\s*+[\"']?+=\?", re.IGNORECASE)
+_RFC2231_NAME = re.compile(r"\bname\s*+\*\s*+=\s*+[\"']?+([^\"';\s]*+)'", re.IGNORECASE)
+_RFC2231_ASCII = frozenset({"", "utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin1"})
 _CHARSET = re.compile(r"charset\s*+=\s*+[\"']?+([^\"';,\s]*+)", re.IGNORECASE)
 _ASCII = "".join(map(chr, range(128)))
 
@@ -277,133 +291,235 @@ def _ascii_compatible(codec: str) -> bool:
         return False
 
 
-def _mentions(field: str) -> re.Pattern[str]:
+@functools.lru_cache(maxsize=64)
+def _mentions(field: str, ignore_case: bool) -> re.Pattern[str]:
     """``field`` written any way a reader may decode it: each character raw, %XX or \\u00XX (letters in
-    their case: back ends read names so); an ``_`` also as ``.`` or ``[`` (PHP renames them so)."""
+    their case: back ends read names so, unless ``ignore_case``), after an optional backslash (Rack 3
+    unescapes quoted names); an ``_`` also as ``.`` or ``[`` (PHP renames them so)."""
     def spellings(c: str) -> str:
-        hexes = f"{ord(c):02x}"
-        alternatives = [re.escape(c), f"%(?i:{hexes})", f"\\\\u(?i:{ord(c):04x})"]
+        alternatives = [re.escape(c), f"%(?i:{ord(c):02x})"]
         if c == "_":
             alternatives += [r"\.", "%2[eE]", r"\[", "%5[bB]"]
-        return "(?:" + "|".join(alternatives) + ")"
-    return re.compile("".join(spellings(c) for c in field))
+        return f"(?:\\\\u(?i:{ord(c):04x})|\\\\?+(?:" + "|".join(alternatives) + "))"
+    return re.compile("".join(spellings(c) for c in field), re.IGNORECASE if ignore_case else 0)
 
 
-def _in_part_head(text: str, at: int, delimiters: list[str]) -> int | None:
-    """Where the head of the part ``at`` lies in starts, if ``at`` is in one (before its blank line)."""
-    for delimiter in delimiters:
-        start = text.rfind(delimiter, 0, at)
-        if start >= 0 and _HEAD_END.search(text, start, at) is None:
-            return start
-    return None
+# Escape sequences of stateful encodings (ISO-2022, HZ, UTF-7), then every byte.
+_CODEC_PROBE = b"\x1b(B\x1b$B\x1b(J\x0e\x0f~{~}+-" + bytes(range(256))
 
 
-def _named_at(text: str, at: int, end: int, delimiters: list[str] | None) -> bool:
-    """Whether the mention ``text[at:end]`` stands where some back end reads it as a whole field name.
+@functools.lru_cache(maxsize=64)
+def _single_byte(codec: str) -> bool:
+    """Whether ``codec`` decodes each byte alone into one character, with no state between them (an
+    ASCII-compatible one then reads names where Latin-1 does; ISO-2022-JP does not: escapes vanish)."""
+    whole = _CODEC_PROBE.decode(codec, "replace")
+    return whole == "".join(bytes([byte]).decode(codec, "replace") for byte in _CODEC_PROBE)
 
-    In a multipart body (``delimiters`` given), a part's ``name`` parameter; else a form field's
-    name (from the field's start, but for spaces and one ``[``) or a JSON key. Not a part of a
-    longer name (``order[shipping][method]``, ``_method_name``), not ``filename``, not in a value.
+
+def _texts(body: bytes, charsets: set[str]) -> list[str]:
+    """The body as text every way a back end may decode it: its bytes (PHP, Rack: the charset ignored),
+    and each charset declared where that reads names differently (UTF-16 both ways without a BOM:
+    Java takes big-endian, Python little; ISO-2022-JP drops escapes inside a name; Shift_JIS reads
+    ASCII bytes as parts of other characters)."""
+    texts = [body.decode("latin-1")]
+    for codec in sorted({codecs.lookup(c).name for c in charsets}):
+        if codec == "utf-16":
+            texts += [body.decode("utf-16-le", "replace"), body.decode("utf-16-be", "replace")]
+        elif codec != "utf-8" and not _single_byte(codec):
+            texts.append(body.decode(codec, "replace"))
+    return texts
+
+
+def _one_boundary(content_type: str) -> str:
+    """A multipart body's boundary, where every back end reads the same one; else :class:`UnreadableBody`.
+
+    Without one Rack reads the body as a form; PHP finds a boundary by a substring search
+    (``boundaryx=``, ``boundary; b=``, ``boundary= X``); Laravel reads any type with ``/json``
+    in it as JSON.
     """
-    if delimiters is not None:
-        head = _in_part_head(text, at, delimiters)
-        if head is None:
-            return False
-        parameter = max(text.rfind(";", head, at), text.rfind("\n", head, at), head) + 1
-        return (_BEFORE_PART_NAME.fullmatch(text, parameter, at) is not None
-                and _AFTER_PART_NAME.match(text, end) is not None)
-    field_start = max(text.rfind("&", 0, at), text.rfind(";", 0, at)) + 1
-    if _BEFORE_FORM_NAME.fullmatch(text, field_start, at) and _AFTER_FORM_NAME.match(text, end):
-        return True
-    return text[at - 1:at] == '"' and _JSON_KEY.match(text, end) is not None
+    _, parameters = media_type(content_type)
+    boundary = parameters.get("boundary", "")
+    if (not _PLAIN_BOUNDARY.fullmatch(boundary) or content_type.lower().count("boundary") != 1
+            or "json" in content_type.lower()):
+        raise UnreadableBody(f"a multipart Content-Type back ends may read apart: {_echo(content_type)}")
+    return boundary
 
 
-def field_values(body: bytes, content_type: str, field: str) -> set[str]:
+def field_values(body: bytes, content_type: str, field: str, *, ignore_case: bool = False) -> set[str]:
     """Every value of ``field`` that some back end may read in ``body``, whatever the Content-Type says.
 
     Back ends disagree on what a body is (Rack reads a POST without a Content-Type as a form,
-    PHP cuts the type at a comma or a space, Laravel takes any ``/json`` type for JSON), and on
-    how to spell a field (PHP truncates a name at NUL, drops leading spaces and reads ``.`` as
-    ``_``, Rack 2 reads ``[_method]``). So the work starts from every place the body names the
-    field where some back end reads a name (:func:`_mentions`, :func:`_named_at`; a body
-    declared UTF-16 decoded first), and reads each as a form field, a JSON key and a multipart
-    part at every boundary the header names; the strictest of what is found is judged. A name
-    no reading accounts for is a spelling some back end may read and the gateway cannot:
-    :class:`UnreadableBody` (400), as for more than :data:`MAX_MENTIONS` of them or
-    :data:`MAX_BOUNDARIES` boundaries (the work is bounded by them, not by the body's size).
+    PHP cuts the type at a comma or a space, Laravel takes any ``/json`` type for JSON), on
+    how to decode it (PHP ignores the charset, Tomcat decodes names in it) and on how to
+    spell a field (PHP truncates a name at NUL, drops leading spaces and reads ``.`` as
+    ``_``, Rack 2 drops leading brackets). So the work starts from every place the body names
+    the field where some back end reads a name (:func:`_mentions`, :class:`_Places`), in each
+    text the body may be (:func:`_texts`), and reads each as a form field, a JSON key and a
+    multipart part; the strictest of what is found is judged. A name no reading accounts for
+    is a spelling some back end may read and the gateway cannot: :class:`UnreadableBody`
+    (400), as for a multipart type without one plain boundary, or more than
+    :data:`MAX_MENTIONS` named places (the work is bounded by the mentions and the body's
+    size, never their product).
     """
     # Tomcat decodes names in the charset given (IBM037: EBCDIC); commons-fileupload decodes =?...?= names.
     charsets = {c.lower() for c in _CHARSET.findall(content_type)}
     if unreadable := {c for c in charsets if not _readable_charset(c)}:
         raise UnreadableBody(f"body in charset {_echo(', '.join(sorted(unreadable)))}")
-    utf16 = sorted(name for name in (codecs.lookup(c).name for c in charsets) if name.startswith("utf-16"))
-    text = body.decode(utf16[0], "replace") if utf16 else body.decode("latin-1")
-    boundaries = {value.strip("\"'").rpartition("'")[2] if star else value.strip("\"'")
-                  for star, value in _ANY_BOUNDARY.findall(content_type)} - {""}
-    if len(boundaries) > MAX_BOUNDARIES:
-        raise UnreadableBody(f"Content-Type naming {len(boundaries)} boundaries")
-    delimiters = ["--" + boundary for boundary in sorted(boundaries)]
-    multipart = delimiters if content_type.strip().lower().startswith("multipart/") else None
+    multipart = content_type.strip().lower().startswith("multipart/")
     if multipart:
-        words = [found.start() for found in _ENCODED_WORD_NAME.finditer(text)][:MAX_MENTIONS + 1]
-        if len(words) > MAX_MENTIONS or any(_in_part_head(text, at, multipart) is not None for at in words):
-            raise UnreadableBody("a part named with an RFC 2047 encoded word")
-    places = [found.start() for found in _mentions(field).finditer(text)
-              if _named_at(text, found.start(), found.end(), multipart)]
-    if not places:
-        return set()
-    if len(places) > MAX_MENTIONS:
-        raise UnreadableBody(f"body naming {field!r} more than {MAX_MENTIONS} times")
-    readings: list[list[str]] = [_form_values(text, places, field), _json_values(body, field)]
-    readings += [_part_values(text, places, delimiter, field) for delimiter in delimiters]
-    if len(places) > max(len(values) for values in readings):
-        raise UnreadableBody(f"{field!r} written where it cannot be read one way")
-    return {value for values in readings for value in values}
-
-
-def _form_values(text: str, places: list[int], field: str) -> list[str]:
-    """The values of the form fields (split at ``&`` and ``;``) around the mentions, named as PHP reads them."""
-    values = []
-    for at in sorted({max(text.rfind("&", 0, at), text.rfind(";", 0, at)) + 1 for at in places}):
-        ends = [end for end in (text.find("&", at), text.find(";", at)) if end >= 0]
-        for name, value in parse_qsl(text[at:min(ends, default=len(text))], keep_blank_values=True):
-            if name == field or php_field_name(name) == field:
-                values.append(value)
+        delimiters = ["--" + _one_boundary(content_type)]
+    else:  # no multipart type, but PHP cuts a type at a comma or space: boundaries are still read
+        boundaries = {value.strip("\"'").rpartition("'")[2] if star else value.strip("\"'")
+                      for star, value in _ANY_BOUNDARY.findall(content_type)} - {""}
+        if len(boundaries) > MAX_BOUNDARIES:
+            raise UnreadableBody(f"Content-Type naming {len(boundaries)} boundaries")
+        delimiters = ["--" + boundary for boundary in sorted(boundaries)]
+    values: set[str] = set()
+    for text in _texts(body, charsets):
+        values |= _Places(text, delimiters, multipart).values(body, field, ignore_case)
     return values
 
 
-def _json_values(body: bytes, field: str) -> list[str]:
-    """Every string value of a ``field`` key, at any depth and however often (a JSON body in any encoding)."""
+class _Places:
+    """One text of a body, and where its form fields and multipart part heads are."""
+
+    def __init__(self, text: str, delimiters: list[str], multipart: bool) -> None:
+        self.text = text
+        self.multipart = multipart
+        self.delimiters = delimiters
+        self._parts_of: dict[str, list[tuple[int, int, int]]] = {}
+
+    def parts(self, delimiter: str) -> list[tuple[int, int, int]]:
+        """The parts at ``delimiter`` as (head start, head end, part end), in order: found once, when
+        first asked for, each head's end looked for no further than MAX_PART_HEAD past its start (a
+        head without an end there runs to its part's end, and is refused if it names the field)."""
+        if delimiter not in self._parts_of:
+            self._parts_of[delimiter] = self._find_parts(delimiter)
+        return self._parts_of[delimiter]
+
+    def _find_parts(self, delimiter: str) -> list[tuple[int, int, int]]:
+        text, starts = self.text, []
+        at = text.find(delimiter)
+        while at >= 0:
+            starts.append(at + len(delimiter))
+            at = text.find(delimiter, at + len(delimiter))
+        parts = []
+        for index, start in enumerate(starts):
+            end = starts[index + 1] - len(delimiter) if index + 1 < len(starts) else len(text)
+            head_end = _HEAD_END.search(text, start, min(end, start + MAX_PART_HEAD + 4))
+            parts.append((start, head_end.start() if head_end else end, end))
+        return parts
+
+    def _part_at(self, at: int, delimiter: str) -> int | None:
+        """The index of the part whose head holds ``at``, if any."""
+        parts = self.parts(delimiter)
+        index = bisect.bisect_right(parts, (at, len(self.text) + 1, 0)) - 1
+        if index >= 0 and parts[index][0] <= at < parts[index][1]:
+            return index
+        return None
+
+    def _field_start(self, at: int) -> int | None:
+        """Where the form field whose name may begin at ``at`` starts (only spaces and brackets between), if it does."""
+        text, i = self.text, at
+        while i > 0:
+            if text[i - 1] in _FORM_PREFIX_CHARS:
+                i -= 1
+            elif i >= 3 and text[i - 3:i] in _FORM_PREFIX_CODES:
+                i -= 3
+            else:
+                break
+        return i if i == 0 or text[i - 1] in "&;" else None
+
+    def _named(self, at: int, end: int) -> bool:
+        """Whether the mention ``text[at:end]`` stands where some back end reads it as a whole field name."""
+        text = self.text
+        if self.multipart:
+            # In a part's head, unless inside a longer name (`payment_method`, `_method_id`,
+            # `_method.txt`, `contact[delivery][method]`; not `]_method`: Rack 2 drops leading brackets).
+            before = at
+            while before > 0 and text[before - 1] in "[]":
+                before -= 1
+            if _NAME_CHAR.match(text, end) or (before > 0 and _NAME_CHAR.match(text, before - 1)):
+                return False
+            return any(self._part_at(at, delimiter) is not None for delimiter in self.delimiters)
+        if self._field_start(at) is not None and _AFTER_FORM_NAME.match(text, end):
+            return True
+        return text[at - 1:at] == '"' and _JSON_KEY.match(text, end) is not None
+
+    def values(self, body: bytes, field: str, ignore_case: bool) -> set[str]:
+        text = self.text
+        if self.multipart:
+            self._refuse_unread_names()
+        raw = [(m.start(), m.end()) for m in itertools.islice(_mentions(field, ignore_case).finditer(text),
+                                                               MAX_RAW_MENTIONS + 1)]
+        if len(raw) > MAX_RAW_MENTIONS:
+            raise UnreadableBody(f"body naming {field!r} more than {MAX_RAW_MENTIONS} times")
+        places = [at for at, end in raw if self._named(at, end)]
+        if not places:
+            return set()
+        if len(places) > MAX_MENTIONS:
+            raise UnreadableBody(f"body naming {field!r} more than {MAX_MENTIONS} times")
+        same = (lambda name: name.lower() == field.lower()) if ignore_case else (lambda name: name == field)
+        readings: list[list[str]] = [self._form_values(places, same), _json_values(body, same)]
+        readings += [self._part_values(places, delimiter, field, same) for delimiter in self.delimiters]
+        if len(places) > max(len(values) for values in readings):
+            raise UnreadableBody(f"{field!r} written where it cannot be read one way")
+        return {value for values in readings for value in values}
+
+    def _refuse_unread_names(self) -> None:
+        """Part names this module does not decode (RFC 2047 words, RFC 2231 in another charset than ASCII's)."""
+        text = self.text
+        for pattern in (_ENCODED_WORD_NAME, _RFC2231_NAME):
+            for count, found in enumerate(pattern.finditer(text)):
+                if count >= MAX_RAW_MENTIONS:
+                    raise UnreadableBody("too many part names")
+                if pattern is _RFC2231_NAME and found.group(1).lower() in _RFC2231_ASCII:
+                    continue
+                if any(self._part_at(found.start(), delimiter) is not None for delimiter in self.delimiters):
+                    raise UnreadableBody("a part named in an encoding the gateway does not read")
+
+    def _form_values(self, places: list[int], same: Callable[[str], bool]) -> list[str]:
+        """The values of the form fields (split at ``&`` and ``;``) around the mentions, named as PHP reads them."""
+        text, values = self.text, []
+        for start in sorted({s for at in places if (s := self._field_start(at)) is not None}):
+            end = _FIELD_END.search(text, start)
+            for name, value in parse_qsl(text[start:end.start() if end else len(text)], keep_blank_values=True):
+                if same(name) or same(php_field_name(name)):
+                    values.append(value)
+        return values
+
+    def _part_values(self, places: list[int], delimiter: str, field: str, same: Callable[[str], bool]) -> list[str]:
+        """The contents of the parts whose head names the field (CRLF or bare LF ends a head)."""
+        text, parts, values = self.text, self.parts(delimiter), []
+        for index in sorted({i for at in places if (i := self._part_at(at, delimiter)) is not None}):
+            start, head_end, end = parts[index]
+            if head_end - start > MAX_PART_HEAD:
+                raise UnreadableBody(f"a multipart part's head over {MAX_PART_HEAD} bytes")
+            head = text[start:head_end]
+            found = _HEAD_END.match(text, head_end)
+            content = text[found.end() if found else head_end:end]
+            for star, name in _PART_NAME.findall(head):
+                name = name.strip("\"'")
+                if star:
+                    name = unquote(name.rpartition("'")[2])
+                if same(name) or same(php_field_name(name)):
+                    # A part's own charset decodes its value, which is read here as it stands.
+                    if not all(_ascii_compatible(c) for c in _CHARSET.findall(head)):
+                        raise UnreadableBody(f"the {field!r} part in a charset the gateway does not read")
+                    values.append(content.strip("\r\n"))
+        return values
+
+
+def _json_values(body: bytes, same: Callable[[str], bool]) -> list[str]:
+    """Every string value of a key the field is, at any depth and however often (a JSON body in any encoding)."""
     values: list[str] = []
 
     def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
-        values.extend(value for key, value in items if key == field and isinstance(value, str))
+        values.extend(value for key, value in items if same(key) and isinstance(value, str))
         return dict(items)
 
     try:
         json.loads(body, object_pairs_hook=pairs)
     except (ValueError, RecursionError):
         return []
-    return values
-
-
-def _part_values(text: str, places: list[int], delimiter: str, field: str) -> list[str]:
-    """The contents of the multipart parts around the mentions whose head names ``field`` (CRLF or bare LF)."""
-    values = []
-    for start in sorted({text.rfind(delimiter, 0, at) for at in places} - {-1}):
-        end = text.find(delimiter, start + len(delimiter))
-        part = text[start + len(delimiter):end if end >= 0 else len(text)]
-        pieces = _HEAD_END.split(part, maxsplit=1)
-        head, content = (pieces[0], pieces[1]) if len(pieces) == 2 else (part, "")
-        if len(head) > MAX_PART_HEAD:
-            raise UnreadableBody(f"a multipart part's head over {MAX_PART_HEAD} bytes")
-        for star, name in _PART_NAME.findall(head):
-            name = name.strip("\"'")
-            if star:
-                name = unquote(name.rpartition("'")[2])
-            if name == field or php_field_name(name) == field:
-                # A part's own charset decodes its value, which is read here as it stands.
-                if not all(_ascii_compatible(c) for c in _CHARSET.findall(head)):
-                    raise UnreadableBody(f"the {field!r} part in a charset the gateway does not read")
-                values.append(content.strip("\r\n"))
     return values

@@ -21,6 +21,9 @@ GATEWAY_WORKER = istr("X-Gateway-Worker")
 # request under each method it may run.
 METHOD_OVERRIDE_HEADERS = (istr("X-HTTP-Method-Override"), istr("X-HTTP-Method"), istr("X-Method-Override"))
 METHOD_OVERRIDE_PARAM = "_method"
+# ASP.NET MVC reads X-HTTP-Method-Override from the header, then from the form and the query
+# string, as a field name in any case.
+METHOD_OVERRIDE_FIELD = "X-HTTP-Method-Override"
 
 FORWARDING_HEADERS = (X_FORWARDED_FOR, X_REAL_IP, X_FORWARDED_PROTO, X_FORWARDED_HOST, FORWARDED)
 IDENTITY_HEADERS = (GATEWAY_USER, GATEWAY_CHANNEL, REQUEST_ID)

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from gateway.exchange import Exchange
 from gateway.forms import UnreadableBody, field_values, read_small_body
-from gateway.headers import METHOD_OVERRIDE_HEADERS, METHOD_OVERRIDE_PARAM, canonical_name
+from gateway.headers import METHOD_OVERRIDE_FIELD, METHOD_OVERRIDE_HEADERS, METHOD_OVERRIDE_PARAM, canonical_name
 from gateway.logs import get_logger
 from gateway.metrics import DECISION_TIME
 from gateway.policy import Decision, Policy, RequestFacts
@@ -21,6 +21,7 @@ log = get_logger("policy")
 
 
 _OVERRIDES = frozenset(canonical_name(name) for name in METHOD_OVERRIDE_HEADERS)
+_FIELD_LOWER = METHOD_OVERRIDE_FIELD.lower()
 _METHOD = re.compile(r"[A-Z]{1,20}")
 # The largest POST body read for a _method override (only where one could be judged more strictly):
 # a form with a file in it; a larger one there is refused rather than forwarded unjudged.
@@ -49,9 +50,10 @@ def override_methods(ex: Exchange) -> list[str]:
     # Every override header's name holds "method" in some case; most requests have none.
     values = [value for name, value in ex.request.headers.items()
               if "ethod" in name.lower() and canonical_name(name) in _OVERRIDES]
-    if METHOD_OVERRIDE_PARAM in ex.query or "%" in ex.query:  # '%5Fm%65thod' is '_method' too
+    if ex.query and (METHOD_OVERRIDE_PARAM in ex.query or "%" in ex.query  # '%5Fm%65thod' is '_method' too
+                     or "override" in ex.query.lower()):
         values += [value for name, value in parse_qsl(ex.query, keep_blank_values=True)
-                   if name == METHOD_OVERRIDE_PARAM]
+                   if name == METHOD_OVERRIDE_PARAM or name.lower() == _FIELD_LOWER]
     if not values:
         return []
     methods = {part.strip().upper() for value in values for part in value.split(",")}
@@ -99,7 +101,8 @@ class PolicyFilter:
         """Whether a ``_method`` in this POST's body could make it stricter: then the body is read.
 
         Rails and Spring read the override from a form body only, Laravel and Symfony from
-        the body first, Laravel from a JSON body too. Only a POST is overridden, and only
+        the body first, Laravel from a JSON body too, ASP.NET MVC a form's
+        ``X-HTTP-Method-Override`` field. Only a POST is overridden, and only
         into a method some function of its path is bound to whose decision is stricter. The
         body is read whatever its Content-Type says (see :func:`gateway.forms.field_values`).
         """
@@ -122,7 +125,9 @@ class PolicyFilter:
             try:
                 if ex.body is None:  # (a login's body was read already)
                     ex.body = await read_small_body(ex.request, "POST", MAX_OVERRIDE_BODY)
-                values = field_values(ex.body, ex.request.headers.get("Content-Type", ""), METHOD_OVERRIDE_PARAM)
+                content_type = ex.request.headers.get("Content-Type", "")
+                values = field_values(ex.body, content_type, METHOD_OVERRIDE_PARAM)
+                values |= field_values(ex.body, content_type, METHOD_OVERRIDE_FIELD, ignore_case=True)
             except UnreadableBody as exc:
                 log.warning("request.bad_override", request_id=ex.request_id, client_ip=str(ex.client_ip),
                             error=str(exc))
