@@ -98,8 +98,3 @@ def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[
 def asks_for_websocket(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> bool:
     """Whether a request asks to be upgraded to a WebSocket (RFC 6455 §4.1)."""
     return headers.get("Upgrade", "").lower() == "websocket" and "upgrade" in connection_tokens(headers)
-
-
-def set_cookie_name(line: str) -> str:
-    """The name of the cookie a Set-Cookie value sets (as browsers read it: up to '=', trimmed)."""
-    return line.partition("=")[0].strip()

@@ -22,6 +22,7 @@ from yarl import URL
 from gateway import headers as h
 from gateway.caching import cache_short_keys
 from gateway.client_ip import address_text
+from gateway.cookies import sets_cookie
 from gateway.exchange import Exchange
 from gateway.logs import get_logger
 from gateway.metrics import UPSTREAM_ERRORS, UPSTREAM_LATENCY
@@ -104,6 +105,7 @@ class Proxy:
         self.pool = pool  # plain HTTP
         self.client = client  # WebSocket upgrades only
         # The gateway's session cookie is the gateway's: the CRM (and its logs) never see it.
+        self.own_cookie = own_cookie
         self.own_cookies = frozenset({own_cookie})
         # Why an open WebSocket's request would now be refused (None: it still passes).
         self.recheck = recheck
@@ -278,7 +280,7 @@ class Proxy:
         headers = end_to_end(upstream.headers, skip)
         if "Set-Cookie" in upstream.headers:
             kept = [(name, value) for name, value in headers
-                    if name.lower() != "set-cookie" or h.set_cookie_name(value) not in self.own_cookies]
+                    if name.lower() != "set-cookie" or not sets_cookie(value, self.own_cookie)]
             if len(kept) < len(headers):
                 log.warning("upstream.own_cookie_dropped", request_id=ex.request_id, client_ip=str(ex.client_ip),
                             path=ex.path.forward if ex.path else None)

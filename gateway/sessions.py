@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
 from gateway.caching import cache_short_keys
+from gateway.cookies import own_cookie
 from gateway.logs import get_logger
 from gateway.settings import SessionSettings
 from gateway.state import SharedState, StateUnavailable
@@ -106,16 +108,23 @@ def cookie_value(header: str, name: str) -> str | None:
 
 
 class FastCookieRead(AbstractStorage):
-    """Reads the session cookie without parsing every cookie of the request (see cookie_value)."""
+    """Reads the session cookie without parsing every cookie of the request (see cookie_value).
+
+    A line that is not plain RFC 6265 pairs, or several lines, are read as the proxy strips
+    cookies, at ``;`` only (:func:`gateway.cookies.own_cookie`), not by aiohttp's parser:
+    that parser also splits at whitespace and commas, so ``pref=1 crmgw_session=X`` (one
+    cookie to the browser, which a CRM page can set) was read as a second session cookie.
+    A copy hidden so raises :class:`gateway.cookies.UnreadableCookie`.
+    """
 
     def load_cookie(self, request: web.Request) -> str | None:
-        header = request.headers.get("Cookie")
-        if header is None:
+        lines = request.headers.getall("Cookie", ())
+        if not lines:
             return None
-        try:
-            return cookie_value(header, self.cookie_name)
-        except _Unsure:
-            return super().load_cookie(request)
+        if len(lines) == 1:
+            with contextlib.suppress(_Unsure):
+                return cookie_value(lines[0], self.cookie_name)
+        return own_cookie(lines, self.cookie_name)
 
 
 class CachedCookieStorage(FastCookieRead, EncryptedCookieStorage):

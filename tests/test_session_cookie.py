@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import sessions
-from gateway.filters.identity import UnreadableCookie, _crm_cookies_in, crm_cookies
+from gateway.cookies import UnreadableCookie, _crm_cookies_in, crm_cookies, own_cookie, sets_cookie
 from gateway.sessions import _Unsure, cookie_value
 
 NAME = "crmgw_session"
@@ -120,3 +120,27 @@ def test_cookie_headers_are_read_through_a_bounded_cache() -> None:
         crm_cookies(["theme=dark, crm_session=hidden"], "crm_session")
     with pytest.raises(UnreadableCookie):
         crm_cookies(["theme=dark, crm_session=hidden"], "crm_session")
+
+
+@pytest.mark.parametrize(("line", "sets"), [
+    ("crmgw_session=x; Path=/", True),
+    (" crmgw_session =x", True),
+    ("CRMGW_SESSION=x", True),  # ASP.NET-style readers ignore the case
+    ("crmgw.session=x", True),  # PHP reads '.' as '_'
+    ("pref=1 crmgw_session=x; Path=/", True),  # sent back as is: aiohttp's parser reads two cookies
+    ("pref=a,crmgw_session=b", True),
+    ("=crmgw_session=x", True),  # a nameless cookie is sent as its value alone
+    ("crmgw_session", True),
+    ("crm_session=x; Path=/", False),
+    ("pref=crmgw_session", False),  # a value, not a name, to every reader
+    ("crmgw_sessions=x", False),
+])
+def test_sets_cookie_sees_every_way_a_set_cookie_comes_back_as_the_gateways(line: str, sets: bool) -> None:
+    assert sets_cookie(line, "crmgw_session") is sets
+
+
+def test_own_cookie_is_split_at_semicolons_only_and_refuses_a_hidden_copy() -> None:
+    assert own_cookie(['a="x y"; crmgw_session=one', "crmgw_session=two"], "crmgw_session") == "two"
+    assert own_cookie(["a=1"], "crmgw_session") is None
+    with pytest.raises(UnreadableCookie):
+        own_cookie(["crmgw_session=one; pref=1 crmgw_session=two"], "crmgw_session")

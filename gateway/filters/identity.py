@@ -7,14 +7,12 @@ the gateway (or before it was installed) is useless through it.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
 from dataclasses import replace
 from urllib.parse import parse_qsl, unquote
 
 from aiohttp import web
 
-from gateway.caching import cache_short_keys
+from gateway.cookies import UnreadableCookie, cookie_name_key, crm_cookies
 from gateway.exchange import Exchange
 from gateway.filters.policy import facts_of
 from gateway.forms import UnreadableBody, field_from_body, php_field_name, read_small_body
@@ -25,50 +23,6 @@ from gateway.settings import LoginSettings
 from gateway.state import StateUnavailable
 
 log = get_logger("identity")
-
-
-class UnreadableCookie(ValueError):
-    """A CRM session cookie hidden where the gateway cannot remove it alone: answered 400."""
-
-
-@cache_short_keys(maxsize=1024, longest=128)  # the same few names on every request
-def cookie_name_key(name: str) -> str:
-    """What a lenient back end takes a cookie name for: PHP decodes and mangles it, ASP.NET ignores case."""
-    return php_field_name(unquote(name.strip())).lower()
-
-
-def crm_cookies(lines: Iterable[str], name: str) -> list[tuple[str, str]]:
-    """Every (name as sent, value) in all Cookie lines that some back end reads as the CRM cookie ``name``.
-
-    Names are split as the proxy strips them (``;``, then ``=``), so each one
-    found here can be removed by name. A copy hidden after a comma or a space
-    (``theme=dark, crm_session=X``, ``theme=dark crm_session=X``: two cookies to
-    RFC 2109 parsers, to aiohttp's and to Python's ``SimpleCookie``) cannot be
-    removed alone and raises :class:`UnreadableCookie`.
-    """
-    found: list[tuple[str, str]] = []
-    for line in lines:
-        found += _crm_cookies_in(line, name)
-    return found
-
-
-@cache_short_keys(maxsize=1024, longest=4096)  # a browser sends the same Cookie line request after request
-def _crm_cookies_in(line: str, name: str) -> tuple[tuple[str, str], ...]:
-    """:func:`crm_cookies` of one Cookie line."""
-    wanted = cookie_name_key(name)
-    found = []
-    for part in line.split(";"):
-        sent, _, value = part.partition("=")
-        if cookie_name_key(sent) == wanted and sent.strip():
-            found.append((sent.strip(), value.strip().strip('"')))
-        for hidden in _LENIENT_SEPARATORS.split(part.strip())[1:]:
-            if cookie_name_key(hidden.partition("=")[0]) == wanted:
-                raise UnreadableCookie(f"a {name!r} cookie is hidden after a comma or a space")
-    return tuple(found)
-
-
-# Where lenient cookie parsers also end a cookie, besides ';' (see crm_cookies).
-_LENIENT_SEPARATORS = re.compile(r"[\s,]+")
 
 
 def without_url_sessions(forward: str, query: str, name: str) -> tuple[str, str] | None:
@@ -125,6 +79,8 @@ class IdentityFilter:
         request = ex.request
         try:
             session = await self.store.load(request)
+        except UnreadableCookie as exc:
+            return self._bad(ex, str(exc))
         except StateUnavailable as exc:
             public = ex.path.match.startswith("/_gateway/") or self.policy.decide(facts_of(ex, user=None)).public
             if public and not self.is_login(ex):

@@ -21,8 +21,8 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
+from gateway.cookies import sets_cookie
 from gateway.exchange import Exchange
-from gateway.headers import set_cookie_name
 from gateway.logs import get_logger
 from gateway.policy import Policy
 from gateway.sessions import SessionStore, fingerprint, save_session_later
@@ -149,7 +149,7 @@ class LoginFilter:
         target = same_origin_path(upstream.headers.get("Location"), ex.request.headers.get("Host"))
         # (the gateway's own cookie is the gateway's: a CRM's Set-Cookie for it is not kept)
         own = self.store.settings.cookie_name
-        session["pending"] = {"cookies": [c for c in set_cookies if set_cookie_name(c) != own], "location": target}
+        session["pending"] = {"cookies": [c for c in set_cookies if not sets_cookie(c, own)], "location": target}
         session["csrf"] = os.urandom(16).hex()
         log.info("mfa.challenge", request_id=ex.request_id, user=user, client_ip=str(ex.client_ip))
         return challenge(ex, target)

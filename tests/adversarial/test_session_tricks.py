@@ -202,6 +202,33 @@ async def test_a_crm_cookie_hidden_after_a_comma_or_a_space_is_refused(tmp_path:
         assert await s.crm_requests() == []
 
 
+@pytest.mark.parametrize("line", ["pref=1 {gw}", "pref=1,{gw}", "pref=1\t{gw}"], ids=["space", "comma", "tab"])
+async def test_a_gateway_cookie_hidden_after_a_space_or_a_comma_is_refused(tmp_path: Path, line: str) -> None:
+    """Review 8: `pref=1 crmgw_session=<bob's>` (one cookie to the browser, which a CRM page can set) was
+    read by aiohttp's parser as a second gateway cookie, after jim's own: jim's browser ran as bob."""
+    async with stack(tmp_path) as s:
+        jim = cookies_of(await browser_login(s, "jim"), s)
+        bob = cookies_of(await browser_login(s, "bob"), s)
+        await s.reset_crm()
+        cookie = f"{GATEWAY_COOKIE}={jim[GATEWAY_COOKIE]}; " + line.format(gw=f"{GATEWAY_COOKIE}={bob[GATEWAY_COOKIE]}")
+        for path in ("/dashboard", "/_gateway/whoami"):
+            response = await send_raw(s.port, raw_request("GET", path, [("Cookie", cookie)]))
+            assert status_of(response) == 400, path
+        assert await s.crm_requests() == []
+
+
+async def test_a_gateway_cookie_in_a_second_cookie_line_is_read(tmp_path: Path) -> None:
+    """Only the first Cookie line was read for the gateway's cookie (all of them for the CRM's): a user
+    whose browser split the line was anonymous, and their bound CRM cookie stripped."""
+    async with stack(tmp_path) as s:
+        jim = cookies_of(await browser_login(s, "jim"), s)
+        lines = [("Cookie", "theme=dark"), ("Cookie", f"{GATEWAY_COOKIE}={jim[GATEWAY_COOKIE]}"),
+                 ("Cookie", f"{CRM_COOKIE}={jim[CRM_COOKIE]}")]
+        response = await send_raw(s.port, raw_request("GET", "/_gateway/whoami", lines))
+        assert status_of(response) == 200
+        assert json.loads(response.split(b"\r\n\r\n", 1)[1])["user"] == "jim"
+
+
 @pytest.mark.parametrize("target", [
     "/billing;crm_session={t}", "/billing;v=2;CRM_SESSION={t}/q3", "/billing?crm_session={t}",
     "/billing?page=2&crm%5Fsession={t}&sort=date", "/billing;crm.session={t}",

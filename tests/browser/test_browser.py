@@ -19,6 +19,9 @@ import pyotp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from tests.adversarial.scripted_crm import rig
+from tests.adversarial.test_crm_answers import jar
+from tests.adversarial.test_crm_answers import login as crm_login
 from tests.e2e.harness import stack
 from tests.e2e.test_identity import JIM_SECRET, policy_with, with_2fa
 
@@ -112,3 +115,37 @@ async def test_a_blocked_employee_sees_the_deny_page_with_their_ip_and_the_logge
         denied = [e for e in s.logs.events("access.denied") if e["request_id"] == request_id]
         assert len(denied) == 1
         assert denied[0]["client_ip"] == OUTSIDE_IP and denied[0]["peer_ip"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("shape", [
+    "pref=1 crmgw_session={bob}; Path=/",  # a value the CRM reflects, with a space in it
+    "=crmgw_session={bob}; Path=/",  # a nameless cookie: the browser sends its value alone
+    "pref=1 crmgw_session=junk; Path=/",  # ... or just log jim out of the gateway
+    "crmgw_session={bob}; Path=/page",  # named as the gateway's, for a narrower path
+])
+async def test_a_crm_page_cannot_plant_another_users_gateway_session_in_a_browser(
+    tmp_path: Path, browser: Browser, shape: str
+) -> None:
+    """Review 8: a CRM Set-Cookie named `pref` whose value holds `crmgw_session=<bob's>` was stored by
+    Chromium and sent back as `pref=1 crmgw_session=...`, which aiohttp's cookie parser (splitting at
+    spaces too) read as the gateway's session: jim's browser became bob's."""
+    async with rig(tmp_path) as r:
+        bob = r.client()
+        assert (await crm_login(bob, r, "bob")).status == 302
+        bobs = jar(bob, r)["crmgw_session"]
+        context = await browser.new_context(base_url=r.url(""))
+        page = await context.new_page()
+        response = await context.request.post("/login", form={"username": "jim", "password": "demo"},
+                                              max_redirects=0)
+        assert response.status == 302
+        whoami = "fetch('/_gateway/whoami').then(r => r.json()).then(j => j.user)"
+        await page.goto("/page")
+        assert await page.evaluate(whoami) == "jim"
+        r.script.page_headers = [("Set-Cookie", shape.format(bob=bobs))]
+        await page.goto("/page")
+        r.script.page_headers = []
+        assert r.logs.events("upstream.own_cookie_dropped")
+        assert await page.evaluate(whoami) == "jim"
+        await page.goto("/page")
+        assert await page.content() and "page for jim" in await page.content()
+        await context.close()
