@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from urllib.parse import unquote
 
 from gateway.caching import cache_short_keys
@@ -89,3 +90,87 @@ def sets_cookie(set_cookie: str, name: str) -> bool:
     wanted = cookie_name_key(name)
     return any(cookie_name_key(piece.partition("=")[0]) == wanted
                for piece in _LENIENT_SEPARATORS.split(first) if piece)
+
+
+def set_cookie(set_cookie_headers: Iterable[str], name: str) -> str | None:
+    """The value of cookie ``name`` a browser keeps after these Set-Cookie lines (None: none).
+
+    To a browser each (Path, Domain) is a cookie of its own, and a later line replaces an
+    earlier one of the same scope; a line with an empty value, a ``Max-Age`` of zero or less
+    or an ``Expires`` date past (RFC 6265 §5.2, read as browsers read it) deletes it. A CRM
+    that clears its cookie on a failed login (PHP's ``setcookie(name, "")``) opens no session;
+    one that clears an old copy of another scope next to the new one does. Of the copies
+    left, the one set last is returned (the one bound to the gateway session).
+    """
+    kept: dict[tuple[str, str], str | None] = {}
+    for header in set_cookie_headers:
+        first, *attributes = header.split(";")
+        key, _, value = first.partition("=")
+        if key.strip() != name:
+            continue
+        scope = _scope(attributes)
+        value = value.strip().strip('"')
+        kept.pop(scope, None)  # the latest last
+        kept[scope] = value if value and not _deletes(attributes) else None
+    live = [value for value in kept.values() if value]
+    return live[-1] if live else None
+
+
+def _attributes(attributes: list[str]) -> dict[str, str]:
+    """A Set-Cookie's attributes by lower-case name, the last of each counting (RFC 6265 §5.3)."""
+    named = {}
+    for attribute in attributes:
+        key, _, value = attribute.partition("=")
+        named[key.strip().lower()] = value.strip()
+    return named
+
+
+def _scope(attributes: list[str]) -> tuple[str, str]:
+    named = _attributes(attributes)
+    return named.get("path", ""), named.get("domain", "").lower().lstrip(".")
+
+
+def _deletes(attributes: list[str]) -> bool:
+    """Whether a Set-Cookie's attributes expire it at once (Max-Age wins over Expires)."""
+    named = _attributes(attributes)
+    if re.fullmatch(r"-?[0-9]+", named.get("max-age", "")):
+        return int(named["max-age"]) <= 0
+    expires = cookie_date(named["expires"]) if "expires" in named else None
+    return expires is not None and expires <= datetime.now(UTC)
+
+
+_DATE_DELIMITERS = re.compile(r"[\x09\x20-\x2f\x3b-\x40\x5b-\x60\x7b-\x7e]+")
+_TIME = re.compile(r"([0-9]{1,2}):([0-9]{1,2}):([0-9]{1,2})(?:[^0-9].*)?", re.DOTALL)
+_DAY = re.compile(r"([0-9]{1,2})(?:[^0-9].*)?", re.DOTALL)
+_YEAR = re.compile(r"([0-9]{2,4})(?:[^0-9].*)?", re.DOTALL)
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+
+
+def cookie_date(text: str) -> datetime | None:
+    """An ``Expires`` value as browsers read it (RFC 6265 §5.1.1), None where they ignore it.
+
+    Not an HTTP-date parser: `Thu, 01 Jan 1970 00:00:00.000 GMT` and `1970 Jan 01 00:00:00`
+    are dates, and a two-digit year below 70 is in the 2000s (`31-Dec-69` is 2069).
+    """
+    time: tuple[int, int, int] | None = None
+    day = month = year = None
+    for token in _DATE_DELIMITERS.split(text):
+        if not token:
+            continue
+        if time is None and (found := _TIME.fullmatch(token)):
+            time = (int(found.group(1)), int(found.group(2)), int(found.group(3)))
+        elif day is None and (found := _DAY.fullmatch(token)):
+            day = int(found.group(1))
+        elif month is None and token[:3].lower() in _MONTHS:
+            month = _MONTHS.index(token[:3].lower()) + 1
+        elif year is None and (found := _YEAR.fullmatch(token)):
+            year = int(found.group(1))
+    if time is None or day is None or month is None or year is None:
+        return None
+    year += 1900 if 70 <= year <= 99 else 2000 if year <= 69 else 0
+    if year < 1601 or time[0] > 23 or time[1] > 59 or time[2] > 59:
+        return None
+    try:
+        return datetime(year, month, day, time[0], time[1], time[2], tzinfo=UTC)
+    except ValueError:  # no such day
+        return None

@@ -10,18 +10,14 @@ instead of sending it; on failure, ban whoever it brought to the limit.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
-from collections.abc import Iterable
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
-from gateway.cookies import sets_cookie
+from gateway.cookies import set_cookie, sets_cookie
 from gateway.exchange import Exchange
 from gateway.logs import get_logger
 from gateway.policy import Policy
@@ -181,39 +177,3 @@ def challenge(ex: Exchange, target: str) -> web.Response:
                             text=json.dumps({"mfa_required": True, "mfa_url": TWO_FACTOR_PATH}),
                             headers={"Cache-Control": "no-store"})
     return web.Response(status=303, headers={"Location": url, "Cache-Control": "no-store"})
-
-
-def set_cookie(set_cookie_headers: Iterable[str], name: str) -> str | None:
-    """The value the browser keeps of cookie ``name`` after these Set-Cookie lines: the last one's.
-
-    None when none sets it, or when the last one deletes it (an empty value, ``Max-Age``
-    of zero or less, or an ``Expires`` date past, RFC 6265 §5.2): a CRM that clears its
-    cookie on a failed login, as PHP's ``setcookie(name, "")`` does, opens no session,
-    and one that clears the old cookie before it sets the new one has the new one bound.
-    """
-    kept = None
-    for header in set_cookie_headers:
-        first, *attributes = header.split(";")
-        key, _, value = first.partition("=")
-        if key.strip() == name:
-            value = value.strip().strip('"')
-            kept = value if value and not _deletes(attributes) else None
-    return kept
-
-
-def _deletes(attributes: list[str]) -> bool:
-    """Whether a Set-Cookie's attributes expire it at once (Max-Age wins over Expires, RFC 6265 §5.3)."""
-    max_age, expires = None, None
-    for attribute in attributes:  # the last of each counts
-        key, _, value = attribute.partition("=")
-        key, value = key.strip().lower(), value.strip()
-        if key == "max-age" and re.fullmatch(r"-?[0-9]+", value):
-            max_age = int(value)
-        elif key == "expires":
-            with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
-                expires = parsedate_to_datetime(value)
-    if max_age is not None:
-        return max_age <= 0
-    if expires is None:
-        return False
-    return (expires if expires.tzinfo else expires.replace(tzinfo=UTC)) <= datetime.now(UTC)

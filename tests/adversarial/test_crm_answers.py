@@ -10,7 +10,7 @@ import pyotp
 import pytest
 from yarl import URL
 
-from gateway.filters.login import set_cookie
+from gateway.cookies import cookie_date, set_cookie
 from tests.adversarial.scripted_crm import Rig, Script, rig
 from tests.e2e.harness import HOME, OFFICE
 from tests.e2e.test_identity import JIM_SECRET, policy_with, with_2fa
@@ -91,6 +91,16 @@ async def test_the_bound_crm_session_is_the_one_the_browser_keeps(tmp_path: Path
     (["crm_session=abc; Expires=not a date"], "abc"),
     (["crm_session=old", "crm_session=; Max-Age=0"], None),
     (["crm_session=; Max-Age=0", "crm_session=new"], "new"),
+    # Review 8: each Path and Domain is a cookie of its own to a browser.
+    (["crm_session=new; Path=/", "crm_session=; Path=/legacy; Max-Age=0"], "new"),
+    (["crm_session=new; Path=/", "crm_session=deleted; Domain=crm.example.com; Path=/; "
+      "expires=Thu, 01-Jan-1970 00:00:01 GMT"], "new"),
+    (["crm_session=a; Path=/x", "crm_session=b; Path=/"], "b"),
+    (["crm_session=a; Path=/x", "crm_session=b; Path=/", "crm_session=; Path=/; Max-Age=0"], "a"),
+    # ... and Expires is read as browsers read it (RFC 6265 §5.1.1), not as an HTTP-date.
+    (["crm_session=abc; Expires=Thu, 01 Jan 1970 00:00:00.000 GMT"], None),
+    (["crm_session=abc; Expires=1970 Jan 01 00:00:00 GMT"], None),
+    (["crm_session=abc; Expires=Wed, 31-Dec-69 23:59:59 GMT"], "abc"),  # 2069
     (["other=1", "crm_sessionx=2"], None),
 ])
 def test_set_cookie_is_what_the_browser_keeps(lines: list[str], kept: str | None) -> None:
@@ -148,3 +158,29 @@ async def test_a_held_login_answer_keeps_no_set_cookie_for_the_gateway_session(t
         assert any(line.startswith("crm_session=tok") for line in released)
         assert not [line for line in released if line.startswith("crmgw_session=planted")]
         assert await whoami(jim, r) == "jim"
+
+
+@pytest.mark.parametrize(("text", "year"), [
+    ("Thu, 01 Jan 1970 00:00:00 GMT", 1970), ("Sunday, 06-Nov-94 08:49:37 GMT", 1994),
+    ("Sun Nov  6 08:49:37 1994", 1994), ("Wed, 31-Dec-69 23:59:59 GMT", 2069), ("01 Jan 2100 00:00:00", 2100),
+    ("Sun, 30 Feb 2020 00:00:00 GMT", None), ("Thu, 01 Jan 1970 24:00:00 GMT", None), ("tomorrow", None),
+    ("Thu, 01 Jan 1600 00:00:00 GMT", None),
+])
+def test_cookie_dates_are_read_as_browsers_read_them(text: str, year: int | None) -> None:
+    date = cookie_date(text)
+    assert (date.year if date else None) == year
+
+
+async def test_a_real_login_that_also_clears_an_old_scoped_copy_is_a_success(tmp_path: Path) -> None:
+    """Review 8: the last Set-Cookie line cleared a copy of another Path: the login was counted as a failure
+    (five of them banned a user with the right password) and the real CRM session stripped."""
+    script = Script(login_ok_cookies=["crm_session={token}; Path=/", "crm_session=; Path=/legacy; Max-Age=0"])
+    async with rig(tmp_path, script=script) as r:
+        for _ in range(6):
+            jim = r.client(OFFICE)
+            assert (await login(jim, r)).status == 302
+            assert await whoami(jim, r) == "jim"
+            async with jim.get(r.url("/page")) as resp:
+                assert await resp.text() == "page for jim"
+            await jim.close()
+        assert not r.logs.events("login.failed")
