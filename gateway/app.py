@@ -155,16 +155,16 @@ class Gateway:
         factor given where it is now required.
         """
         assert self.sessions is not None
-        user, session = None, None
+        session = None
         if ex.user is not None:
             try:
                 session = await self.sessions.load(ex.request, idle=False)
             except StateUnavailable:
-                return None  # judged again at the next message or check
-            if session.get("user") != ex.user:
-                return "session_ended"
-            user = ex.user
-        decision = self.config.policy.decide(facts_of(ex, user=user))
+                pass  # the session is judged again at the next check; the policy needs no store
+            else:
+                if session.get("user") != ex.user:
+                    return "session_ended"
+        decision = self.config.policy.decide(facts_of(ex, user=ex.user))
         if decision.action == "deny" and decision.enforced:
             return decision.reason or "ip_not_allowed"
         if session is not None and decision.settings.require_2fa and not decision.public and not session.get("mfa"):

@@ -68,10 +68,12 @@ class NormalisedPath:
 # What a refused target's echo hides: a query or fragment, and a ;parameter's value (secrets ride
 # there: a password in a login's query, a CRM session id as ;crm_session= or ;jsessionid=).
 _HIDDEN = re.compile(r"(;[^;/=?#]*=)[^;/?#]*|[?#].*", re.DOTALL)
+_USERINFO = re.compile(r"\A([A-Za-z][A-Za-z0-9+.-]*:/*)[^/?#]*@")  # ... and user:password@ in an absolute URL
 
 
 def _echo(text: str) -> str:
     """The client's text for a log: no more than _MAX_ECHO characters, without what may be secret."""
+    text = _USERINFO.sub(r"\1...@", text)
     shown = repr(_HIDDEN.sub(lambda m: f"{m[1]}..." if m[1] else f"{m[0][0]}...", text))
     if len(shown) > _MAX_ECHO:
         shown = shown[: _MAX_ECHO - 3] + "..."

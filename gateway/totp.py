@@ -86,8 +86,11 @@ def _parse(text: str, path: Path) -> tuple[dict[str, str], dict[str, str]]:
         # Where and what only: PyYAML's own text quotes the line, which holds a secret.
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        # ... and a problem may name a token (an alias or tag made of a secret): quoted parts hidden.
+        problem = re.sub(r"'[^']*'", "'...'", getattr(exc, "problem", None) or "cannot be parsed")
         raise SecretsFileError(f"{path}{where}: not valid YAML: {problem}") from None
+    except ValueError:  # a timestamp that is no date (enrolled: 2026-02-30), raised by PyYAML's constructor
+        raise SecretsFileError(f"{path}: not valid YAML: a value cannot be read (a date that is no date?)") from None
     if data is None:
         return {}, {}
     if not isinstance(data, dict):

@@ -395,6 +395,9 @@ BAD_FILES = [
     ("an entry without a secret", "jim: {enrolled: '2026-01-01'}\n", "entry 'jim'"),
     ("a secret that is not base32", "jim: {secret: 'NOT-BASE32-1890!!'}\n", "not base32"),
     ("a secret that is too short", "jim: {secret: 'JBSWY3DP'}\n", "at least 80 bits"),
+    # Review 8: PyYAML's problem text names an alias or a tag, here made of the secret.
+    ("a secret written as an alias", "jim: {secret: *NOT-BASE32-ALIAS}\n", "not valid YAML"),
+    ("a secret written as a tag", "jim: {secret: !NOT-BASE32-TAG x}\n", "not valid YAML"),
 ]
 
 
@@ -405,6 +408,19 @@ def test_malformed_file_is_an_error_on_first_load(tmp_path: Path, text: str, mes
     with pytest.raises(SecretsFileError, match=message) as info:
         SecretStore(path).get("jim")
     assert "NOT-BASE32" not in str(info.value), "a secret is never repeated in an error"
+
+
+def test_a_date_that_is_no_date_keeps_the_last_good_secrets(tmp_path: Path) -> None:
+    """Review 8: `enrolled: 2026-02-30` made PyYAML raise a plain ValueError: 2FA failed instead."""
+    path = tmp_path / "secrets.yaml"
+    write_secrets(path, {"jim": SECRET})
+    store = SecretStore(path)
+    assert store.get("jim") == SECRET
+    path.write_text(f"jim: {{secret: {SECRET}, enrolled: 2026-02-30}}\n")
+    with capture_logs() as events:
+        assert store.get("jim") == SECRET
+    assert [e["event"] for e in events] == ["totp.secrets_reload_failed"]
+    assert SECRET not in str(events)
 
 
 def test_malformed_file_after_a_good_load_keeps_the_last_good_secrets(tmp_path: Path) -> None:

@@ -72,3 +72,13 @@ async def test_a_crm_session_in_the_path_of_a_refused_target_is_not_logged(tmp_p
         assert status_of(response) == 400
         assert "crm_session=..." in s.logs.events("request.bad_path")[-1]["error"]
         assert_absent(s.logs.getvalue(), crm)
+
+
+async def test_a_password_in_an_absolute_targets_userinfo_is_not_logged(tmp_path: Path) -> None:
+    """Review 8: `GET http://jim:<password>@crm.example/a#x` is refused, and its echo kept the userinfo."""
+    async with stack(tmp_path) as s:
+        for target in (f"http://jim:{PASSWORD}@crm.example/a#x", f"ftp://jim:{PASSWORD}@crm.example/a"):
+            response = await send_raw(s.port, raw_request("GET", target))
+            assert status_of(response) == 400
+        assert_absent(s.logs.getvalue(), PASSWORD)
+        assert "'http://...@crm.example/a#...'" in s.logs.events("request.bad_path")[0]["error"]

@@ -17,6 +17,7 @@ import pytest
 from gateway import proxy
 from tests.e2e.harness import OFFICE, POLICY, Stack, stack
 from tests.e2e.test_identity import login, policy_with, with_2fa
+from tests.support.redis_server import RedisServer
 
 
 async def open_socket(s: Stack, client: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
@@ -104,3 +105,25 @@ async def test_a_reload_that_requires_a_second_factor_closes_a_socket_opened_wit
         await ws.send_str("after")
         await assert_closed_by_policy(ws)
         assert s.logs.events("websocket.closed")[-1]["reason"] == "mfa_required"
+
+
+async def test_a_reload_that_blocks_the_user_closes_the_socket_while_redis_is_down(tmp_path: Path) -> None:
+    """Review 8: with the session store down the check passed the socket before asking the policy,
+    which needs no store: a suspended user's socket relayed while his HTTP requests got 503."""
+    server = RedisServer()
+    server.start()
+    try:
+        session = {"store": "redis", "redis_url": server.url, "cookie_secure": False}
+        async with stack(tmp_path, session=session) as s:
+            jim = s.client(OFFICE)
+            await login(jim, s)
+            ws = await open_socket(s, jim)
+            server.stop()
+            policy = copy.deepcopy(POLICY)
+            policy["rules"].append({"id": "jim-out", "title": "jim is suspended", "action": "block", "users": ["jim"]})
+            s.rewrite_policy(policy)
+            assert await s.server.reload("test")
+            await ws.send_str("after the suspension")
+            await assert_closed_by_policy(ws)
+    finally:
+        server.stop()
