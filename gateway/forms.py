@@ -18,7 +18,7 @@ import itertools
 import json
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from email.parser import BytesParser
 from email.policy import HTTP
 from urllib.parse import parse_qsl, unquote
@@ -248,14 +248,15 @@ _ANY_BOUNDARY = re.compile(r"boundary\s*+((?:\*\d*+)?+\*?+)\s*+=\s*+(\"[^\"]*+\"
 _PART_NAME = re.compile(r"\bname\s*+(\*?+)\s*+=\s*+(\"[^\"]*+\"|'[^']*+'|[^;\s]*+)", re.IGNORECASE)
 _HEAD_END = re.compile(r"\r?\n\r?\n")
 MAX_PART_HEAD = 8 * 1024  # a part's head, where its name is: longer ones are refused
+MAX_PARTS = 4096  # parts at one boundary (Rack 3's multipart_total_part_limit): more are refused
 MAX_RAW_MENTIONS = 10_000  # the field's letters anywhere in a body, named or not: more is refused
-# A multipart boundary as browsers and HTTP libraries write them. RFC 2046 allows more, where
-# back ends part ways: Rack stops at ',', PHP keeps spaces, Laravel reads a type holding '/json' as JSON.
-_PLAIN_BOUNDARY = re.compile(r"[0-9A-Za-z_\-.']{1,70}")
+MAX_NAME_PREFIX = 4096  # spaces and brackets before a form field's name: more are refused
+# RFC 2046 boundary characters but the space (PHP keeps one after '=') and ',' (Rack stops there).
+_PLAIN_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_\-./:=?]{1,70}")
+_BOUNDARY_PARAMETER = re.compile(r";[ \t]*+boundary=", re.IGNORECASE)
 # What may come before a form field's name where some back end still reads the name alone:
-# spaces (PHP drops them) and brackets (Rack 2 drops leading '[' and ']'), raw or encoded.
-_FORM_PREFIX_CHARS = frozenset(" +[]")
-_FORM_PREFIX_CODES = frozenset({"%20", "%5B", "%5b", "%5D", "%5d"})
+# spaces (PHP drops them) and brackets (Rack 2 and qs drop leading '[' and ']'), raw or encoded.
+_FORM_PREFIX_REVERSED = re.compile(r"(?:[ +\[\]]|02%|[bBdD]5%)*+")  # matched on the text before it, reversed
 # ... and what may end it: '=', '[' (an array), ']' (Rack 2), the field's end or a NUL (PHP
 # stops there). A JSON key ends at its quote and a colon.
 _AFTER_FORM_NAME = re.compile(r"(?:[=\[\]&;\x00]|%(?:3[dD]|5[bBdD]|00|26|3[bB])|$)")
@@ -265,105 +266,93 @@ _FIELD_END = re.compile(r"[&;]")
 # quoted value without ';', the last `name` given, a Content-ID without a name; PHP ends a name
 # at NUL): a head whose names this module does not read as the field, where it names it, is refused.
 _NAME_CHAR = re.compile(r"[0-9A-Za-z_.]")
-# RFC 2047 encoded words, which commons-fileupload decodes in part names: not read here, so refused;
-# and RFC 2231 names in a charset that is not ASCII's (Tomcat decodes name*=UTF-16LE''%5F%00...).
-_ENCODED_WORD_NAME = re.compile(r"\bname\s*+\*?+\s*+=\s*+[\"']?+=\?", re.IGNORECASE)
+# RFC 2047 encoded words, which commons-fileupload decodes anywhere in a part's name (after
+# whitespace too): not read here, so refused; and RFC 2231 names in a charset that is not
+# ASCII's (Tomcat decodes name*=UTF-16LE''%5F%00...).
+_ENCODED_WORD_NAME = re.compile(r"\bname\s*+\*?+\s*+=\s*+(?:\"[^\"\r\n]*?|'[^'\r\n]*?)?=\?", re.IGNORECASE)
 _RFC2231_NAME = re.compile(r"\bname\s*+\*\s*+=\s*+[\"']?+([^\"';\s]*+)'", re.IGNORECASE)
 _RFC2231_ASCII = frozenset({"", "utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin1"})
 _CHARSET = re.compile(r"charset\s*+=\s*+[\"']?+([^\"';,\s]*+)", re.IGNORECASE)
 _ASCII = "".join(map(chr, range(128)))
-
-
-def _readable_charset(name: str) -> bool:
-    """Whether a body in this charset spells ASCII names in ASCII bytes (as read here); UTF-16 is decoded."""
-    try:
-        codec = codecs.lookup(name).name
-    except LookupError:
-        return False
-    return codec.startswith("utf-16") or _ascii_compatible(codec)
-
-
-def _ascii_compatible(codec: str) -> bool:
-    """Whether ``codec`` writes ASCII as ASCII bytes: refuses EBCDIC, UTF-7, UTF-16, UTF-32."""
-    try:
-        return _ASCII.encode(codec) == _ASCII.encode("ascii")
-    except (UnicodeError, LookupError):
-        return False
-
-
-@functools.lru_cache(maxsize=64)
-def _mentions(field: str, ignore_case: bool) -> re.Pattern[str]:
-    """``field`` written any way a reader may decode it: each character raw, %XX or \\u00XX (letters in
-    their case: back ends read names so, unless ``ignore_case``), after an optional backslash (Rack 3
-    unescapes quoted names); an ``_`` also as ``.`` or ``[`` (PHP renames them so)."""
-    def spellings(c: str) -> str:
-        alternatives = [re.escape(c), f"%(?i:{ord(c):02x})"]
-        if c == "_":
-            alternatives += [r"\.", "%2[eE]", r"\[", "%5[bB]"]
-        return f"(?:\\\\u(?i:{ord(c):04x})|\\\\?+(?:" + "|".join(alternatives) + "))"
-    return re.compile("".join(spellings(c) for c in field), re.IGNORECASE if ignore_case else 0)
-
-
 # Escape sequences of stateful encodings (ISO-2022, HZ, UTF-7), then every byte.
 _CODEC_PROBE = b"\x1b(B\x1b$B\x1b(J\x0e\x0f~{~}+-" + bytes(range(256))
 
 
 @functools.lru_cache(maxsize=64)
-def _single_byte(codec: str) -> bool:
-    """Whether ``codec`` decodes each byte alone into one character, with no state between them (an
-    ASCII-compatible one then reads names where Latin-1 does; ISO-2022-JP does not: escapes vanish)."""
+def _names_read_as_bytes(charset: str) -> bool:
+    """Whether a body or part declared in ``charset`` spells names as their bytes read as Latin-1 do.
+
+    UTF-8 and stateless single-byte charsets that keep ASCII do (Latin-9, windows-125x, KOI8-R).
+    Others do not, and back ends part ways on them: PHP and Rack ignore a charset, Tomcat decodes
+    names in it field by field after percent-decoding, Rack 3.1 decodes a part's name in the
+    part's own; UTF-16, ISO-2022-JP (escapes vanish inside a name), Shift_JIS, EBCDIC, UTF-7.
+    """
+    try:
+        codec = codecs.lookup(charset).name
+    except LookupError:
+        return False
+    if codec == "utf-8":
+        return True
+    try:
+        if _ASCII.encode(codec) != _ASCII.encode("ascii"):
+            return False
+    except UnicodeError:
+        return False
     whole = _CODEC_PROBE.decode(codec, "replace")
     return whole == "".join(bytes([byte]).decode(codec, "replace") for byte in _CODEC_PROBE)
 
 
-def _texts(body: bytes, charsets: set[str]) -> list[str]:
-    """The body as text every way a back end may decode it: its bytes (PHP, Rack: the charset ignored),
-    and each charset declared where that reads names differently (UTF-16 both ways without a BOM:
-    Java takes big-endian, Python little; ISO-2022-JP drops escapes inside a name; Shift_JIS reads
-    ASCII bytes as parts of other characters)."""
-    texts = [body.decode("latin-1")]
-    for codec in sorted({codecs.lookup(c).name for c in charsets}):
-        if codec == "utf-16":
-            texts += [body.decode("utf-16-le", "replace"), body.decode("utf-16-be", "replace")]
-        elif codec != "utf-8" and not _single_byte(codec):
-            texts.append(body.decode(codec, "replace"))
-    return texts
+@functools.lru_cache(maxsize=64)
+def _mentions(fields: tuple[str, ...]) -> re.Pattern[str]:
+    """``field`` written any way a reader may decode it, letters in any case (ASP.NET reads form
+    names so): each character raw, %XX, %uXXXX (IIS) or \\u00XX, after an optional backslash (Rack 3
+    unescapes quoted names); an ``_`` also as ``.`` or ``[`` (PHP renames them so)."""
+    def spellings(c: str) -> str:
+        codes = sorted({f"{ord(c.lower()):02x}", f"{ord(c.upper()):02x}"})
+        alternatives = [re.escape(c), *(f"%{code}" for code in codes), *(f"%u00{code}" for code in codes)]
+        if c == "_":
+            alternatives += [r"\.", "%2e", r"\[", "%5b"]
+        escapes = "|".join(f"\\\\u00{code}" for code in codes)
+        return f"(?:{escapes}|\\\\?+(?:" + "|".join(alternatives) + "))"
+    return re.compile("|".join("".join(spellings(c) for c in field) for field in fields), re.IGNORECASE)
 
 
 def _one_boundary(content_type: str) -> str:
     """A multipart body's boundary, where every back end reads the same one; else :class:`UnreadableBody`.
 
     Without one Rack reads the body as a form; PHP finds a boundary by a substring search
-    (``boundaryx=``, ``boundary; b=``, ``boundary= X``); Laravel reads any type with ``/json``
-    in it as JSON.
+    (``boundaryx=``, ``boundary; b=``, ``boundary= X``: the first "boundary" must be the
+    parameter's name); Laravel reads any type with ``/json`` or ``+json`` in it as JSON.
     """
     _, parameters = media_type(content_type)
     boundary = parameters.get("boundary", "")
-    if (not _PLAIN_BOUNDARY.fullmatch(boundary) or content_type.lower().count("boundary") != 1
-            or "json" in content_type.lower()):
+    parameter = _BOUNDARY_PARAMETER.search(content_type)
+    lowered = content_type.lower()
+    if (not _PLAIN_BOUNDARY.fullmatch(boundary) or parameter is None
+            or lowered.find("boundary") != parameter.end() - len("boundary=")
+            or "/json" in lowered or "+json" in lowered):
         raise UnreadableBody(f"a multipart Content-Type back ends may read apart: {_echo(content_type)}")
     return boundary
 
 
-def field_values(body: bytes, content_type: str, field: str, *, ignore_case: bool = False) -> set[str]:
-    """Every value of ``field`` that some back end may read in ``body``, whatever the Content-Type says.
+def field_values(body: bytes, content_type: str, *fields: str) -> set[str]:
+    """Every value of the ``fields`` that some back end may read in ``body``, whatever the Content-Type says.
 
     Back ends disagree on what a body is (Rack reads a POST without a Content-Type as a form,
     PHP cuts the type at a comma or a space, Laravel takes any ``/json`` type for JSON), on
     how to decode it (PHP ignores the charset, Tomcat decodes names in it) and on how to
     spell a field (PHP truncates a name at NUL, drops leading spaces and reads ``.`` as
-    ``_``, Rack 2 drops leading brackets). So the work starts from every place the body names
-    the field where some back end reads a name (:func:`_mentions`, :class:`_Places`), in each
-    text the body may be (:func:`_texts`), and reads each as a form field, a JSON key and a
-    multipart part; the strictest of what is found is judged. A name no reading accounts for
+    ``_``, Rack 2 drops leading brackets, ASP.NET ignores case). So the work starts from
+    every place the body names the field where some back end reads a name
+    (:func:`_mentions`, :class:`_Places`), and reads each as a form field, a JSON key and a
+    multipart part; the strictest of what is found is judged. A place no reading accounts for
     is a spelling some back end may read and the gateway cannot: :class:`UnreadableBody`
-    (400), as for a multipart type without one plain boundary, or more than
-    :data:`MAX_MENTIONS` named places (the work is bounded by the mentions and the body's
-    size, never their product).
+    (400), as for a charset whose names are not their bytes, a multipart type without one
+    plain boundary, or more than :data:`MAX_MENTIONS` named places (the work is bounded by
+    the body's size and the caps, never by their product).
     """
-    # Tomcat decodes names in the charset given (IBM037: EBCDIC); commons-fileupload decodes =?...?= names.
     charsets = {c.lower() for c in _CHARSET.findall(content_type)}
-    if unreadable := {c for c in charsets if not _readable_charset(c)}:
+    if unreadable := {c for c in charsets if not _names_read_as_bytes(c)}:
         raise UnreadableBody(f"body in charset {_echo(', '.join(sorted(unreadable)))}")
     multipart = content_type.strip().lower().startswith("multipart/")
     if multipart:
@@ -374,61 +363,71 @@ def field_values(body: bytes, content_type: str, field: str, *, ignore_case: boo
         if len(boundaries) > MAX_BOUNDARIES:
             raise UnreadableBody(f"Content-Type naming {len(boundaries)} boundaries")
         delimiters = ["--" + boundary for boundary in sorted(boundaries)]
-    values: set[str] = set()
-    for text in _texts(body, charsets):
-        values |= _Places(text, delimiters, multipart).values(body, field, ignore_case)
-    return values
+    return _Places(body.decode("latin-1"), delimiters, multipart).values(body, fields)
 
 
 class _Places:
-    """One text of a body, and where its form fields and multipart part heads are."""
+    """A body's text, and where its form fields and multipart part heads are."""
 
     def __init__(self, text: str, delimiters: list[str], multipart: bool) -> None:
         self.text = text
         self.multipart = multipart
         self.delimiters = delimiters
-        self._parts_of: dict[str, list[tuple[int, int, int]]] = {}
+        self._parts_of: dict[str, list[tuple[int, int, int, int]]] = {}
 
-    def parts(self, delimiter: str) -> list[tuple[int, int, int]]:
-        """The parts at ``delimiter`` as (head start, head end, part end), in order: found once, when
-        first asked for, each head's end looked for no further than MAX_PART_HEAD past its start (a
-        head without an end there runs to its part's end, and is refused if it names the field)."""
+    def parts(self, delimiter: str) -> list[tuple[int, int, int, int]]:
+        """The parts at ``delimiter`` as (head start, head end, content start, part end), found once when
+        first asked for. A head ends at the first CRLF CRLF within MAX_PART_HEAD of its start (Rack and
+        commons-fileupload read it so), else at a blank line of bare LFs (PHP); a head with no end
+        there runs to its part's end, and is refused if it names the field."""
         if delimiter not in self._parts_of:
             self._parts_of[delimiter] = self._find_parts(delimiter)
         return self._parts_of[delimiter]
 
-    def _find_parts(self, delimiter: str) -> list[tuple[int, int, int]]:
-        text, starts = self.text, []
+    def _find_parts(self, delimiter: str) -> list[tuple[int, int, int, int]]:
+        text, starts = self.text, list[int]()
         at = text.find(delimiter)
         while at >= 0:
+            if len(starts) >= MAX_PARTS:
+                raise UnreadableBody(f"more than {MAX_PARTS} multipart parts")
             starts.append(at + len(delimiter))
             at = text.find(delimiter, at + len(delimiter))
         parts = []
         for index, start in enumerate(starts):
             end = starts[index + 1] - len(delimiter) if index + 1 < len(starts) else len(text)
-            head_end = _HEAD_END.search(text, start, min(end, start + MAX_PART_HEAD + 4))
-            parts.append((start, head_end.start() if head_end else end, end))
+            bound = min(end, start + MAX_PART_HEAD + 4)
+            crlf = text.find("\r\n\r\n", start, bound)
+            if crlf >= 0:
+                parts.append((start, crlf, crlf + 4, end))
+            elif found := _HEAD_END.search(text, start, bound):
+                parts.append((start, found.start(), found.end(), end))
+            else:
+                parts.append((start, end, end, end))
         return parts
 
     def _part_at(self, at: int, delimiter: str) -> int | None:
         """The index of the part whose head holds ``at``, if any."""
         parts = self.parts(delimiter)
-        index = bisect.bisect_right(parts, (at, len(self.text) + 1, 0)) - 1
+        index = bisect.bisect_right(parts, (at, len(self.text) + 1)) - 1
         if index >= 0 and parts[index][0] <= at < parts[index][1]:
             return index
         return None
 
     def _field_start(self, at: int) -> int | None:
         """Where the form field whose name may begin at ``at`` starts (only spaces and brackets between), if it does."""
-        text, i = self.text, at
-        while i > 0:
-            if text[i - 1] in _FORM_PREFIX_CHARS:
-                i -= 1
-            elif i >= 3 and text[i - 3:i] in _FORM_PREFIX_CODES:
-                i -= 3
-            else:
-                break
-        return i if i == 0 or text[i - 1] in "&;" else None
+        text = self.text
+        for size in (64, MAX_NAME_PREFIX):
+            low = max(0, at - size)
+            before = text[low:at][::-1]  # short: a regex cannot run backwards
+            found = _FORM_PREFIX_REVERSED.match(before)
+            run = found.end() if found else 0
+            if low == 0 or run < len(before) - 2:
+                start = at - run
+                return start if start == 0 or text[start - 1] in "&;" else None
+        raise UnreadableBody(f"over {MAX_NAME_PREFIX} spaces or brackets before a field's name")
+
+    def _json_key(self, at: int, end: int) -> bool:
+        return self.text[at - 1:at] == '"' and _JSON_KEY.match(self.text, end) is not None
 
     def _named(self, at: int, end: int) -> bool:
         """Whether the mention ``text[at:end]`` stands where some back end reads it as a whole field name."""
@@ -442,72 +441,102 @@ class _Places:
             if _NAME_CHAR.match(text, end) or (before > 0 and _NAME_CHAR.match(text, before - 1)):
                 return False
             return any(self._part_at(at, delimiter) is not None for delimiter in self.delimiters)
-        if self._field_start(at) is not None and _AFTER_FORM_NAME.match(text, end):
+        if _AFTER_FORM_NAME.match(text, end) and self._field_start(at) is not None:
             return True
-        return text[at - 1:at] == '"' and _JSON_KEY.match(text, end) is not None
+        return self._json_key(at, end)
 
-    def values(self, body: bytes, field: str, ignore_case: bool) -> set[str]:
-        text = self.text
+    def values(self, body: bytes, fields: tuple[str, ...]) -> set[str]:
+        """The values found, each named place accounted for by a reading at that place (else refused)."""
         if self.multipart:
-            self._refuse_unread_names()
-        raw = [(m.start(), m.end()) for m in itertools.islice(_mentions(field, ignore_case).finditer(text),
-                                                               MAX_RAW_MENTIONS + 1)]
+            self._refuse_unread_heads()
+        field = " or ".join(repr(f) for f in fields)  # for messages
+        pattern = _mentions(fields)
+        mentions: Iterable[re.Match[str]] = (
+            itertools.chain.from_iterable(pattern.finditer(self.text, start, head_end)
+                                          for delimiter in self.delimiters
+                                          for start, head_end, _, _ in self.parts(delimiter))
+            if self.multipart  # only a part's head names it: an upload's content is not searched
+            else pattern.finditer(self.text))
+        raw = [(m.start(), m.end()) for m in itertools.islice(mentions, MAX_RAW_MENTIONS + 1)]
         if len(raw) > MAX_RAW_MENTIONS:
-            raise UnreadableBody(f"body naming {field!r} more than {MAX_RAW_MENTIONS} times")
-        places = [at for at, end in raw if self._named(at, end)]
+            raise UnreadableBody(f"body naming {field} more than {MAX_RAW_MENTIONS} times")
+        places = [(at, end) for at, end in raw if self._named(at, end)]
         if not places:
             return set()
         if len(places) > MAX_MENTIONS:
-            raise UnreadableBody(f"body naming {field!r} more than {MAX_MENTIONS} times")
-        same = (lambda name: name.lower() == field.lower()) if ignore_case else (lambda name: name == field)
-        readings: list[list[str]] = [self._form_values(places, same), _json_values(body, same)]
-        readings += [self._part_values(places, delimiter, field, same) for delimiter in self.delimiters]
-        if len(places) > max(len(values) for values in readings):
-            raise UnreadableBody(f"{field!r} written where it cannot be read one way")
-        return {value for values in readings for value in values}
+            raise UnreadableBody(f"body naming {field} more than {MAX_MENTIONS} times")
+        wanted = {f.lower() for f in fields}
 
-    def _refuse_unread_names(self) -> None:
-        """Part names this module does not decode (RFC 2047 words, RFC 2231 in another charset than ASCII's)."""
+        def same(name: str) -> bool:
+            return name.lower() in wanted or php_field_name(name).lower() in wanted
+
+        found: set[str] = set()
+        accounted: set[int] = set()
+        readings = [self._form_values(places, same), *(self._part_values(places, d, same) for d in self.delimiters)]
+        for values, at_places in readings:
+            found |= set(values)
+            accounted |= at_places
+        if json_values := _json_values(body, same):  # in any encoding json.loads detects
+            found |= set(json_values)
+            accounted |= {at for at, end in places if self._json_key(at, end)}
+        if any(at not in accounted for at, _ in places):
+            raise UnreadableBody(f"{field} written where it cannot be read one way")
+        return found
+
+    def _refuse_unread_heads(self) -> None:
+        """Part heads this module cannot read names in: RFC 2047 words, RFC 2231 in another charset than
+        ASCII's, or a part charset whose names are not their bytes (Rack 3.1 decodes a name in it)."""
         text = self.text
-        for pattern in (_ENCODED_WORD_NAME, _RFC2231_NAME):
-            for count, found in enumerate(pattern.finditer(text)):
-                if count >= MAX_RAW_MENTIONS:
-                    raise UnreadableBody("too many part names")
-                if pattern is _RFC2231_NAME and found.group(1).lower() in _RFC2231_ASCII:
-                    continue
-                if any(self._part_at(found.start(), delimiter) is not None for delimiter in self.delimiters):
-                    raise UnreadableBody("a part named in an encoding the gateway does not read")
+        for delimiter in self.delimiters:
+            for start, head_end, _, _ in self.parts(delimiter):
+                if _ENCODED_WORD_NAME.search(text, start, head_end):
+                    raise UnreadableBody("a part named with an RFC 2047 encoded word")
+                for found in _RFC2231_NAME.finditer(text, start, head_end):
+                    if found.group(1).lower() not in _RFC2231_ASCII:
+                        raise UnreadableBody("a part named in an RFC 2231 charset the gateway does not read")
+                if "harset" in text[start:head_end] and not all(
+                        _names_read_as_bytes(c) for c in _CHARSET.findall(text, start, head_end)):
+                    raise UnreadableBody("a part in a charset the gateway does not read")
 
-    def _form_values(self, places: list[int], same: Callable[[str], bool]) -> list[str]:
-        """The values of the form fields (split at ``&`` and ``;``) around the mentions, named as PHP reads them."""
-        text, values = self.text, []
-        for start in sorted({s for at in places if (s := self._field_start(at)) is not None}):
-            end = _FIELD_END.search(text, start)
-            for name, value in parse_qsl(text[start:end.start() if end else len(text)], keep_blank_values=True):
-                if same(name) or same(php_field_name(name)):
-                    values.append(value)
-        return values
+    def _form_values(self, places: list[tuple[int, int]], same: Callable[[str], bool]) -> tuple[list[str], set[int]]:
+        """The values of the form fields (split at ``&`` and ``;``) named the field, and the places they account for."""
+        text, values, accounted = self.text, [], set()
+        fields: dict[int, list[int]] = {}
+        for at, end in places:
+            if self.multipart or not _AFTER_FORM_NAME.match(text, end):
+                continue
+            if (start := self._field_start(at)) is not None:
+                fields.setdefault(start, []).append(at)
+        for start, at_places in sorted(fields.items()):
+            end_of_field = _FIELD_END.search(text, start)
+            named = [value for name, value in parse_qsl(text[start:end_of_field.start() if end_of_field else len(text)],
+                                                        keep_blank_values=True) if same(name)]
+            if named:
+                values += named
+                accounted.update(at_places)
+        return values, accounted
 
-    def _part_values(self, places: list[int], delimiter: str, field: str, same: Callable[[str], bool]) -> list[str]:
-        """The contents of the parts whose head names the field (CRLF or bare LF ends a head)."""
-        text, parts, values = self.text, self.parts(delimiter), []
-        for index in sorted({i for at in places if (i := self._part_at(at, delimiter)) is not None}):
-            start, head_end, end = parts[index]
+    def _part_values(self, places: list[tuple[int, int]], delimiter: str,
+                     same: Callable[[str], bool]) -> tuple[list[str], set[int]]:
+        """The contents of the parts whose head names the field, and the places in those heads."""
+        text, parts, values, accounted = self.text, self.parts(delimiter), [], set()
+        heads: dict[int, list[int]] = {}
+        for at, _ in places:
+            if (index := self._part_at(at, delimiter)) is not None:
+                heads.setdefault(index, []).append(at)
+        for index, at_places in sorted(heads.items()):
+            start, head_end, content_start, end = parts[index]
             if head_end - start > MAX_PART_HEAD:
                 raise UnreadableBody(f"a multipart part's head over {MAX_PART_HEAD} bytes")
             head = text[start:head_end]
-            found = _HEAD_END.match(text, head_end)
-            content = text[found.end() if found else head_end:end]
             for star, name in _PART_NAME.findall(head):
                 name = name.strip("\"'")
                 if star:
                     name = unquote(name.rpartition("'")[2])
-                if same(name) or same(php_field_name(name)):
-                    # A part's own charset decodes its value, which is read here as it stands.
-                    if not all(_ascii_compatible(c) for c in _CHARSET.findall(head)):
-                        raise UnreadableBody(f"the {field!r} part in a charset the gateway does not read")
-                    values.append(content.strip("\r\n"))
-        return values
+                if same(name):
+                    values.append(text[content_start:end].strip("\r\n"))
+                    accounted.update(at_places)
+        return values, accounted
 
 
 def _json_values(body: bytes, same: Callable[[str], bool]) -> list[str]:

@@ -126,8 +126,7 @@ class PolicyFilter:
                 if ex.body is None:  # (a login's body was read already)
                     ex.body = await read_small_body(ex.request, "POST", MAX_OVERRIDE_BODY)
                 content_type = ex.request.headers.get("Content-Type", "")
-                values = field_values(ex.body, content_type, METHOD_OVERRIDE_PARAM)
-                values |= field_values(ex.body, content_type, METHOD_OVERRIDE_FIELD, ignore_case=True)
+                values = field_values(ex.body, content_type, METHOD_OVERRIDE_PARAM, METHOD_OVERRIDE_FIELD)
             except UnreadableBody as exc:
                 log.warning("request.bad_override", request_id=ex.request_id, client_ip=str(ex.client_ip),
                             error=str(exc))
