@@ -28,7 +28,10 @@ def cookie_name_key(name: str) -> str:
     return php_field_name(unquote(name.strip())).lower()
 
 
-def crm_cookies(lines: Iterable[str], name: str) -> list[tuple[str, str]]:
+MAX_COOKIE_BYTES = 32 * 1024  # all Cookie lines of a request together: more is refused (reading costs)
+
+
+def crm_cookies(lines: list[str], name: str) -> list[tuple[str, str]]:
     """Every (name as sent, value) in all Cookie lines that some back end reads as the CRM cookie ``name``.
 
     Names are split as the proxy strips them (``;``, then ``=``), so each one
@@ -37,6 +40,8 @@ def crm_cookies(lines: Iterable[str], name: str) -> list[tuple[str, str]]:
     RFC 2109 parsers, to aiohttp's and to Python's ``SimpleCookie``) cannot be
     removed alone and raises :class:`UnreadableCookie`.
     """
+    if sum(map(len, lines)) > MAX_COOKIE_BYTES:
+        raise UnreadableCookie(f"Cookie lines of over {MAX_COOKIE_BYTES} bytes")
     found: list[tuple[str, str]] = []
     for line in lines:
         found += _crm_cookies_in(line, name)
@@ -63,16 +68,26 @@ _LENIENT_SEPARATORS = re.compile(r"[\s,]+")
 
 
 def own_cookie(lines: list[str], name: str) -> str | None:
-    """The value of the gateway's cookie ``name`` in these Cookie lines, split at ``;`` only (the last copy).
+    """The value of the gateway's cookie ``name`` in these Cookie lines, as browsers name cookies.
 
-    A copy hidden after a comma or whitespace (``pref=1 crmgw_session=X``, which a CRM page
-    can plant as the value of a cookie of its own) raises :class:`UnreadableCookie`: aiohttp's
-    parser would read that copy, the browser meant another.
+    Split at ``;`` only, a name trimmed of spaces and tabs only (what browsers trim: Python's
+    ``strip`` also drops U+00A0 and its kin, so ``\u00a0crmgw_session``, a cookie of its own that
+    a script on a CRM page may write beside the HttpOnly one, read as the gateway's). Anything
+    else (``pref=1 crmgw_session=X``) is another cookie. Two copies with different values (a
+    sibling subdomain's ``Domain=`` cookie, a script's for a narrower path: the browser sends
+    both, in an order the attacker can choose) raise :class:`UnreadableCookie`.
     """
+    if sum(map(len, lines)) > MAX_COOKIE_BYTES:
+        raise UnreadableCookie(f"Cookie lines of over {MAX_COOKIE_BYTES} bytes")
     found = None
-    for sent, value in crm_cookies(lines, name):
-        if sent == name:
-            found = value
+    for line in lines:
+        for part in line.split(";"):
+            sent, equals, value = part.partition("=")
+            if equals and sent.strip(" \t") == name:
+                value = value.strip(" \t").strip('"')
+                if found is not None and value != found:
+                    raise UnreadableCookie(f"the {name!r} cookie is sent twice, with different values")
+                found = value
     return found
 
 
@@ -92,7 +107,7 @@ def sets_cookie(set_cookie: str, name: str) -> bool:
                for piece in _LENIENT_SEPARATORS.split(first) if piece)
 
 
-def set_cookie(set_cookie_headers: Iterable[str], name: str) -> str | None:
+def set_cookie(set_cookie_headers: Iterable[str], name: str, *, request_path: str = "/") -> str | None:
     """The value of cookie ``name`` a browser keeps after these Set-Cookie lines (None: none).
 
     To a browser each (Path, Domain) is a cookie of its own, and a later line replaces an
@@ -100,15 +115,17 @@ def set_cookie(set_cookie_headers: Iterable[str], name: str) -> str | None:
     or an ``Expires`` date past (RFC 6265 §5.2, read as browsers read it) deletes it. A CRM
     that clears its cookie on a failed login (PHP's ``setcookie(name, "")``) opens no session;
     one that clears an old copy of another scope next to the new one does. Of the copies
-    left, the one set last is returned (the one bound to the gateway session).
+    left, the one set last is returned (the one bound to the gateway session). A Path that is
+    missing or does not start with ``/`` is the default path of ``request_path`` (§5.1.4).
     """
+    default_path = _default_path(request_path)
     kept: dict[tuple[str, str], str | None] = {}
     for header in set_cookie_headers:
         first, *attributes = header.split(";")
         key, _, value = first.partition("=")
         if key.strip() != name:
             continue
-        scope = _scope(attributes)
+        scope = _scope(attributes, default_path)
         value = value.strip().strip('"')
         kept.pop(scope, None)  # the latest last
         kept[scope] = value if value and not _deletes(attributes) else None
@@ -125,15 +142,23 @@ def _attributes(attributes: list[str]) -> dict[str, str]:
     return named
 
 
-def _scope(attributes: list[str]) -> tuple[str, str]:
+def _scope(attributes: list[str], default_path: str) -> tuple[str, str]:
     named = _attributes(attributes)
-    return named.get("path", ""), named.get("domain", "").lower().lstrip(".")
+    path = named.get("path", "")
+    return path if path.startswith("/") else default_path, named.get("domain", "").lower().lstrip(".")
+
+
+def _default_path(request_path: str) -> str:
+    """RFC 6265 §5.1.4: the request path up to its last '/' (``/login`` -> ``/``, ``/app/login`` -> ``/app``)."""
+    if not request_path.startswith("/") or request_path.count("/") == 1:
+        return "/"
+    return request_path[:request_path.rindex("/")]
 
 
 def _deletes(attributes: list[str]) -> bool:
     """Whether a Set-Cookie's attributes expire it at once (Max-Age wins over Expires)."""
     named = _attributes(attributes)
-    if re.fullmatch(r"-?[0-9]+", named.get("max-age", "")):
+    if re.fullmatch(r"[-+]?[0-9]+", named.get("max-age", "")):  # Chromium reads +0 too
         return int(named["max-age"]) <= 0
     expires = cookie_date(named["expires"]) if "expires" in named else None
     return expires is not None and expires <= datetime.now(UTC)
@@ -168,7 +193,7 @@ def cookie_date(text: str) -> datetime | None:
     if time is None or day is None or month is None or year is None:
         return None
     year += 1900 if 70 <= year <= 99 else 2000 if year <= 69 else 0
-    if year < 1601 or time[0] > 23 or time[1] > 59 or time[2] > 59:
+    if year < 1 or time[0] > 23 or time[1] > 59 or time[2] > 59:  # Chromium keeps years before 1601
         return None
     try:
         return datetime(year, month, day, time[0], time[1], time[2], tzinfo=UTC)

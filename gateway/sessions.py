@@ -90,7 +90,7 @@ _PLAIN_COOKIES = re.compile(rf"[ \t]*+{_PAIR}(?:[ \t]*+;[ \t]*+{_PAIR})*+[ \t]*+
 
 @cache_short_keys(maxsize=1024, longest=4096)  # a browser sends the same Cookie header request after request
 def cookie_value(header: str, name: str) -> str | None:
-    """The value of cookie ``name`` in a Cookie header (the last copy, as aiohttp's parser keeps).
+    """The value of cookie ``name`` in a Cookie header (one copy, or several of one value).
 
     The cheap path of every request: aiohttp's parser builds a Morsel per cookie.
     Raises :class:`_Unsure` unless the header is plain RFC 6265 pairs, where
@@ -103,6 +103,8 @@ def cookie_value(header: str, name: str) -> str | None:
     for part in header.split(";"):
         key, _, value = part.partition("=")
         if key.strip() == name:
+            if found is not None and value.strip().strip('"') != found:
+                raise _Unsure  # two copies: gateway.cookies.own_cookie says why that is refused
             found = value.strip().strip('"')
     return found
 

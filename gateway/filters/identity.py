@@ -96,7 +96,7 @@ class IdentityFilter:
 
         if self.crm_cookie:
             try:
-                found = crm_cookies(request.headers.getall("Cookie", ()), self.crm_cookie)
+                found = crm_cookies(request.headers.getall("Cookie", []), self.crm_cookie)
             except UnreadableCookie as exc:
                 return self._bad(ex, str(exc))
             bound = None if "pending" in session else session.get("crm")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from datetime import UTC, datetime
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from aiohttp import web
 
@@ -106,10 +106,20 @@ class LoginFilter:
             await self.state.give_back(f"login:fail:user:{ex.user}")
 
     def succeeded(self, upstream: UpstreamResponse) -> bool:
+        """The ``success`` test, and never a redirect back to the login form.
+
+        Many CRMs answer a wrong password with a redirect to the form (`/login?error`), and
+        some open a fresh anonymous session with it (Spring Security's failure handler, a PHP
+        script's ``session_start()``): a live session cookie on a redirect proves nothing there.
+        """
         if upstream.status not in self.login.success_status:
             return False
+        location = upstream.headers.get("Location")
+        if location is not None and _path_of(location) == _path_of(self.login.path):
+            return False
         wanted = self.login.success_set_cookie
-        return wanted is None or set_cookie(upstream.headers.getall("Set-Cookie", ()), wanted) is not None
+        return wanted is None or set_cookie(upstream.headers.getall("Set-Cookie", ()), wanted,
+                                            request_path=self.login.path) is not None
 
     async def _on_response(self, ex: Exchange, upstream: UpstreamResponse) -> web.StreamResponse | None:
         ex.state["login_answered"] = True
@@ -127,7 +137,7 @@ class LoginFilter:
             return ex.deny(400, "bad_request")
         await self.state.clear(f"login:fail:user:{user}")
         set_cookies = list(upstream.headers.getall("Set-Cookie", ()))
-        crm_value = set_cookie(set_cookies, self.login.upstream_session_cookie)
+        crm_value = set_cookie(set_cookies, self.login.upstream_session_cookie, request_path=self.login.path)
         session = await self.store.begin(ex.request, ex.session, user)
         session["crm"] = fingerprint(crm_value) if crm_value is not None else None
         session["mfa"] = False
@@ -177,3 +187,12 @@ def challenge(ex: Exchange, target: str) -> web.Response:
                             text=json.dumps({"mfa_required": True, "mfa_url": TWO_FACTOR_PATH}),
                             headers={"Cache-Control": "no-store"})
     return web.Response(status=303, headers={"Location": url, "Cache-Control": "no-store"})
+
+
+def _path_of(location: str) -> str:
+    """A URL's path as a router compares it: no query or fragment, no trailing slash, lower case."""
+    try:
+        path = urlsplit(location.strip()).path
+    except ValueError:
+        return location
+    return (unquote(path).rstrip("/") or "/").lower()

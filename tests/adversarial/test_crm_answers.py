@@ -101,6 +101,11 @@ async def test_the_bound_crm_session_is_the_one_the_browser_keeps(tmp_path: Path
     (["crm_session=abc; Expires=Thu, 01 Jan 1970 00:00:00.000 GMT"], None),
     (["crm_session=abc; Expires=1970 Jan 01 00:00:00 GMT"], None),
     (["crm_session=abc; Expires=Wed, 31-Dec-69 23:59:59 GMT"], "abc"),  # 2069
+    (["crm_session=abc; Max-Age=+0"], None),
+    # Review 9: a Path missing, empty or not starting with '/' is the default path, '/' for /login.
+    (["crm_session=fresh; path=/", "crm_session=; expires=Thu, 01 Jan 1970 00:00:00 GMT"], None),
+    (["crm_session=fresh; path=/", "crm_session=; Max-Age=0; Path="], None),
+    (["crm_session=fresh; path=/", "crm_session=; Max-Age=0; Path=login"], None),
     (["other=1", "crm_sessionx=2"], None),
 ])
 def test_set_cookie_is_what_the_browser_keeps(lines: list[str], kept: str | None) -> None:
@@ -164,7 +169,7 @@ async def test_a_held_login_answer_keeps_no_set_cookie_for_the_gateway_session(t
     ("Thu, 01 Jan 1970 00:00:00 GMT", 1970), ("Sunday, 06-Nov-94 08:49:37 GMT", 1994),
     ("Sun Nov  6 08:49:37 1994", 1994), ("Wed, 31-Dec-69 23:59:59 GMT", 2069), ("01 Jan 2100 00:00:00", 2100),
     ("Sun, 30 Feb 2020 00:00:00 GMT", None), ("Thu, 01 Jan 1970 24:00:00 GMT", None), ("tomorrow", None),
-    ("Thu, 01 Jan 1600 00:00:00 GMT", None),
+    ("Thu, 01 Jan 1600 00:00:00 GMT", 1600),  # Chromium keeps years before 1601 (RFC 6265 does not)
 ])
 def test_cookie_dates_are_read_as_browsers_read_them(text: str, year: int | None) -> None:
     date = cookie_date(text)
@@ -184,3 +189,26 @@ async def test_a_real_login_that_also_clears_an_old_scoped_copy_is_a_success(tmp
                 assert await resp.text() == "page for jim"
             await jim.close()
         assert not r.logs.events("login.failed")
+
+
+@pytest.mark.parametrize("fail_headers", [
+    [("Location", "/login?error"), ("Set-Cookie", "crm_session=fresh-anonymous; Path=/; HttpOnly")],
+    [("Location", "http://crm.example/login/?error=1"), ("Set-Cookie", "crm_session=fresh-anonymous")],
+    [("Location", "/login"), ("Set-Cookie", "crm_session=fresh; path=/"),
+     ("Set-Cookie", "crm_session=; expires=Thu, 01 Jan 1970 00:00:00 GMT")],
+], ids=["Spring Security's failure handler", "an absolute URL", "a deletion without a Path"])
+async def test_a_redirect_back_to_the_login_form_is_a_failure(
+    tmp_path: Path, fail_headers: list[tuple[str, str]]
+) -> None:
+    """Review 9: Spring Security's failure handler (and a PHP script's session_start()) opens a fresh
+    anonymous session on its redirect back to the form: a live CRM cookie on a 302, taken for a success.
+    A wrong password for alice from home gave a gateway session as alice, and guessing was never banned."""
+    script = Script(login_fail_status=302, login_fail_headers=fail_headers)
+    async with rig(tmp_path, script=script) as r:
+        statuses = []
+        for i in range(7):
+            attacker = r.client(HOME)
+            statuses.append((await login(attacker, r, "alice", f"guess{i}")).status)
+            assert await whoami(attacker, r) is None
+            await attacker.close()
+        assert statuses[:5] == [302] * 5 and statuses[5:] == [429] * 2

@@ -202,19 +202,26 @@ async def test_a_crm_cookie_hidden_after_a_comma_or_a_space_is_refused(tmp_path:
         assert await s.crm_requests() == []
 
 
-@pytest.mark.parametrize("line", ["pref=1 {gw}", "pref=1,{gw}", "pref=1\t{gw}"], ids=["space", "comma", "tab"])
-async def test_a_gateway_cookie_hidden_after_a_space_or_a_comma_is_refused(tmp_path: Path, line: str) -> None:
+def _as_sent(text: str) -> str:
+    """``text`` as a browser's UTF-8 bytes, in the Latin-1 the raw-socket helper writes."""
+    return text.encode().decode("latin-1")
+
+
+@pytest.mark.parametrize("line", ["pref=1 {gw}", "pref=1,{gw}", "pref=1\t{gw}",
+                                  _as_sent("\u00a0{gw}"), _as_sent("\u3000{gw}")],
+                         ids=["space", "comma", "tab", "no-break space", "ideographic space"])
+async def test_a_gateway_cookie_hidden_in_another_cookie_is_not_the_gateways(tmp_path: Path, line: str) -> None:
     """Review 8: `pref=1 crmgw_session=<bob's>` (one cookie to the browser, which a CRM page can set) was
-    read by aiohttp's parser as a second gateway cookie, after jim's own: jim's browser ran as bob."""
+    read by aiohttp's parser as a second gateway cookie, after jim's own: jim's browser ran as bob.
+    Review 9: so was `\u00a0crmgw_session` (a script's cookie of its own: Python's strip() trims U+00A0,
+    browsers do not). Now read as browsers name cookies: jim stays jim, and is not locked out either."""
     async with stack(tmp_path) as s:
         jim = cookies_of(await browser_login(s, "jim"), s)
         bob = cookies_of(await browser_login(s, "bob"), s)
-        await s.reset_crm()
         cookie = f"{GATEWAY_COOKIE}={jim[GATEWAY_COOKIE]}; " + line.format(gw=f"{GATEWAY_COOKIE}={bob[GATEWAY_COOKIE]}")
-        for path in ("/dashboard", "/_gateway/whoami"):
-            response = await send_raw(s.port, raw_request("GET", path, [("Cookie", cookie)]))
-            assert status_of(response) == 400, path
-        assert await s.crm_requests() == []
+        response = await send_raw(s.port, raw_request("GET", "/_gateway/whoami", [("Cookie", cookie)]))
+        assert status_of(response) == 200
+        assert json.loads(response.split(b"\r\n\r\n", 1)[1])["user"] == "jim"
 
 
 async def test_a_gateway_cookie_in_a_second_cookie_line_is_read(tmp_path: Path) -> None:
