@@ -247,7 +247,7 @@ async def read_small_body(request: web.Request, what: str, limit: int = MAX_BODY
 _ANY_BOUNDARY = re.compile(r"boundary\s*+((?:\*\d*+)?+\*?+)\s*+=\s*+(\"[^\"]*+\"|'[^']*+'|[^;,\s]*+)", re.IGNORECASE)
 _PART_NAME = re.compile(r"\bname\s*+(\*?+)\s*+=\s*+(\"[^\"]*+\"|'[^']*+'|[^;\s]*+)", re.IGNORECASE)
 _HEAD_END = re.compile(r"\r?\n\r?\n")
-MAX_PART_HEAD = 8 * 1024  # a part's head, where its name is: longer ones are refused
+MAX_PART_HEAD = 64 * 1024  # a part's head, where its name is (Rack 3.1's limit): longer ones are refused
 MAX_PARTS = 4096  # parts at one boundary (Rack 3's multipart_total_part_limit): more are refused
 MAX_RAW_MENTIONS = 10_000  # the field's letters anywhere in a body, named or not: more is refused
 MAX_NAME_PREFIX = 4096  # spaces and brackets before a form field's name: more are refused
@@ -270,6 +270,7 @@ _NAME_CHAR = re.compile(r"[0-9A-Za-z_.]")
 # whitespace too): not read here, so refused; and RFC 2231 names in a charset that is not
 # ASCII's (Tomcat decodes name*=UTF-16LE''%5F%00...).
 _ENCODED_WORD_NAME = re.compile(r"\bname\s*+\*?+\s*+=\s*+(?:\"[^\"\r\n]*?|'[^'\r\n]*?)?=\?", re.IGNORECASE)
+_FILENAME = re.compile(r"\bfilename\s*+\*?+\s*+=\s*+(\"[^\"\r\n]*+\"|[^;\r\n]*+)", re.IGNORECASE)
 _RFC2231_NAME = re.compile(r"\bname\s*+\*\s*+=\s*+[\"']?+([^\"';\s]*+)'", re.IGNORECASE)
 _RFC2231_ASCII = frozenset({"", "utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin1"})
 _CHARSET = re.compile(r"charset\s*+=\s*+[\"']?+([^\"';,\s]*+)", re.IGNORECASE)
@@ -278,8 +279,23 @@ _ASCII = "".join(map(chr, range(128)))
 _CODEC_PROBE = b"\x1b(B\x1b$B\x1b(J\x0e\x0f~{~}+-" + bytes(range(256))
 
 
-@functools.lru_cache(maxsize=64)
 def _names_read_as_bytes(charset: str) -> bool:
+    """:func:`_codec_names_read_as_bytes` of the codec ``charset`` names (cached by codec, not spelling)."""
+    try:
+        codec = codecs.lookup(_CHARSET_ALIASES.get(charset.lower(), charset)).name
+    except LookupError:
+        return False
+    return _codec_names_read_as_bytes(codec)
+
+
+# Charsets Python spells otherwise; and multi-byte ones that never put an ASCII byte inside a character.
+_CHARSET_ALIASES = {"windows-874": "cp874"}
+_ASCII_SAFE_MULTIBYTE = frozenset({"utf-8", "euc_kr", "euc_jp", "euc_jis_2004", "euc_jisx0213"})
+MAX_CHARSETS = 32  # charset parameters in one body's Content-Type and part heads: more are refused
+
+
+@functools.lru_cache(maxsize=256)
+def _codec_names_read_as_bytes(codec: str) -> bool:
     """Whether a body or part declared in ``charset`` spells names as their bytes read as Latin-1 do.
 
     UTF-8 and stateless single-byte charsets that keep ASCII do (Latin-9, windows-125x, KOI8-R).
@@ -287,11 +303,7 @@ def _names_read_as_bytes(charset: str) -> bool:
     names in it field by field after percent-decoding, Rack 3.1 decodes a part's name in the
     part's own; UTF-16, ISO-2022-JP (escapes vanish inside a name), Shift_JIS, EBCDIC, UTF-7.
     """
-    try:
-        codec = codecs.lookup(charset).name
-    except LookupError:
-        return False
-    if codec == "utf-8":
+    if codec in _ASCII_SAFE_MULTIBYTE:
         return True
     try:
         if _ASCII.encode(codec) != _ASCII.encode("ascii"):
@@ -330,6 +342,7 @@ def _one_boundary(content_type: str) -> str:
     lowered = content_type.lower()
     if (not _PLAIN_BOUNDARY.fullmatch(boundary) or parameter is None
             or lowered.find("boundary") != parameter.end() - len("boundary=")
+            or lowered.count("boundary=") != 1  # Rack took the last one (CVE-2026-26961), PHP the first, cased
             or "/json" in lowered or "+json" in lowered):
         raise UnreadableBody(f"a multipart Content-Type back ends may read apart: {_echo(content_type)}")
     return boundary
@@ -352,6 +365,8 @@ def field_values(body: bytes, content_type: str, *fields: str) -> set[str]:
     the body's size and the caps, never by their product).
     """
     charsets = {c.lower() for c in _CHARSET.findall(content_type)}
+    if len(charsets) > MAX_CHARSETS:
+        raise UnreadableBody(f"Content-Type naming more than {MAX_CHARSETS} charsets")
     if unreadable := {c for c in charsets if not _names_read_as_bytes(c)}:
         raise UnreadableBody(f"body in charset {_echo(', '.join(sorted(unreadable)))}")
     multipart = content_type.strip().lower().startswith("multipart/")
@@ -363,46 +378,47 @@ def field_values(body: bytes, content_type: str, *fields: str) -> set[str]:
         if len(boundaries) > MAX_BOUNDARIES:
             raise UnreadableBody(f"Content-Type naming {len(boundaries)} boundaries")
         delimiters = ["--" + boundary for boundary in sorted(boundaries)]
-    return _Places(body.decode("latin-1"), delimiters, multipart).values(body, fields)
+    return _Places(body, delimiters, multipart).values(fields)
 
 
 class _Places:
     """A body's text, and where its form fields and multipart part heads are."""
 
-    def __init__(self, text: str, delimiters: list[str], multipart: bool) -> None:
-        self.text = text
+    def __init__(self, body: bytes, delimiters: list[str], multipart: bool) -> None:
+        self.body = body
+        self.text = body.decode("latin-1")
         self.multipart = multipart
+        # The body's (key, string value) pairs when it is JSON, once (None: it is not JSON).
+        self._json: list[tuple[str, str]] | None = None
+        self._json_read = False
         self.delimiters = delimiters
-        self._parts_of: dict[str, list[tuple[int, int, int, int]]] = {}
+        self._parts_of: dict[str, list[tuple[int, int, tuple[int, ...], int]]] = {}
 
-    def parts(self, delimiter: str) -> list[tuple[int, int, int, int]]:
-        """The parts at ``delimiter`` as (head start, head end, content start, part end), found once when
-        first asked for. A head ends at the first CRLF CRLF within MAX_PART_HEAD of its start (Rack and
-        commons-fileupload read it so), else at a blank line of bare LFs (PHP); a head with no end
-        there runs to its part's end, and is refused if it names the field."""
+    def parts(self, delimiter: str) -> list[tuple[int, int, tuple[int, ...], int]]:
+        """The parts at ``delimiter`` as (head start, head end, content starts, part end), found once when
+        first asked for. Readers end a head differently (:func:`_head_ends`): the head searched runs to
+        the last of their ends, and a value is read after each. A head with no end within
+        MAX_PART_HEAD runs to its part's end, and is refused if it names the field."""
         if delimiter not in self._parts_of:
             self._parts_of[delimiter] = self._find_parts(delimiter)
         return self._parts_of[delimiter]
 
-    def _find_parts(self, delimiter: str) -> list[tuple[int, int, int, int]]:
-        text, starts = self.text, list[int]()
-        at = text.find(delimiter)
+    def _find_parts(self, delimiter: str) -> list[tuple[int, int, tuple[int, ...], int]]:
+        # A delimiter begins a line (RFC 2046; Rack, PHP and commons-fileupload split parts so).
+        text, line_start = self.text, "\n" + delimiter
+        starts = [len(delimiter)] if text.startswith(delimiter) else []
+        at = text.find(line_start)
         while at >= 0:
             if len(starts) >= MAX_PARTS:
                 raise UnreadableBody(f"more than {MAX_PARTS} multipart parts")
-            starts.append(at + len(delimiter))
-            at = text.find(delimiter, at + len(delimiter))
+            starts.append(at + len(line_start))
+            at = text.find(line_start, at + len(line_start))
         parts = []
         for index, start in enumerate(starts):
             end = starts[index + 1] - len(delimiter) if index + 1 < len(starts) else len(text)
-            bound = min(end, start + MAX_PART_HEAD + 4)
-            crlf = text.find("\r\n\r\n", start, bound)
-            if crlf >= 0:
-                parts.append((start, crlf, crlf + 4, end))
-            elif found := _HEAD_END.search(text, start, bound):
-                parts.append((start, found.start(), found.end(), end))
-            else:
-                parts.append((start, end, end, end))
+            ends = _head_ends(text, start, end)
+            # No end within MAX_PART_HEAD: the head runs to the part's end (refused if it names the field).
+            parts.append((start, max(ends)[0] if ends else end, tuple(sorted({e[1] for e in ends})), end))
         return parts
 
     def _part_at(self, at: int, delimiter: str) -> int | None:
@@ -427,8 +443,36 @@ class _Places:
         raise UnreadableBody(f"over {MAX_NAME_PREFIX} spaces or brackets before a field's name")
 
     def _json_key(self, at: int, end: int) -> bool:
-        return self.text[at - 1:at] == '"' and _JSON_KEY.match(self.text, end) is not None
+        """Whether the mention is a key of the JSON the body is (not JSON-like text in a form or a file)."""
+        return (self.text[at - 1:at] == '"' and _JSON_KEY.match(self.text, end) is not None
+                and self.json_pairs() is not None)
 
+    def json_pairs(self) -> list[tuple[str, str]] | None:
+        """Every (key, string value) at any depth, if the body is UTF-8 JSON (Laravel's json_decode reads
+        nothing else; Python's parser, its integers and floats kept as text, reads at least as much)."""
+        if not self._json_read:
+            self._json_read = True
+            try:
+                text = self.body.decode("utf-8")
+                try:
+                    document = json.loads(text)
+                except ValueError as exc:
+                    if "digits" not in str(exc):  # Python's int() limit: PHP reads a long integer
+                        raise
+                    document = json.loads(text, parse_int=str)
+            except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+                return None
+            # A key given twice keeps its last value, in Python's dicts as in PHP's json_decode.
+            pairs, stack = [], [document]
+            while stack:
+                item = stack.pop()
+                if isinstance(item, dict):
+                    pairs += [(key, value) for key, value in item.items() if isinstance(value, str)]
+                    stack += [value for value in item.values() if isinstance(value, (dict, list))]
+                elif isinstance(item, list):
+                    stack += [value for value in item if isinstance(value, (dict, list))]
+            self._json = pairs
+        return self._json
     def _named(self, at: int, end: int) -> bool:
         """Whether the mention ``text[at:end]`` stands where some back end reads it as a whole field name."""
         text = self.text
@@ -440,12 +484,19 @@ class _Places:
                 before -= 1
             if _NAME_CHAR.match(text, end) or (before > 0 and _NAME_CHAR.match(text, before - 1)):
                 return False
-            return any(self._part_at(at, delimiter) is not None for delimiter in self.delimiters)
+            for delimiter in self.delimiters:
+                if (index := self._part_at(at, delimiter)) is not None:
+                    # Not in a file's name (`Site 4 [Method Statement].pdf`): a file part's value is
+                    # the file to every back end, never a method.
+                    start, head_end, _, _ = self.parts(delimiter)[index]
+                    return not any(found.start(1) <= at < found.end(1)
+                                   for found in _FILENAME.finditer(text, start, head_end))
+            return False
         if _AFTER_FORM_NAME.match(text, end) and self._field_start(at) is not None:
             return True
         return self._json_key(at, end)
 
-    def values(self, body: bytes, fields: tuple[str, ...]) -> set[str]:
+    def values(self, fields: tuple[str, ...]) -> set[str]:
         """The values found, each named place accounted for by a reading at that place (else refused)."""
         if self.multipart:
             self._refuse_unread_heads()
@@ -466,9 +517,12 @@ class _Places:
         if len(places) > MAX_MENTIONS:
             raise UnreadableBody(f"body naming {field} more than {MAX_MENTIONS} times")
         wanted = {f.lower() for f in fields}
+        tails = {f.lower()[-6:] for f in fields}  # PHP's renaming keeps a name's letters: a cheap first look
 
         def same(name: str) -> bool:
-            return name.lower() in wanted or php_field_name(name).lower() in wanted
+            lowered = name.lower()
+            return (any(tail in lowered for tail in tails)
+                    and (lowered in wanted or php_field_name(name).lower() in wanted))
 
         found: set[str] = set()
         accounted: set[int] = set()
@@ -476,8 +530,8 @@ class _Places:
         for values, at_places in readings:
             found |= set(values)
             accounted |= at_places
-        if json_values := _json_values(body, same):  # in any encoding json.loads detects
-            found |= set(json_values)
+        if not self.multipart and (pairs := self.json_pairs()):
+            found |= {value for key, value in pairs if same(key)}
             accounted |= {at for at, end in places if self._json_key(at, end)}
         if any(at not in accounted for at, _ in places):
             raise UnreadableBody(f"{field} written where it cannot be read one way")
@@ -486,17 +540,21 @@ class _Places:
     def _refuse_unread_heads(self) -> None:
         """Part heads this module cannot read names in: RFC 2047 words, RFC 2231 in another charset than
         ASCII's, or a part charset whose names are not their bytes (Rack 3.1 decodes a name in it)."""
-        text = self.text
+        text, charsets = self.text, set[str]()
         for delimiter in self.delimiters:
             for start, head_end, _, _ in self.parts(delimiter):
+                head_end = min(head_end, start + MAX_PART_HEAD + 4)  # a longer head naming the field is refused
                 if _ENCODED_WORD_NAME.search(text, start, head_end):
                     raise UnreadableBody("a part named with an RFC 2047 encoded word")
                 for found in _RFC2231_NAME.finditer(text, start, head_end):
                     if found.group(1).lower() not in _RFC2231_ASCII:
                         raise UnreadableBody("a part named in an RFC 2231 charset the gateway does not read")
-                if "harset" in text[start:head_end] and not all(
-                        _names_read_as_bytes(c) for c in _CHARSET.findall(text, start, head_end)):
-                    raise UnreadableBody("a part in a charset the gateway does not read")
+                if "harset" in text[start:head_end]:
+                    charsets.update(c.lower() for c in _CHARSET.findall(text, start, head_end))
+                    if len(charsets) > MAX_CHARSETS:
+                        raise UnreadableBody(f"parts naming more than {MAX_CHARSETS} charsets")
+        if not all(_names_read_as_bytes(c) for c in charsets):
+            raise UnreadableBody("a part in a charset the gateway does not read")
 
     def _form_values(self, places: list[tuple[int, int]], same: Callable[[str], bool]) -> tuple[list[str], set[int]]:
         """The values of the form fields (split at ``&`` and ``;``) named the field, and the places they account for."""
@@ -525,30 +583,45 @@ class _Places:
             if (index := self._part_at(at, delimiter)) is not None:
                 heads.setdefault(index, []).append(at)
         for index, at_places in sorted(heads.items()):
-            start, head_end, content_start, end = parts[index]
-            if head_end - start > MAX_PART_HEAD:
+            start, head_end, content_starts, end = parts[index]
+            if head_end - start > MAX_PART_HEAD or not content_starts:
                 raise UnreadableBody(f"a multipart part's head over {MAX_PART_HEAD} bytes")
             head = text[start:head_end]
             for star, name in _PART_NAME.findall(head):
                 name = name.strip("\"'")
                 if star:
                     name = unquote(name.rpartition("'")[2])
-                if same(name):
-                    values.append(text[content_start:end].strip("\r\n"))
+                if same(name):  # its value as each reader ends the head
+                    values += [text[content:end].strip("\r\n") for content in content_starts]
                     accounted.update(at_places)
         return values, accounted
 
 
-def _json_values(body: bytes, same: Callable[[str], bool]) -> list[str]:
-    """Every string value of a key the field is, at any depth and however often (a JSON body in any encoding)."""
-    values: list[str] = []
+def _head_ends(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Where back ends end the head of the part at ``start`` (head end, content start), within MAX_PART_HEAD.
 
-    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
-        values.extend(value for key, value in items if same(key) and isinstance(value, str))
-        return dict(items)
-
-    try:
-        json.loads(body, object_pairs_hook=pairs)
-    except (ValueError, RecursionError):
+    All start after the delimiter's line. Rack ends it at the first CRLF CRLF (an empty first
+    line included); commons-fileupload (and Tomcat's copy) at the first its matcher sees, which
+    misses one right after a CR (its state resets without the byte read again); PHP at the first
+    blank line, bare LFs allowed.
+    """
+    line_end = text.find("\n", start, end)
+    if line_end < 0:
         return []
-    return values
+    first, bound = line_end + 1, min(end, line_end + 1 + MAX_PART_HEAD + 4)
+    ends = []
+    rack = text.find("\r\n\r\n", first, bound)
+    if rack >= 0:
+        ends.append((rack + 2, rack + 4))
+        fileupload = rack
+        while fileupload > first and text[fileupload - 1] == "\r":
+            fileupload = text.find("\r\n\r\n", fileupload + 2, bound)
+            if fileupload < 0:
+                break
+        if fileupload >= 0:
+            ends.append((fileupload + 2, fileupload + 4))
+    if text.startswith(("\r\n", "\n"), first):
+        ends.append((first, first + (2 if text.startswith("\r\n", first) else 1)))  # PHP: an empty first line
+    elif php := _HEAD_END.search(text, first, bound):
+        ends.append((php.start(), php.end()))
+    return ends

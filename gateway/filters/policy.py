@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from gateway.exchange import Exchange
-from gateway.forms import UnreadableBody, field_values, read_small_body
+from gateway.forms import UnreadableBody, field_values, php_field_name, read_small_body
 from gateway.headers import METHOD_OVERRIDE_FIELD, METHOD_OVERRIDE_HEADERS, METHOD_OVERRIDE_PARAM, canonical_name
 from gateway.logs import get_logger
 from gateway.metrics import DECISION_TIME
@@ -21,7 +21,7 @@ log = get_logger("policy")
 
 
 _OVERRIDES = frozenset(canonical_name(name) for name in METHOD_OVERRIDE_HEADERS)
-_FIELD_LOWER = METHOD_OVERRIDE_FIELD.lower()
+_QUERY_FIELDS = frozenset({METHOD_OVERRIDE_PARAM, METHOD_OVERRIDE_FIELD.lower()})
 _METHOD = re.compile(r"[A-Z]{1,20}")
 # The largest POST body read for a _method override (only where one could be judged more strictly):
 # a form with a file in it; a larger one there is refused rather than forwarded unjudged.
@@ -50,10 +50,11 @@ def override_methods(ex: Exchange) -> list[str]:
     # Every override header's name holds "method" in some case; most requests have none.
     values = [value for name, value in ex.request.headers.items()
               if "ethod" in name.lower() and canonical_name(name) in _OVERRIDES]
-    if ex.query and (METHOD_OVERRIDE_PARAM in ex.query or "%" in ex.query  # '%5Fm%65thod' is '_method' too
-                     or "override" in ex.query.lower()):
+    if ex.query and ("%" in ex.query or "ethod" in ex.query.lower()):  # '%5Fm%65thod' is '_method' too
+        # Names as back ends read them: PHP's '.method', ' _method', '_method[]' (Symfony falls back to
+        # the query), ASP.NET's in any case.
         values += [value for name, value in parse_qsl(ex.query, keep_blank_values=True)
-                   if name == METHOD_OVERRIDE_PARAM or name.lower() == _FIELD_LOWER]
+                   if php_field_name(name).lower() in _QUERY_FIELDS or name.lower() in _QUERY_FIELDS]
     if not values:
         return []
     methods = {part.strip().upper() for value in values for part in value.split(",")}
