@@ -342,7 +342,7 @@ def _one_boundary(content_type: str) -> str:
     lowered = content_type.lower()
     if (not _PLAIN_BOUNDARY.fullmatch(boundary) or parameter is None
             or lowered.find("boundary") != parameter.end() - len("boundary=")
-            or lowered.count("boundary=") != 1  # Rack took the last one (CVE-2026-26961), PHP the first, cased
+            or lowered.count("boundary=") != 1  # Rack's greedy pattern took the last one, PHP the first, cased
             or "/json" in lowered or "+json" in lowered):
         raise UnreadableBody(f"a multipart Content-Type back ends may read apart: {_echo(content_type)}")
     return boundary
