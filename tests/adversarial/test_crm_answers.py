@@ -52,16 +52,22 @@ async def test_a_failed_login_whose_redirect_deletes_the_crm_cookie_is_not_a_suc
         assert r.logs.events("login.failed")[-1]["user"] == "alice"
 
 
+async def guesses(r: Rig, source: str, user: str, times: int) -> list[int]:
+    """The statuses of ``times`` wrong passwords for ``user``, each from a new client that gets no session."""
+    statuses = []
+    for i in range(times):
+        client = r.client(source)
+        statuses.append((await login(client, r, user, f"guess{i}")).status)
+        assert await whoami(client, r) is None
+        await client.close()
+    return statuses
+
+
 async def test_failed_logins_whose_redirect_deletes_the_crm_cookie_are_counted_and_banned(tmp_path: Path) -> None:
     """Each such 'success' had cleared the username's failures: guessing was never banned."""
     script = Script(login_fail_status=302, login_fail_headers=FAILED_LOGIN_CLEARS_COOKIE)
     async with rig(tmp_path, script=script) as r:
-        statuses = []
-        for i in range(8):
-            client = r.client(OFFICE)
-            statuses.append((await login(client, r, "jim", f"guess{i}")).status)
-            await client.close()
-        assert statuses[:5] == [302] * 5 and statuses[5:] == [429] * 3
+        assert await guesses(r, OFFICE, "jim", 8) == [302] * 5 + [429] * 3
 
 
 async def test_the_bound_crm_session_is_the_one_the_browser_keeps(tmp_path: Path) -> None:
@@ -205,10 +211,4 @@ async def test_a_redirect_back_to_the_login_form_is_a_failure(
     A wrong password for alice from home gave a gateway session as alice, and guessing was never banned."""
     script = Script(login_fail_status=302, login_fail_headers=fail_headers)
     async with rig(tmp_path, script=script) as r:
-        statuses = []
-        for i in range(7):
-            attacker = r.client(HOME)
-            statuses.append((await login(attacker, r, "alice", f"guess{i}")).status)
-            assert await whoami(attacker, r) is None
-            await attacker.close()
-        assert statuses[:5] == [302] * 5 and statuses[5:] == [429] * 2
+        assert await guesses(r, HOME, "alice", 7) == [302] * 5 + [429] * 2

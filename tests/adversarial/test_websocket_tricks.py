@@ -48,15 +48,20 @@ async def test_a_logout_closes_the_sessions_open_websocket_before_its_next_messa
         assert closed["user"] == "jim" and closed["reason"] == "session_ended"
 
 
+async def suspend_jim(s: Stack) -> None:
+    """A reload with a rule that blocks jim."""
+    policy = copy.deepcopy(POLICY)
+    policy["rules"].append({"id": "jim-out", "title": "jim is suspended", "action": "block", "users": ["jim"]})
+    s.rewrite_policy(policy)
+    assert await s.server.reload("test")
+
+
 async def test_a_reload_that_blocks_the_user_closes_the_open_websocket(tmp_path: Path) -> None:
     async with stack(tmp_path) as s:
         jim = s.client(OFFICE)
         await login(jim, s)
         ws = await open_socket(s, jim)
-        policy = copy.deepcopy(POLICY)
-        policy["rules"].append({"id": "jim-out", "title": "jim is suspended", "action": "block", "users": ["jim"]})
-        s.rewrite_policy(policy)
-        assert await s.server.reload("test")
+        await suspend_jim(s)
         await ws.send_str("after")
         await assert_closed_by_policy(ws)
         assert s.logs.events("websocket.closed")[-1]["reason"] == "user_blocked"
@@ -119,10 +124,7 @@ async def test_a_reload_that_blocks_the_user_closes_the_socket_while_redis_is_do
             await login(jim, s)
             ws = await open_socket(s, jim)
             server.stop()
-            policy = copy.deepcopy(POLICY)
-            policy["rules"].append({"id": "jim-out", "title": "jim is suspended", "action": "block", "users": ["jim"]})
-            s.rewrite_policy(policy)
-            assert await s.server.reload("test")
+            await suspend_jim(s)
             await ws.send_str("after the suspension")
             await assert_closed_by_policy(ws)
     finally:
