@@ -270,7 +270,8 @@ _NAME_CHAR = re.compile(r"[0-9A-Za-z_.]")
 # whitespace too): not read here, so refused; and RFC 2231 names in a charset that is not
 # ASCII's (Tomcat decodes name*=UTF-16LE''%5F%00...).
 _ENCODED_WORD_NAME = re.compile(r"\bname\s*+\*?+\s*+=\s*+(?:\"[^\"\r\n]*?|'[^'\r\n]*?)?=\?", re.IGNORECASE)
-_FILENAME = re.compile(r"\bfilename\s*+\*?+\s*+=\s*+(\"[^\"\r\n]*+\"|[^;\r\n]*+)", re.IGNORECASE)
+# A file's name: a `filename` parameter (lower case: Rack 2.2 reads no other) after a ';', quoted.
+_FILENAME = re.compile(r";[ \t]*+filename=\"([^\"\r\n]*+)\"")
 _RFC2231_NAME = re.compile(r"\bname\s*+\*\s*+=\s*+[\"']?+([^\"';\s]*+)'", re.IGNORECASE)
 _RFC2231_ASCII = frozenset({"", "utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin1"})
 _CHARSET = re.compile(r"charset\s*+=\s*+[\"']?+([^\"';,\s]*+)", re.IGNORECASE)
@@ -405,9 +406,14 @@ class _Places:
 
     def _find_parts(self, delimiter: str) -> list[tuple[int, int, tuple[int, ...], int]]:
         # A delimiter begins a line (RFC 2046; Rack, PHP and commons-fileupload split parts so).
+        # ... but the first, which commons-fileupload finds anywhere in the preamble (and Rack 2.2 on a
+        # line with spaces or tabs around it).
         text, line_start = self.text, "\n" + delimiter
-        starts = [len(delimiter)] if text.startswith(delimiter) else []
-        at = text.find(line_start)
+        first = text.find(delimiter)
+        if first < 0:
+            return []
+        starts = [first + len(delimiter)]
+        at = text.find(line_start, first + len(delimiter))
         while at >= 0:
             if len(starts) >= MAX_PARTS:
                 raise UnreadableBody(f"more than {MAX_PARTS} multipart parts")
@@ -487,9 +493,10 @@ class _Places:
             for delimiter in self.delimiters:
                 if (index := self._part_at(at, delimiter)) is not None:
                     # Not in a file's name (`Site 4 [Method Statement].pdf`): a file part's value is
-                    # the file to every back end, never a method.
+                    # the file to every back end, never a method. (Rack 2.2 takes the last `name=` on
+                    # the line, quotes or not: a file name holding one is searched.)
                     start, head_end, _, _ = self.parts(delimiter)[index]
-                    return not any(found.start(1) <= at < found.end(1)
+                    return not any(found.start(1) <= at < found.end(1) and "name=" not in found.group(1).lower()
                                    for found in _FILENAME.finditer(text, start, head_end))
             return False
         if _AFTER_FORM_NAME.match(text, end) and self._field_start(at) is not None:

@@ -418,6 +418,19 @@ BODY_OVERRIDES = [
      b"\xff\xfe" + '{"_method":"PATCH","x":"'.encode("utf-16-le")
      + b'\r\n--XX\r\nContent-Disposition: form-data; name="\\_method":\r\n\r\nDELETE\r\n--XX--\r\n '
      + '"}'.encode("utf-16-le"), 400),
+    # Round 10: a file name that is not one, and where the first delimiter may be.
+    ("'filename=' inside another parameter's quotes is no file name", "multipart/form-data; boundary=XX",
+     b'--XX\r\nContent-Disposition: form-data; x="filename=";name=_method;y="z"\r\n\r\nDELETE\r\n--XX--\r\n', 403),
+    ("... inside single quotes (Rack, PHP)", "multipart/form-data; boundary=XX",
+     b"--XX\r\nContent-Disposition: form-data; q='filename=\"';name=_method;r=\"\r\n\r\nDELETE\r\n--XX--\r\n", 403),
+    ("Rack 2.2: FILENAME is no file name, and the last 'name=' wins", "multipart/form-data; boundary=XX",
+     b'--XX\r\nContent-Disposition: form-data; name="a"; FILENAME="x;name=_method"\r\n\r\nDELETE\r\n--XX--\r\n', 403),
+    ("commons-fileupload finds the first delimiter mid-line in the preamble", "multipart/form-data; boundary=XX",
+     b'junk--XX\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--XX--\r\n', 403),
+    ("Rack 2.2 strips spaces around a preamble's delimiter line", "multipart/form-data; boundary=XX",
+     b' --XX \r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--XX--\r\n', 403),
+    ("... and a tab before it (Rack, commons-fileupload)", "multipart/form-data; boundary=XX",
+     b'\t--XX\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--XX--\r\n', 403),
     # Spellings some back end reads as _method and the gateway cannot read one way: refused.
     ("Rack 2 drops leading brackets: ']_method'", FORM, b"]_method=DELETE", 400),
     ("... '[[_method'", FORM, b"[[_method=DELETE", 400),
