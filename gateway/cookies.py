@@ -125,10 +125,11 @@ def set_cookie(set_cookie_headers: Iterable[str], name: str, *, request_path: st
         key, _, value = first.partition("=")
         if key.strip() != name:
             continue
-        scope = _scope(attributes, default_path)
+        named = _attributes(attributes)
+        scope = _scope(named, default_path)
         value = value.strip().strip('"')
         kept.pop(scope, None)  # the latest last
-        kept[scope] = value if value and not _deletes(attributes) else None
+        kept[scope] = value if value and not _deletes(named) else None
     live = [value for value in kept.values() if value]
     return live[-1] if live else None
 
@@ -142,8 +143,7 @@ def _attributes(attributes: list[str]) -> dict[str, str]:
     return named
 
 
-def _scope(attributes: list[str], default_path: str) -> tuple[str, str]:
-    named = _attributes(attributes)
+def _scope(named: dict[str, str], default_path: str) -> tuple[str, str]:
     path = named.get("path", "")
     return path if path.startswith("/") else default_path, named.get("domain", "").lower().lstrip(".")
 
@@ -155,9 +155,8 @@ def _default_path(request_path: str) -> str:
     return request_path[:request_path.rindex("/")]
 
 
-def _deletes(attributes: list[str]) -> bool:
+def _deletes(named: dict[str, str]) -> bool:
     """Whether a Set-Cookie's attributes expire it at once (Max-Age wins over Expires)."""
-    named = _attributes(attributes)
     if re.fullmatch(r"[-+]?[0-9]+", named.get("max-age", "")):  # Chromium reads +0 too
         return int(named["max-age"]) <= 0
     expires = cookie_date(named["expires"]) if "expires" in named else None
