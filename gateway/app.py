@@ -165,7 +165,7 @@ class Gateway:
                 if session.get("user") != ex.user:
                     return "session_ended"
         decision = self.config.policy.decide(facts_of(ex, user=ex.user))
-        if decision.action == "deny" and decision.enforced:
+        if not decision.allowed:
             return decision.reason or "ip_not_allowed"
         if session is not None and decision.settings.require_2fa and not decision.public and not session.get("mfa"):
             return "mfa_required"

@@ -63,7 +63,7 @@ def override_methods(ex: Exchange) -> list[str]:
 
 def _rank(decision: Decision) -> int:
     """0 for an enforced deny, 1 for a report-only one, 2 for an allow: lower is stricter."""
-    return 0 if decision.action == "deny" and decision.enforced else 1 if decision.action == "deny" else 2
+    return 0 if not decision.allowed else 1 if decision.action == "deny" else 2
 
 
 def _strictest(decisions: list[Decision]) -> Decision:

@@ -90,7 +90,7 @@ class TwoFactorEndpoint:
         # The code completes a login: judged as the login would be now, from this address (a
         # pending cookie carried elsewhere must not have the CRM's session released there).
         decision = self.policy.decide(replace(facts_of(ex, user=user, method=self.login_method), path=self.login_match))
-        if decision.action == "deny" and decision.enforced:
+        if not decision.allowed:
             log_decision(ex, decision, "access.denied")
             return ex.deny(403, decision.reason or "ip_not_allowed", as_json=as_json or ex.wants_json)
         try:
