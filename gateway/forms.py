@@ -389,9 +389,6 @@ class _Places:
         self.body = body
         self.text = body.decode("latin-1")
         self.multipart = multipart
-        # The body's (key, string value) pairs when it is JSON, once (None: it is not JSON).
-        self._json: list[tuple[str, str]] | None = None
-        self._json_read = False
         self.delimiters = delimiters
         self._parts_of: dict[str, list[tuple[int, int, tuple[int, ...], int]]] = {}
 
@@ -451,34 +448,32 @@ class _Places:
     def _json_key(self, at: int, end: int) -> bool:
         """Whether the mention is a key of the JSON the body is (not JSON-like text in a form or a file)."""
         return (self.text[at - 1:at] == '"' and _JSON_KEY.match(self.text, end) is not None
-                and self.json_pairs() is not None)
+                and self.json_pairs is not None)
 
+    @functools.cached_property
     def json_pairs(self) -> list[tuple[str, str]] | None:
         """Every (key, string value) at any depth, if the body is UTF-8 JSON (Laravel's json_decode reads
-        nothing else; Python's parser, its integers and floats kept as text, reads at least as much)."""
-        if not self._json_read:
-            self._json_read = True
+        nothing else; Python's parser, integers too long for its int() kept as text, reads at least as much)."""
+        try:
+            text = self.body.decode("utf-8")
             try:
-                text = self.body.decode("utf-8")
-                try:
-                    document = json.loads(text)
-                except ValueError as exc:
-                    if "digits" not in str(exc):  # Python's int() limit: PHP reads a long integer
-                        raise
-                    document = json.loads(text, parse_int=str)
-            except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-                return None
-            # A key given twice keeps its last value, in Python's dicts as in PHP's json_decode.
-            pairs, stack = [], [document]
-            while stack:
-                item = stack.pop()
-                if isinstance(item, dict):
-                    pairs += [(key, value) for key, value in item.items() if isinstance(value, str)]
-                    stack += [value for value in item.values() if isinstance(value, (dict, list))]
-                elif isinstance(item, list):
-                    stack += [value for value in item if isinstance(value, (dict, list))]
-            self._json = pairs
-        return self._json
+                document = json.loads(text)
+            except ValueError as exc:
+                if "digits" not in str(exc):  # Python's int() limit: PHP reads a long integer
+                    raise
+                document = json.loads(text, parse_int=str)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            return None
+        # A key given twice keeps its last value, in Python's dicts as in PHP's json_decode.
+        pairs, stack = [], [document]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                pairs += [(key, value) for key, value in item.items() if isinstance(value, str)]
+                stack += [value for value in item.values() if isinstance(value, (dict, list))]
+            elif isinstance(item, list):
+                stack += [value for value in item if isinstance(value, (dict, list))]
+        return pairs
     def _named(self, at: int, end: int) -> bool:
         """Whether the mention ``text[at:end]`` stands where some back end reads it as a whole field name."""
         text = self.text
@@ -537,7 +532,7 @@ class _Places:
         for values, at_places in readings:
             found |= set(values)
             accounted |= at_places
-        if not self.multipart and (pairs := self.json_pairs()):
+        if not self.multipart and (pairs := self.json_pairs):
             found |= {value for key, value in pairs if same(key)}
             accounted |= {at for at, end in places if self._json_key(at, end)}
         if any(at not in accounted for at, _ in places):
