@@ -18,7 +18,7 @@ import itertools
 import json
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from email.parser import BytesParser
 from email.policy import HTTP
 from urllib.parse import parse_qsl, unquote
@@ -65,6 +65,12 @@ def normalise_username(value: str) -> str | None:
     if any(unicodedata.category(char) in ("Cc", "Cs") for char in name):
         raise UnreadableBody("username contains a control character or is not valid UTF-8")
     return name or None
+
+
+def reads_as(name: str, wanted: Collection[str]) -> bool:
+    """Whether some back end reads the field ``name`` as one of ``wanted`` (lower case): in any case (ASP.NET),
+    or renamed as PHP renames it."""
+    return name.lower() in wanted or php_field_name(name).lower() in wanted
 
 
 def php_field_name(name: str) -> str:
@@ -523,8 +529,7 @@ class _Places:
 
         def same(name: str) -> bool:
             lowered = name.lower()
-            return (any(tail in lowered for tail in tails)
-                    and (lowered in wanted or php_field_name(name).lower() in wanted))
+            return any(tail in lowered for tail in tails) and reads_as(name, wanted)
 
         found: set[str] = set()
         accounted: set[int] = set()

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from gateway.exchange import Exchange
-from gateway.forms import UnreadableBody, field_values, php_field_name, read_small_body
+from gateway.forms import UnreadableBody, field_values, read_small_body, reads_as
 from gateway.headers import METHOD_OVERRIDE_FIELD, METHOD_OVERRIDE_HEADERS, METHOD_OVERRIDE_PARAM, canonical_name
 from gateway.logs import get_logger
 from gateway.metrics import DECISION_TIME
@@ -54,7 +54,7 @@ def override_methods(ex: Exchange) -> list[str]:
         # Names as back ends read them: PHP's '.method', ' _method', '_method[]' (Symfony falls back to
         # the query), ASP.NET's in any case.
         values += [value for name, value in parse_qsl(ex.query, keep_blank_values=True)
-                   if php_field_name(name).lower() in _QUERY_FIELDS or name.lower() in _QUERY_FIELDS]
+                   if reads_as(name, _QUERY_FIELDS)]
     if not values:
         return []
     methods = {part.strip().upper() for value in values for part in value.split(",")}
