@@ -17,10 +17,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway import logs
-from gateway.config import load_config
 from gateway.server import Server
-from tests.e2e.harness import OFFICE, POLICY, LogBuffer, main_config, write_config
+from tests.e2e.harness import OFFICE, POLICY, LogBuffer, gateway_for
 
 
 @dataclass
@@ -139,19 +137,15 @@ async def rig(directory: Path, *, policy: dict[str, Any] | None = None, script: 
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     crm_port = runner.addresses[0][1]
-    buffer = LogBuffer()
-    logs.configure(level="debug", fmt="json", stream=buffer)
-    policy = copy.deepcopy(POLICY) if policy is None else policy
-    path = write_config(directory, main_config(crm_port, **overrides), policy)
-    server = Server(config_path=path, config=load_config(path), watch=False, drain_timeout=1.0)
-    await server.start()
     try:
-        assert server.port is not None
-        rig_ = Rig(server.port, crm_port, script, buffer, server, directory)
-        yield rig_
+        async with gateway_for(directory, crm_port, copy.deepcopy(POLICY) if policy is None else policy,
+                               drain_timeout=1.0, **overrides) as (server, _, buffer):
+            assert server.port is not None
+            rig_ = Rig(server.port, crm_port, script, buffer, server, directory)
+            try:
+                yield rig_
+            finally:
+                for client in rig_.clients:
+                    await client.close()
     finally:
-        for c in rig_.clients:
-            await c.close()
-        assert server.runner is not None
-        await server.runner.cleanup()
         await runner.cleanup()

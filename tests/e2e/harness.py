@@ -185,6 +185,23 @@ class Stack:
 
 
 @asynccontextmanager
+async def gateway_for(
+    directory: Path, crm_port: int, policy: dict[str, Any], *, drain_timeout: float = 2.0, **main_overrides: Any
+) -> AsyncIterator[tuple[Server, Path, LogBuffer]]:
+    """The gateway in this event loop in front of the CRM on ``crm_port``, its logs captured; stopped at the end."""
+    buffer = LogBuffer()
+    logs.configure(level="debug", fmt="json", stream=buffer)
+    path = write_config(directory, main_config(crm_port, **main_overrides), policy)
+    server = Server(config_path=path, config=load_config(path), watch=False, drain_timeout=drain_timeout)
+    await server.start()
+    try:
+        yield server, path, buffer
+    finally:
+        assert server.runner is not None
+        await server.runner.cleanup()
+
+
+@asynccontextmanager
 async def stack(
     directory: Path,
     *,
@@ -194,20 +211,16 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     """Demo CRM + gateway in this event loop; config files written to ``directory``."""
     crm_runner, crm_port = await demo_crm.start("127.0.0.1", 0, **({"users": crm_users} if crm_users else {}))
-    buffer = LogBuffer()
-    logs.configure(level="debug", fmt="json", stream=buffer)
-    main = main_config(crm_port, **main_overrides)
-    path = write_config(directory, main, POLICY if policy is None else policy)
-    server = Server(config_path=path, config=load_config(path), watch=False, drain_timeout=2.0)
-    await server.start()
-    result = Stack(directory, path, crm_port, crm_runner, server, buffer)
     try:
-        yield result
+        async with gateway_for(directory, crm_port, POLICY if policy is None else policy,
+                               **main_overrides) as (server, path, buffer):
+            result = Stack(directory, path, crm_port, crm_runner, server, buffer)
+            try:
+                yield result
+            finally:
+                for client in result._clients:
+                    await client.close()
     finally:
-        for client in result._clients:
-            await client.close()
-        assert server.runner is not None
-        await server.runner.cleanup()
         await crm_runner.cleanup()
 
 
