@@ -46,7 +46,9 @@ class _ServerLog(logging.Handler):
     aiohttp logs a request it cannot parse with a traceback quoting the first bytes of the
     offending line: an oversized Cookie or Authorization header, or a token in a URL, would
     land in the log. Only the peer, the status and the kind of error are kept. Anything else
-    aiohttp reports (a bug, not a client) keeps its traceback.
+    aiohttp reports keeps its level: its debug notes (a client that left mid-request, logged
+    when the event loop runs in debug mode) stay debug; a warning or error (a bug, not a
+    client) keeps its traceback.
     """
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -57,6 +59,8 @@ class _ServerLog(logging.Handler):
             # HTTP port) at debug, to keep them out of the logs; so does the gateway.
             emit = log.debug if record.levelno <= logging.DEBUG else log.warning
             emit("request.malformed", peer_ip=str(peer), status=exc.code, error=type(exc).__name__)
+        elif record.levelno < logging.WARNING:
+            log.debug("http.server_note", detail=str(record.msg))
         else:
             log.error("http.server_error", detail=str(record.msg), exc_info=record.exc_info)
 

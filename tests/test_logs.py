@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from gateway.app import server_logger
 
 WRITER = """
 from gateway import logs
@@ -31,3 +36,19 @@ def test_workers_sharing_stdout_never_interleave_lines(tmp_path: Path) -> None:
     events = [json.loads(line) for line in lines]  # raises on a torn line
     assert len(events) == 6000
     assert sorted(e["n"] for e in events if e["worker"] == 1) == list(range(3000))
+
+
+def test_aiohttp_debug_notes_stay_debug_and_its_errors_stay_errors() -> None:
+    # In debug mode aiohttp notes every client that leaves mid-request; that is no server error.
+    logger = server_logger()
+    with capture_logs() as events:
+        logger.debug("Ignored premature client disconnection")
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            logger.exception("Error handling request")
+    assert [(e["event"], e["log_level"]) for e in events] == [
+        ("http.server_note", "debug"), ("http.server_error", "error")]
+    assert events[0]["detail"] == "Ignored premature client disconnection"
+    assert events[1]["exc_info"][0] is RuntimeError
+    assert logging.getLogger("gateway.http").propagate is False
