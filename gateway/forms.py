@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import codecs
+import contextlib
 import functools
 import itertools
 import json
@@ -152,6 +153,35 @@ def field_from_body(body: bytes, content_type: str, field: str) -> str | None:
             raise UnreadableBody("form body is not UTF-8") from None
         return _only(form_values(text, field), field)
     raise UnreadableBody(f"body of type {_echo(kind)} cannot be read")
+
+
+def login_username(body: bytes, content_type: str, field: str) -> str | None:
+    """The username of a login body: read one way (:func:`field_from_body`), and every other reading agreeing.
+
+    The one reading is what the gateway judges; the CRM's framework reads the body its own way.
+    So the body is also searched as for a method override (:func:`field_values`: any case, PHP's
+    renamings, percent-encoded names, JSON keys at any depth, every way a multipart head may end,
+    a JSON body behind a form's Content-Type), and a value found there that is not the username
+    read, or a place naming the field that no reading accounts for, refuses the body.
+    """
+    user = field_from_body(body, content_type, field)
+    for value in field_values(body, content_type, field):
+        if user is None or user not in _readings_of(value):
+            raise UnreadableBody(f"the field {field!r} has more than one reading")
+    return user
+
+
+def _readings_of(value: str) -> set[str | None]:
+    """A value :func:`field_values` found, as a username: its text, and its bytes read as UTF-8
+    (that search reads a body as Latin-1: a raw UTF-8 name arrives as its bytes)."""
+    texts = [value]
+    with contextlib.suppress(UnicodeError):
+        texts.append(value.encode("latin-1").decode("utf-8"))
+    readings = set()
+    for text in texts:
+        with contextlib.suppress(UnreadableBody):
+            readings.add(normalise_username(text))
+    return readings
 
 
 def form_values(text: str, field: str) -> list[str]:

@@ -15,7 +15,7 @@ from aiohttp import web
 from gateway.cookies import UnreadableCookie, cookie_name_key, crm_cookies
 from gateway.exchange import Exchange
 from gateway.filters.policy import facts_of
-from gateway.forms import UnreadableBody, field_from_body, php_field_name, read_small_body
+from gateway.forms import UnreadableBody, login_username, read_small_body, reads_as
 from gateway.logs import get_logger
 from gateway.policy import Policy
 from gateway.sessions import SessionStore, fingerprint, save_session_later
@@ -140,10 +140,9 @@ class IdentityFilter:
         try:
             ex.body = await read_small_body(request, "login")
             # Back ends that merge query and body (PHP's $_REQUEST, Rails' params) would read it there.
-            if any(name == field or php_field_name(name) == field
-                   for name, _ in parse_qsl(ex.query, keep_blank_values=True)):
+            if any(reads_as(name, {field.lower()}) for name, _ in parse_qsl(ex.query, keep_blank_values=True)):
                 raise UnreadableBody(f"the field {field!r} is in the query string")
-            ex.user = field_from_body(ex.body, request.headers.get("Content-Type", ""), field)
+            ex.user = login_username(ex.body, request.headers.get("Content-Type", ""), field)
         except UnreadableBody as exc:
             return self._bad(ex, str(exc))
         if ex.user is None:
