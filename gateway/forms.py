@@ -2,11 +2,13 @@
 
 The gateway judges some requests by a field of their body (the login POST by its
 username, a POST by the ``_method`` it asks the CRM to run). It reads such a body
-whole, bounded. A login body is read one way only (:func:`field_from_body`): one
-that another parser (the CRM's) could read differently is refused with
-:class:`UnreadableBody` (a field twice, a charset other than UTF-8, a Content-Type
-with two boundaries, a field name PHP reads as this one). A method override is
-looked for every way a back end may read it (:func:`field_values`).
+whole, bounded. A login body is read one way only (:func:`field_from_body`: the
+shapes login forms send, multipart framed strictly) and every other way a back end
+may read it must agree (:func:`login_username`); one that another parser (the CRM's)
+could read differently is refused with :class:`UnreadableBody` (a field twice, a
+charset other than UTF-8, a Content-Type with two boundaries, a field name some back
+end reads as this one). A method override is looked for every way a back end may
+read it (:func:`field_values`).
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ import json
 import re
 import unicodedata
 from collections.abc import Callable, Collection, Iterable
-from email.parser import BytesParser
-from email.policy import HTTP
 from urllib.parse import parse_qsl, unquote
 
 from aiohttp import web
@@ -71,7 +71,14 @@ def normalise_username(value: str) -> str | None:
 def reads_as(name: str, wanted: Collection[str]) -> bool:
     """Whether some back end reads the field ``name`` as one of ``wanted`` (lower case): in any case (ASP.NET),
     or renamed as PHP renames it."""
-    return name.lower() in wanted or php_field_name(name).lower() in wanted
+    php = php_field_name(name)
+    return any(spelling in wanted for spelling in (name.lower(), php.lower(), folded(name), folded(php)))
+
+
+def folded(name: str) -> str:
+    """``name`` in lower case after upper case: ASP.NET's and Go's case-blind comparisons take the long s
+    and the dotless i (U+017F, U+0131) for s and i, which ``lower()`` alone does not."""
+    return name.upper().lower()
 
 
 def php_field_name(name: str) -> str:
@@ -139,13 +146,18 @@ def field_from_body(body: bytes, content_type: str, field: str) -> str | None:
     charset = parameters.get("charset", "").strip().lower()
     if charset and charset not in _UTF8:
         raise UnreadableBody(f"body in charset {_echo(charset)}; only UTF-8 is read")
-    if kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json")):
+    is_json = kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+    if not is_json and "json" in content_type.lower():  # Laravel reads any type with /json or +json as JSON
+        raise UnreadableBody(f"Content-Type {_echo(content_type)} may be read as JSON")
+    if is_json:
         return _from_json(body, field)
     if kind == MULTIPART:
         boundary = parameters.get("boundary", "")
         if _BOUNDARY.fullmatch(boundary) is None:
             raise UnreadableBody(f"multipart body with the boundary {_echo(boundary)}")
         return _from_multipart(body, boundary, field)
+    if "boundary" in parameters:
+        raise UnreadableBody(f"a boundary in a {_echo(kind)} Content-Type")
     if kind in ("", FORM):
         try:
             text = body.decode("utf-8")
@@ -155,15 +167,23 @@ def field_from_body(body: bytes, content_type: str, field: str) -> str | None:
     raise UnreadableBody(f"body of type {_echo(kind)} cannot be read")
 
 
-def login_username(body: bytes, content_type: str, field: str) -> str | None:
+def login_username(body: bytes, content_type: str, field: str, query: str = "") -> str | None:
     """The username of a login body: read one way (:func:`field_from_body`), and every other reading agreeing.
 
     The one reading is what the gateway judges; the CRM's framework reads the body its own way.
     So the body is also searched as for a method override (:func:`field_values`: any case, PHP's
     renamings, percent-encoded names, JSON keys at any depth, every way a multipart head may end,
     a JSON body behind a form's Content-Type), and a value found there that is not the username
-    read, or a place naming the field that no reading accounts for, refuses the body.
+    read, or a place naming the field that no reading accounts for, refuses the body. So does
+    the field anywhere in the ``query`` where a back end reads a name (PHP's ``$_REQUEST`` and
+    Rails' ``params`` merge the two; Rack splits a query at ``;`` too and drops brackets).
     """
+    try:
+        in_query = bool(query) and bool(field_values(query.encode("utf-8", "surrogateescape"), FORM, field))
+    except UnreadableBody:
+        in_query = True
+    if in_query:
+        raise UnreadableBody(f"the field {field!r} is in the query string")
     user = field_from_body(body, content_type, field)
     for value in field_values(body, content_type, field):
         if user is None or user not in _readings_of(value):
@@ -190,7 +210,7 @@ def form_values(text: str, field: str) -> list[str]:
     for name, value in parse_qsl(text, keep_blank_values=True, errors="surrogateescape"):
         if name == field:
             values.append(value)
-        elif php_field_name(name) == field:
+        elif reads_as(name, {field.lower()}):
             raise UnreadableBody(f"the field {_echo(name)} reads as {field!r} in some back ends")
     return values
 
@@ -199,6 +219,8 @@ def _from_json(body: bytes, field: str) -> str | None:
     def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
         if sum(1 for key, _ in items if key == field) > 1:
             raise UnreadableBody(f"the key {field!r} is given twice")
+        if any(key != field and reads_as(key, {field.lower()}) for key, _ in items):
+            raise UnreadableBody(f"a key read as {field!r} by case-blind back ends (Go, ASP.NET)")
         return dict(items)
 
     try:
@@ -219,43 +241,88 @@ def _from_json(body: bytes, field: str) -> str | None:
     return normalise_username(value)
 
 
-def _bound_multipart(body: bytes, boundary: str) -> None:
-    """Refuse a multipart body the MIME parser would spend long on (see MAX_LOGIN_PARTS).
-
-    Counted on every occurrence of the delimiter and on each piece's bytes up to its
-    first blank line: never less than what the parser will find, so a body that
-    passes here is cheap to parse.
-    """
-    pieces = body.split(b"--" + boundary.encode("ascii"))
-    if len(pieces) - 1 > MAX_LOGIN_PARTS + 1:  # the closing delimiter is one more
-        raise UnreadableBody(f"multipart body with more than {MAX_LOGIN_PARTS} parts")
-    if sum(len(piece.partition(b"\r\n\r\n")[0]) for piece in pieces[1:]) > MAX_LOGIN_PART_HEADERS:
-        raise UnreadableBody(f"multipart body with over {MAX_LOGIN_PART_HEADERS} bytes of part headers")
+# A part's header line as login forms write them: a token, a colon, a value without control characters
+# (no folded lines, no bare CR or LF, no space before the colon: back ends read those apart).
+_PART_HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*+([^\x00-\x08\x0a-\x1f\x7f]*)")
+# Content-Disposition as browsers, curl and mobile HTTP libraries write it: quoted `name` and `filename`,
+# nothing in the quotes that a reader unescapes or splits at; no RFC 2231 `name*`.
+_DISPOSITION = re.compile(r'form-data((?:; (?:name|filename)="[^"\\;\x00-\x1f\x7f]*")+)')
+_DISPOSITION_PARAMETER = re.compile(r'; (name|filename)="([^"]*)"')
+_PART_HEADERS = frozenset({"content-disposition", "content-type", "content-length"})
 
 
 def _from_multipart(body: bytes, boundary: str, field: str) -> str | None:
-    """The username part of a multipart body split at ``boundary`` (the one the client's header names)."""
-    _bound_multipart(body, boundary)
-    message = BytesParser(policy=HTTP).parsebytes(
-        b'Content-Type: multipart/form-data; boundary="' + boundary.encode("ascii") + b'"\r\n\r\n' + body
-    )
-    if not message.is_multipart():
-        return None
+    """The username part of a multipart body, if the body is framed the one way every reader splits alike.
+
+    Readers split a multipart body differently at its edges: a delimiter inside a line (Django)
+    or followed by other characters, a preamble (commons-fileupload, Werkzeug), parts after the
+    closing delimiter (PHP, Django), a head ended by bare LFs (Rack reads on), a folded or bare-CR
+    header line, two Content-Disposition headers or two names in one (the first or the last),
+    RFC 2231 names. A login form has none of these: such a body is refused, and the parts of
+    the rest are read here.
+    """
     values = []
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
+    for head, content in _login_parts(body, boundary):
+        name, charset = _part_name(head)
         if name != field:
-            if isinstance(name, str) and php_field_name(name) == field:
+            if reads_as(name, {field.lower()}):
                 raise UnreadableBody(f"the part {_echo(name)} reads as {field!r} in some back ends")
             continue
-        charset = part.get_content_charset()
-        if charset is not None and charset.lower() not in _UTF8:
+        if charset not in ("", *_UTF8):
             raise UnreadableBody(f"the {field!r} part is in charset {_echo(charset)}; only UTF-8 is read")
-        payload = part.get_payload(decode=True)
-        if not isinstance(payload, bytes):
-            raise UnreadableBody(f"the {field!r} part cannot be read")
-        values.append(payload.decode("utf-8", "surrogateescape"))
+        values.append(content.decode("utf-8", "surrogateescape"))
     return _only(values, field)
+
+
+def _login_parts(body: bytes, boundary: str) -> list[tuple[list[tuple[str, str]], bytes]]:
+    """(head as (lower-case name, value) pairs, content) of each part; :class:`UnreadableBody` unless the body
+    opens with the delimiter, every delimiter begins a line and ends it, and nothing follows the closing one."""
+    delimiter = b"--" + boundary.encode("ascii")
+    closing = body.find(b"\r\n" + delimiter + b"--")
+    if not body.startswith(delimiter + b"\r\n") or closing < 0:
+        raise UnreadableBody("a multipart body that does not open with its delimiter or is not closed")
+    if body[closing + len(delimiter) + 4:] not in (b"", b"\r\n"):
+        raise UnreadableBody("a multipart body with something after its closing delimiter")
+    starts, at = [], 0
+    while at < closing:
+        if (at and body[at - 2:at] != b"\r\n") or body[at + len(delimiter):at + len(delimiter) + 2] != b"\r\n":
+            raise UnreadableBody("a multipart delimiter inside a line, or followed by other characters")
+        starts.append(at + len(delimiter) + 2)
+        at = body.find(delimiter, at + len(delimiter))
+        if len(starts) > MAX_LOGIN_PARTS:
+            raise UnreadableBody(f"multipart body with more than {MAX_LOGIN_PARTS} parts")
+    parts, head_bytes = [], 0
+    for index, start in enumerate(starts):
+        end = starts[index + 1] - len(delimiter) - 4 if index + 1 < len(starts) else closing
+        head, blank, content = body[start:end].partition(b"\r\n\r\n")
+        head_bytes += len(head)
+        if not blank or not head or head_bytes > MAX_LOGIN_PART_HEADERS:
+            raise UnreadableBody(f"a multipart part without a head, or over {MAX_LOGIN_PART_HEADERS} bytes of them")
+        lines = [_PART_HEADER.fullmatch(line) for line in head.split(b"\r\n")]
+        if not all(lines):
+            raise UnreadableBody("a multipart part head with a line login forms do not write")
+        parts.append(([(m[1].decode("ascii").lower(), m[2].decode("latin-1")) for m in lines if m], content))
+    return parts
+
+
+def _part_name(head: list[tuple[str, str]]) -> tuple[str, str]:
+    """A part's name, read from its one Content-Disposition header, and its charset ('' if none)."""
+    names = [name for name, _ in head]
+    if names.count("content-disposition") != 1 or len(set(names)) != len(names) or set(names) - _PART_HEADERS:
+        raise UnreadableBody("a multipart part head with other headers than a login form's")
+    disposition = dict(head)["content-disposition"]
+    written = _DISPOSITION.fullmatch(disposition)
+    parameters = _DISPOSITION_PARAMETER.findall(written[1]) if written else []
+    keys = [key for key, _ in parameters]
+    if keys.count("name") != 1 or keys.count("filename") > 1:
+        raise UnreadableBody(f"a part's Content-Disposition {_echo(disposition)} cannot be read one way")
+    name = dict(parameters)["name"]
+    if not name or name != name.strip():
+        raise UnreadableBody(f"a part name {_echo(name)} with spaces around it (some back ends trim them)")
+    charset = ""
+    if "content-type" in dict(head):
+        charset = media_type(dict(head)["content-type"])[1].get("charset", "").strip().lower()
+    return name, charset
 
 
 async def read_small_body(request: web.Request, what: str, limit: int = MAX_BODY) -> bytes:

@@ -8,14 +8,14 @@ the gateway (or before it was installed) is useless through it.
 from __future__ import annotations
 
 from dataclasses import replace
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import unquote
 
 from aiohttp import web
 
 from gateway.cookies import UnreadableCookie, cookie_name_key, crm_cookies
 from gateway.exchange import Exchange
 from gateway.filters.policy import facts_of
-from gateway.forms import UnreadableBody, login_username, read_small_body, reads_as
+from gateway.forms import UnreadableBody, login_username, read_small_body
 from gateway.logs import get_logger
 from gateway.policy import Policy
 from gateway.sessions import SessionStore, fingerprint, save_session_later
@@ -139,10 +139,8 @@ class IdentityFilter:
         field = self.login.username_field
         try:
             ex.body = await read_small_body(request, "login")
-            # Back ends that merge query and body (PHP's $_REQUEST, Rails' params) would read it there.
-            if any(reads_as(name, {field.lower()}) for name, _ in parse_qsl(ex.query, keep_blank_values=True)):
-                raise UnreadableBody(f"the field {field!r} is in the query string")
-            ex.user = login_username(ex.body, request.headers.get("Content-Type", ""), field)
+            # Back ends that merge query and body (PHP's $_REQUEST, Rails' params) would read it there too.
+            ex.user = login_username(ex.body, request.headers.get("Content-Type", ""), field, ex.query)
         except UnreadableBody as exc:
             return self._bad(ex, str(exc))
         if ex.user is None:
