@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from aiohttp_session import Session
 
-from gateway.pages import denial
+from gateway.pages import DENIALS, denial
 from gateway.paths import NormalisedPath
 from gateway.schema import IPAddress
 
@@ -56,6 +56,9 @@ class Exchange:
     send_hooks: list[SendHook] = field(default_factory=list)
     done_hooks: list[DoneHook] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
+    # The reason of the denial this request got (DESIGN.md §5), and whether its access.denied event is out.
+    denied: str | None = None
+    denial_logged: bool = False
 
     async def before_send(self, response: web.StreamResponse) -> None:
         """Run the send hooks; every response path calls this once before prepare()."""
@@ -66,6 +69,8 @@ class Exchange:
     def deny(self, status: int, reason: str, *, as_json: bool | None = None,
              retry_after: int | None = None) -> web.Response:
         """The gateway's own answer for this request: a page or JSON with its IP and request id."""
+        if status in DENIALS:
+            self.denied = reason
         return denial(status=status, reason=reason, client_ip=str(self.client_ip), request_id=self.request_id,
                       as_json=self.wants_json if as_json is None else as_json, retry_after=retry_after)
 

@@ -44,7 +44,9 @@ UPSTREAM_ERRORS = Counter("crmgw_upstream_errors_total", "Upstream failures answ
 
 def record_request(ex: Exchange, status: int) -> None:
     decision = ex.decision
-    if decision is None:
+    if ex.denied is not None:
+        REQUESTS.labels("deny", ex.denied).inc()  # a rule's, or a ban, a lock-out, a malformed request
+    elif decision is None:
         REQUESTS.labels("answered", str(status)).inc()
     elif decision.action == "allow":
         _ALLOWED.inc()

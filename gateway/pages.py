@@ -66,7 +66,10 @@ dt{{font-weight:600}} code{{font-size:1rem}}</style></head>
 </main></body></html>
 """
 
-_ERRORS = {403: "access_denied", 429: "too_many_attempts", 400: "bad_request", 503: "unavailable"}
+# DESIGN.md §5: a denial (403, 400 for a malformed request, 429 for a lock-out or ban, 503 without the
+# session store) is "access_denied" in JSON, its reason saying which; anything else the gateway answers
+# itself (a 502 or 504 from the CRM, a 405, a 404 on its own paths) is "gateway_error".
+DENIALS = frozenset({400, 403, 429, 503})
 
 
 def denial(
@@ -84,7 +87,7 @@ def denial(
         headers["Retry-After"] = str(retry_after)
     if as_json:
         body = {
-            "error": _ERRORS.get(status, "gateway_error") if status != 403 else "access_denied",
+            "error": "access_denied" if status in DENIALS else "gateway_error",
             "reason": reason,
             "message": REASONS.get(reason, ""),
             "client_ip": client_ip,

@@ -74,6 +74,7 @@ def _strictest(decisions: list[Decision]) -> Decision:
 def log_decision(ex: Exchange, decision: Decision, event: str) -> None:
     """One structured event per denial, with the fields DESIGN.md §6 lists."""
     assert ex.path is not None
+    ex.denial_logged = ex.denial_logged or event == "access.denied"
     log.warning(
         event,
         request_id=ex.request_id,

@@ -191,6 +191,25 @@ async def test_password_guessing_is_banned_before_the_crm_sees_attempt_n_plus_on
         assert (await login(s.client("127.0.0.2"), s, user="jim")).status == 302
 
 
+async def test_denials_no_rule_made_have_an_access_denied_event_and_count_as_denials(tmp_path: Path) -> None:
+    """DESIGN.md §6: one access.denied per denial, also for a ban (429) and a malformed request (400)."""
+    async with stack(tmp_path, login={"max_failures": 1}) as s:
+        client = s.client(OFFICE)
+        assert (await login(client, s, user="pat", password="guess")).status == 200
+        banned = await login(client, s, user="pat", password="demo")
+        async with client.get(s.url("/a%2Fb")) as bad:
+            assert (banned.status, bad.status) == (429, 400)
+        denied = {e["request_id"]: e for e in s.logs.events("access.denied")}
+        assert denied[banned.headers["X-Request-ID"]]["reason"] == "login_banned"
+        assert denied[banned.headers["X-Request-ID"]]["status"] == 429
+        assert denied[bad.headers["X-Request-ID"]]["reason"] == "bad_request"
+        assert len(denied) == len(s.logs.events("access.denied")) == 2  # one each
+        async with client.get(s.url("/_gateway/metrics")) as resp:
+            metrics = await resp.text()
+        assert 'crmgw_requests_total{decision="deny",reason="login_banned"}' in metrics
+        assert 'crmgw_requests_total{decision="deny",reason="bad_request"}' in metrics
+
+
 async def test_password_guesses_sent_all_at_once_reach_the_crm_no_more_than_max_failures_times(
     tmp_path: Path,
 ) -> None:
