@@ -53,6 +53,13 @@ def prepare(config_dir: Path, port: int) -> tuple[Path, int]:
 def run_demo(*, port: int, config_dir: Path | None) -> int:
     main, crm_port = prepare(find_config_dir(config_dir), port)
     try:
+        return _demo(main, crm_port)
+    finally:  # the scratch copy holds a session key and TOTP secrets
+        shutil.rmtree(main.parent, ignore_errors=True)
+
+
+def _demo(main: Path, crm_port: int) -> int:
+    try:
         config = load_config(main)
     except ConfigError as exc:
         for problem in exc.problems:
@@ -82,7 +89,7 @@ async def _run(server: Server, main: Path, crm_port: int, enrolled: dict[str, st
         "crm-gateway demo is running",
         f"  gateway:   http://{host}:{server.port}/   (open this in a browser)",
         f"  demo CRM:  http://127.0.0.1:{crm_port}/   (what sits behind it)",
-        f"  config:    {main}   (edit it: the gateway reloads by itself)",
+        f"  config:    {main}   (edit it: the gateway reloads by itself; removed when the demo stops)",
         "  users:     jim, bob, alice, pat, maria, sam; password: demo",
         "  try a denial from 'outside the office':",
         f"    curl --interface 127.0.0.3 http://127.0.0.1:{server.port}/_gateway/whoami",

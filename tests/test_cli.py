@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -251,3 +252,12 @@ def test_a_reload_frees_the_policy_the_gateway_started_with(example: Path, comma
                             text=True, cwd=REPO, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert "start-up policy: freed" in result.stdout, result.stdout + result.stderr
+
+
+def test_the_demo_removes_its_scratch_copy_with_the_key_and_secrets_when_it_stops(example: Path) -> None:
+    result = subprocess.run([sys.executable, "-c", SERVE_AND_RELOAD, str(example), "demo"], capture_output=True,
+                            text=True, cwd=REPO, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    scratch = Path(re.search(r"config:\s+(\S+)gateway\.yaml", result.stderr)[1])  # type: ignore[index]
+    assert scratch.name.startswith("crm-gateway-demo-")
+    assert not scratch.exists()
