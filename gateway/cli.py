@@ -50,6 +50,19 @@ def _exit_if_unshared(settings: Settings, workers: int) -> None:
         raise SystemExit(1)
 
 
+def _exit_if_bad_key(settings: Settings) -> None:
+    """Exit 1 with one line when the cookie store's session key is there but malformed (not a traceback at start)."""
+    if settings.session.store != "cookie":
+        return
+    from gateway.sessions import read_secret_key
+
+    try:
+        read_secret_key(settings.session)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def _exit_with_problems(exc: ConfigError) -> NoReturn:
     for problem in exc.problems:
         print(problem, file=sys.stderr)
@@ -74,6 +87,7 @@ def _server(args: argparse.Namespace) -> Server:
     """The one-process gateway, its config loaded and its logging and event loop set up."""
     config = _load_or_exit(args.config)
     _exit_if_unshared(config.settings, args.worker_count)  # a worker (re)started after an edit, as a reload
+    _exit_if_bad_key(config.settings)
     # Imported after the load: their objects then fill the holes the load's temporaries left
     # (imported first, idle RSS is ~3 MiB higher at 100,000 rules).
     from gateway import logs
@@ -121,6 +135,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from gateway.checks import warnings_for
 
     _exit_if_unshared(config.settings, args.workers)
+    _exit_if_bad_key(config.settings)
     warnings = warnings_for(config, now=datetime.now(UTC))
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)

@@ -44,20 +44,34 @@ KEY_ENV = "CRMGW_SECRET_KEY"
 SEEN_RESOLUTION = 60.0  # refresh the idle clock at most once a minute: no Set-Cookie on every response
 
 
-def load_secret_key(settings: SessionSettings) -> bytes:
-    """The 32-byte session key: $CRMGW_SECRET_KEY, else the key file, else a new key saved 0600."""
+def read_secret_key(settings: SessionSettings) -> bytes | None:
+    """The 32-byte session key from $CRMGW_SECRET_KEY or the key file, None if neither is there.
+
+    Raises ValueError, naming the variable or file, for a key that is not 32 bytes of urlsafe-base64.
+    """
     text = os.environ.get(KEY_ENV)
     source = KEY_ENV
     if text is None and settings.secret_key_file.exists():
-        text = settings.secret_key_file.read_text(encoding="ascii").strip()
-        source = str(settings.secret_key_file)
-    if text is not None:
         try:
-            key = base64.urlsafe_b64decode(text.strip().encode("ascii"))
-        except (binascii.Error, ValueError, UnicodeEncodeError):
-            raise ValueError(f"{source}: session key is not urlsafe-base64") from None
-        if len(key) != 32:
-            raise ValueError(f"{source}: session key must be 32 bytes, got {len(key)}")
+            text = settings.secret_key_file.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.__class__.__name__
+            raise ValueError(f"{settings.secret_key_file}: session key cannot be read ({why})") from None
+        source = str(settings.secret_key_file)
+    if text is None:
+        return None
+    try:
+        key = base64.urlsafe_b64decode(text.strip().encode("ascii"))
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise ValueError(f"{source}: session key is not urlsafe-base64") from None
+    if len(key) != 32:
+        raise ValueError(f"{source}: session key must be 32 bytes, got {len(key)}")
+    return key
+
+
+def load_secret_key(settings: SessionSettings) -> bytes:
+    """The 32-byte session key: $CRMGW_SECRET_KEY, else the key file, else a new key saved 0600."""
+    if (key := read_secret_key(settings)) is not None:
         return key
     key = os.urandom(32)
     path = settings.secret_key_file

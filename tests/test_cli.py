@@ -261,3 +261,23 @@ def test_the_demo_removes_its_scratch_copy_with_the_key_and_secrets_when_it_stop
     scratch = Path(re.search(r"config:\s+(\S+)gateway\.yaml", result.stderr)[1])  # type: ignore[index]
     assert scratch.name.startswith("crm-gateway-demo-")
     assert not scratch.exists()
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+@pytest.mark.parametrize("where", ["file", "env"])
+def test_a_malformed_session_key_is_one_line_and_exit_1(example: Path, command: str, where: str) -> None:
+    """Not a traceback at start, and `check` says so before `serve` would."""
+    env = {**os.environ}
+    env.pop("CRMGW_SECRET_KEY", None)
+    if where == "file":
+        (example.parent / "secret.key").write_text("not base64 at all!\n")
+    else:
+        env["CRMGW_SECRET_KEY"] = "c2hvcnQ="  # urlsafe-base64 of 5 bytes
+    result = subprocess.run([sys.executable, "-m", "gateway", command, "-c", str(example)], capture_output=True,
+                            text=True, cwd=REPO, timeout=60, check=False, env=env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    expected = "secret.key: session key is not urlsafe-base64" if where == "file" else (
+        "CRMGW_SECRET_KEY: session key must be 32 bytes, got 5")
+    assert result.stderr.strip().endswith(expected), result.stderr
+    assert "c2hvcnQ" not in result.stderr
