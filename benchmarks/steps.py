@@ -13,6 +13,7 @@ sum (benchmarks/floors.py, docs/performance.md): these say where, not how much.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 import tempfile
@@ -128,6 +129,7 @@ async def main(config_path: Path, cookie: str) -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()  # --help, and nothing else
     with tempfile.TemporaryDirectory(prefix="crmgw-steps-") as tmp:
         path = benchconfig.write_config(Path(tmp), port=1, upstream_port=2, rules=RULES)
         uvloop.run(main(path, benchconfig.minted_cookie(path)))
