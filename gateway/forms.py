@@ -307,10 +307,10 @@ def _login_parts(body: bytes, boundary: str) -> list[tuple[list[tuple[str, str]]
 
 def _part_name(head: list[tuple[str, str]]) -> tuple[str, str]:
     """A part's name, read from its one Content-Disposition header, and its charset ('' if none)."""
-    names = [name for name, _ in head]
-    if names.count("content-disposition") != 1 or len(set(names)) != len(names) or set(names) - _PART_HEADERS:
-        raise UnreadableBody("a multipart part head with other headers than a login form's")
-    disposition = dict(head)["content-disposition"]
+    headers = dict(head)
+    if len(headers) != len(head) or set(headers) - _PART_HEADERS or "content-disposition" not in headers:
+        raise UnreadableBody("a multipart part head with other headers than a login form's, or one twice")
+    disposition = headers["content-disposition"]
     written = _DISPOSITION.fullmatch(disposition)
     parameters = _DISPOSITION_PARAMETER.findall(written[1]) if written else []
     keys = [key for key, _ in parameters]
@@ -319,10 +319,8 @@ def _part_name(head: list[tuple[str, str]]) -> tuple[str, str]:
     name = dict(parameters)["name"]
     if not name or name != name.strip():
         raise UnreadableBody(f"a part name {_echo(name)} with spaces around it (some back ends trim them)")
-    charset = ""
-    if "content-type" in dict(head):
-        charset = media_type(dict(head)["content-type"])[1].get("charset", "").strip().lower()
-    return name, charset
+    charset = media_type(headers["content-type"])[1].get("charset", "") if "content-type" in headers else ""
+    return name, charset.strip().lower()
 
 
 async def read_small_body(request: web.Request, what: str, limit: int = MAX_BODY) -> bytes:
