@@ -374,6 +374,8 @@ _ENCODED_WORD_NAME = re.compile(r"\bname\s*+\*?+\s*+=\s*+(?:\"[^\"\r\n]*?|'[^'\r
 # A file's name: a `filename` parameter (lower case: Rack 2.2 reads no other) after a ';', quoted.
 _FILENAME = re.compile(r";[ \t]*+filename=\"([^\"\r\n]*+)\"")
 _RFC2231_NAME = re.compile(r"\bname\s*+\*\s*+=\s*+[\"']?+([^\"';\s]*+)'", re.IGNORECASE)
+# RFC 2231 continuations (name*0="_me"; name*1="thod"): Go joins them, and prefers them to a plain name.
+_RFC2231_CONTINUED = re.compile(r"\bname\s*+\*\s*+\d", re.IGNORECASE)
 _RFC2231_ASCII = frozenset({"", "utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin1"})
 _CHARSET = re.compile(r"charset\s*+=\s*+[\"']?+([^\"';,\s]*+)", re.IGNORECASE)
 _ASCII = "".join(map(chr, range(128)))
@@ -503,20 +505,19 @@ class _Places:
         return self._parts_of[delimiter]
 
     def _find_parts(self, delimiter: str) -> list[tuple[int, int, tuple[int, ...], int]]:
-        # A delimiter begins a line (RFC 2046; Rack, PHP and commons-fileupload split parts so).
-        # ... but the first, which commons-fileupload finds anywhere in the preamble (and Rack 2.2 on a
-        # line with spaces or tabs around it).
-        text, line_start = self.text, "\n" + delimiter
-        first = text.find(delimiter)
-        if first < 0:
-            return []
-        starts = [first + len(delimiter)]
-        at = text.find(line_start, first + len(delimiter))
+        # A delimiter begins a line (RFC 2046; PHP and commons-fileupload split parts only there). One
+        # anywhere else is refused: Rack 2.2 ends a part at a delimiter inside a line and opens one at
+        # a line of spaces or tabs and the delimiter; commons-fileupload takes the first one anywhere.
+        text = self.text
+        starts: list[int] = []
+        at = text.find(delimiter)
         while at >= 0:
+            if at and text[at - 1] != "\n":
+                raise UnreadableBody("a multipart delimiter inside a line (back ends split there or not)")
             if len(starts) >= MAX_PARTS:
                 raise UnreadableBody(f"more than {MAX_PARTS} multipart parts")
-            starts.append(at + len(line_start))
-            at = text.find(line_start, at + len(line_start))
+            starts.append(at + len(delimiter))
+            at = text.find(delimiter, at + len(delimiter))
         parts = []
         for index, start in enumerate(starts):
             end = starts[index + 1] - len(delimiter) if index + 1 < len(starts) else len(text)
@@ -648,6 +649,8 @@ class _Places:
                 head_end = min(head_end, start + MAX_PART_HEAD + 4)  # a longer head naming the field is refused
                 if _ENCODED_WORD_NAME.search(text, start, head_end):
                     raise UnreadableBody("a part named with an RFC 2047 encoded word")
+                if _RFC2231_CONTINUED.search(text, start, head_end):
+                    raise UnreadableBody("a part named in RFC 2231 continuations")
                 for found in _RFC2231_NAME.finditer(text, start, head_end):
                     if found.group(1).lower() not in _RFC2231_ASCII:
                         raise UnreadableBody("a part named in an RFC 2231 charset the gateway does not read")
