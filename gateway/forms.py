@@ -244,11 +244,15 @@ def _from_json(body: bytes, field: str) -> str | None:
 # A part's header line as login forms write them: a token, a colon, a value without control characters
 # (no folded lines, no bare CR or LF, no space before the colon: back ends read those apart).
 _PART_HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*+([^\x00-\x08\x0a-\x1f\x7f]*)")
-# Content-Disposition as browsers, curl and mobile HTTP libraries write it: quoted `name` and `filename`,
-# nothing in the quotes that a reader unescapes or splits at; no RFC 2231 `name*`.
-_DISPOSITION = re.compile(r'form-data((?:; (?:name|filename)="[^"\\;\x00-\x1f\x7f]*")+)')
-_DISPOSITION_PARAMETER = re.compile(r'; (name|filename)="([^"]*)"')
-_PART_HEADERS = frozenset({"content-disposition", "content-type", "content-length"})
+# Content-Disposition as browsers, curl and HTTP libraries write it: `name` and `filename`, quoted with
+# nothing inside that a reader unescapes or splits at, or a token (.NET's HttpClient leaves a name such
+# as `username` unquoted); no RFC 2231 `name*`.
+_DISPOSITION_VALUE = r'"[^"\\;\x00-\x1f\x7f]*"|[!#$%&\'*+.^_`|~0-9A-Za-z-]+'
+_DISPOSITION = re.compile(rf"form-data((?:; (?:name|filename)=(?:{_DISPOSITION_VALUE}))+)")
+_DISPOSITION_PARAMETER = re.compile(rf"; (name|filename)=({_DISPOSITION_VALUE})")
+_PART_HEADERS = frozenset({"content-disposition", "content-type", "content-length", "content-transfer-encoding"})
+# What clients send that leaves the bytes as they are (Dart's http: binary; Apache HttpClient: 8bit).
+_IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
 
 
 def _from_multipart(body: bytes, boundary: str, field: str) -> str | None:
@@ -265,10 +269,13 @@ def _from_multipart(body: bytes, boundary: str, field: str) -> str | None:
     for head, content in _login_parts(body, boundary):
         name, charset = _part_name(head)
         if name != field:
-            if reads_as(name, {field.lower()}):
+            # A head is read as Latin-1: a name in UTF-8 (a long s for an s) is checked as its characters too.
+            spellings = {name, name.encode("latin-1").decode("utf-8", "replace")}
+            if any(reads_as(spelling, {field.lower()}) for spelling in spellings):
                 raise UnreadableBody(f"the part {_echo(name)} reads as {field!r} in some back ends")
             continue
-        if charset not in ("", *_UTF8):
+        # Another charset reads the same name only from ASCII bytes (Apache HttpClient declares ISO-8859-1).
+        if charset not in ("", *_UTF8) and not (content.isascii() and _names_read_as_bytes(charset)):
             raise UnreadableBody(f"the {field!r} part is in charset {_echo(charset)}; only UTF-8 is read")
         values.append(content.decode("utf-8", "surrogateescape"))
     return _only(values, field)
@@ -316,7 +323,9 @@ def _part_name(head: list[tuple[str, str]]) -> tuple[str, str]:
     keys = [key for key, _ in parameters]
     if keys.count("name") != 1 or keys.count("filename") > 1:
         raise UnreadableBody(f"a part's Content-Disposition {_echo(disposition)} cannot be read one way")
-    name = dict(parameters)["name"]
+    name = dict(parameters)["name"].strip('"')
+    if headers.get("content-transfer-encoding", "7bit").strip().lower() not in _IDENTITY_ENCODINGS:
+        raise UnreadableBody("a multipart part in a transfer encoding back ends decode or not (base64)")
     if not name or name != name.strip():
         raise UnreadableBody(f"a part name {_echo(name)} with spaces around it (some back ends trim them)")
     charset = media_type(headers["content-type"])[1].get("charset", "") if "content-type" in headers else ""

@@ -163,6 +163,10 @@ DIFFERENTIALS = [
     Differential("JSON: the username again deeper down", "application/json",
                  b'{"username": "alice", "user": {"username": "bob"}, "password": "pw"}', "",
                  "a CRM reading a nested user object"),
+    Differential("multipart: a part named with a long s in UTF-8 beside the field (round 12)", MP,
+                 ALICE + part(cd("u\u017fername"), "bob") + PW + END, "",
+                 "ASP.NET Core's case-blind form collection as `folded` models it (not run here); "
+                 "refused in forms and JSON already"),
     Differential("form: a field name with a dotless i folding to the field (field 'login_id')", FORM,
                  "login_id=alice&login_\u0131d=bob&password=pw".encode(), "",
                  "ASP.NET Core (OrdinalIgnoreCase upper-cases \u0131 to I)"),
@@ -181,6 +185,50 @@ def curl_multipart(*fields: tuple[str, str], boundary: str = "------------------
     for name, value in fields:
         out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
     return out + f"--{boundary}--\r\n".encode()
+
+
+# ---- Dart / Flutter package:http MultipartRequest (pkgs/http/lib/src/multipart_request.dart) -----------------
+# A field whose value is not plain ASCII gets `content-type: text/plain; charset=utf-8` and
+# `content-transfer-encoding: binary` lines; header names are lower case; the boundary is
+# 'dart-http-boundary-' + 51 characters of [+_\-.0-9A-Za-z].
+DART_B = "dart-http-boundary-" + "aB3.-_+x9Zq" * 4 + "K7m2p1r"
+assert len(DART_B) == 70
+
+
+def dart(fields: list[tuple[str, str]]) -> bytes:
+    out = b""
+    for name, value in fields:
+        head = f'content-disposition: form-data; name="{name}"'
+        if not value.isascii():
+            head += "\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-transfer-encoding: binary"
+        out += f"--{DART_B}\r\n{head}\r\n\r\n".encode() + value.encode() + b"\r\n"
+    return out + f"--{DART_B}--\r\n".encode()
+
+
+# ---- .NET HttpClient: MultipartFormDataContent.Add(new StringContent(v), name) ---------------------------------
+# ContentDispositionHeaderValue.Name = EncodeAndQuoteMime(name): a token is written unquoted (name=username);
+# StringContent adds `Content-Type: text/plain; charset=utf-8`; MultipartContent quotes its Guid boundary in
+# the Content-Type (boundary="...") and writes --boundary CRLF, headers, CRLF, content, CRLF --boundary-- CRLF.
+NET_B = "6f1b9c8e-3a0e-4c77-9d0a-2a7c1b9f3e11"
+
+
+def dotnet(fields: list[tuple[str, str]]) -> bytes:
+    parts = [f"--{NET_B}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Disposition: form-data; name={name}"
+             f"\r\n\r\n".encode() + value.encode() + b"\r\n" for name, value in fields]
+    return b"".join(parts) + f"--{NET_B}--\r\n".encode()
+
+
+# ---- Apache HttpClient 4.x httpmime: MultipartEntityBuilder.create().addTextBody(name, value) --------------------
+# FormBodyPartBuilder.build() adds Content-Type (ContentType.DEFAULT_TEXT: text/plain; charset=ISO-8859-1) and
+# Content-Transfer-Encoding (8bit); the default mode, STRICT (HttpStrictMultipart), writes every header field.
+APACHE_B = "Xk2_0rZ-pQ9wLm4tYv7bN1cE8sH3jD6gF"
+
+
+def apache(fields: list[tuple[str, str]]) -> bytes:
+    parts = [f'--{APACHE_B}\r\nContent-Disposition: form-data; name="{name}"\r\nContent-Type: text/plain; '
+             f"charset=ISO-8859-1\r\nContent-Transfer-Encoding: 8bit\r\n\r\n".encode() + value.encode("latin-1")
+             + b"\r\n" for name, value in fields]
+    return b"".join(parts) + f"--{APACHE_B}--\r\n".encode()
 
 
 CHROME = "----WebKitFormBoundary7MA4YWxkTrZu0gW"
@@ -226,6 +274,15 @@ ORDINARY = [
     ("JSON, a password naming the field", "application/json",
      b'{"username": "jim", "password": "username=bob"}', "jim"),
     ("multipart, a raw UTF-8 username", MP, part(cd("username"), "jürgen") + PW + END, "jürgen"),
+    # Round 12: what Dart's http, .NET's HttpClient and Apache HttpClient 4.x send (from their sources).
+    ("Dart http, a non-ASCII password (content-transfer-encoding: binary)", f"multipart/form-data; boundary={DART_B}",
+     dart([("username", "alice"), ("password", "pässwörd")]), "alice"),
+    ("Dart http, a non-ASCII username", f"multipart/form-data; boundary={DART_B}",
+     dart([("username", "józef"), ("password", "pw")]), "józef"),
+    (".NET HttpClient (name=username unquoted, a quoted boundary)", f'multipart/form-data; boundary="{NET_B}"',
+     dotnet([("username", "alice"), ("password", "pw")]), "alice"),
+    ("Apache HttpClient 4.x (charset=ISO-8859-1, Content-Transfer-Encoding: 8bit)",
+     f"multipart/form-data; boundary={APACHE_B}", apache([("username", "alice"), ("password", "pw")]), "alice"),
     ("multipart with a file", MP,
      ALICE + part(cd("avatar")[:-1] + '"; filename="username.png"\r\nContent-Type: image/png', "\x89PNG username=bob")
      + END, "alice"),
