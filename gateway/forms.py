@@ -40,6 +40,8 @@ MULTIPART = "multipart/form-data"
 # Charsets under which the body's bytes mean what the gateway reads: anything else
 # (utf-16, latin-1 ...) would let the CRM decode a name the gateway never saw.
 _UTF8 = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+# ... and the single-byte charsets clients declare that read ASCII bytes as ASCII (Apache HttpClient: ISO-8859-1).
+_LATIN1 = frozenset({"iso-8859-1", "iso8859-1", "latin1", "latin-1", "windows-1252", "cp1252"})
 
 
 class UnreadableBody(ValueError):
@@ -82,8 +84,9 @@ def folded(name: str) -> str:
 
 
 def php_field_name(name: str) -> str:
-    """How PHP reads a form field name: 'user.name', 'user name' are user_name; 'username[]' is username."""
-    name = name.lstrip(" ")
+    """How PHP reads a form field name: 'user.name', 'user name' are user_name; 'username[]' is username;
+    'username\\0x' is username (PHP ends a name at NUL)."""
+    name = name.partition("\x00")[0].lstrip(" ")
     bracket = name.find("[")
     if bracket > 0 and "]" in name[bracket:]:
         name = name[:bracket]
@@ -267,7 +270,7 @@ def _from_multipart(body: bytes, boundary: str, field: str) -> str | None:
     """
     values = []
     for head, content in _login_parts(body, boundary):
-        name, charset = _part_name(head)
+        name, charset, has_filename = _part_name(head)
         if name != field:
             # A head is read as Latin-1: a name in UTF-8 (a long s for an s) is checked as its characters too.
             spellings = {name, name.encode("latin-1").decode("utf-8", "replace")}
@@ -275,8 +278,10 @@ def _from_multipart(body: bytes, boundary: str, field: str) -> str | None:
                 raise UnreadableBody(f"the part {_echo(name)} reads as {field!r} in some back ends")
             continue
         # Another charset reads the same name only from ASCII bytes (Apache HttpClient declares ISO-8859-1).
-        if charset not in ("", *_UTF8) and not (content.isascii() and _names_read_as_bytes(charset)):
+        if charset not in ("", *_UTF8) and not (content.isascii() and charset in _LATIN1):
             raise UnreadableBody(f"the {field!r} part is in charset {_echo(charset)}; only UTF-8 is read")
+        if has_filename:  # a file to most readers; Perl's CGI.pm reads the file's name as the value
+            raise UnreadableBody(f"the {field!r} part is a file upload")
         values.append(content.decode("utf-8", "surrogateescape"))
     return _only(values, field)
 
@@ -312,8 +317,9 @@ def _login_parts(body: bytes, boundary: str) -> list[tuple[list[tuple[str, str]]
     return parts
 
 
-def _part_name(head: list[tuple[str, str]]) -> tuple[str, str]:
-    """A part's name, read from its one Content-Disposition header, and its charset ('' if none)."""
+def _part_name(head: list[tuple[str, str]]) -> tuple[str, str, bool]:
+    """A part's name, read from its one Content-Disposition header, its charset ('' if none), and whether
+    it names a file."""
     headers = dict(head)
     if len(headers) != len(head) or set(headers) - _PART_HEADERS or "content-disposition" not in headers:
         raise UnreadableBody("a multipart part head with other headers than a login form's, or one twice")
@@ -329,7 +335,7 @@ def _part_name(head: list[tuple[str, str]]) -> tuple[str, str]:
     if not name or name != name.strip():
         raise UnreadableBody(f"a part name {_echo(name)} with spaces around it (some back ends trim them)")
     charset = media_type(headers["content-type"])[1].get("charset", "") if "content-type" in headers else ""
-    return name, charset.strip().lower()
+    return name, charset.strip().lower(), "filename" in keys
 
 
 async def read_small_body(request: web.Request, what: str, limit: int = MAX_BODY) -> bytes:
@@ -389,7 +395,7 @@ _RFC2231_ASCII = frozenset({"", "utf-8", "utf8", "us-ascii", "ascii", "iso-8859-
 _CHARSET = re.compile(r"charset\s*+=\s*+[\"']?+([^\"';,\s]*+)", re.IGNORECASE)
 _ASCII = "".join(map(chr, range(128)))
 # Escape sequences of stateful encodings (ISO-2022, HZ, UTF-7), then every byte.
-_CODEC_PROBE = b"\x1b(B\x1b$B\x1b(J\x0e\x0f~{~}+-" + bytes(range(256))
+_CODEC_PROBE = b"\x1b(B\x1b$B\x1b(J\x0e\x0f~{~}+-\\u0041\\U00000041" + bytes(range(256))  # ... and escapes
 
 
 def _names_read_as_bytes(charset: str) -> bool:
@@ -414,14 +420,15 @@ def _codec_names_read_as_bytes(codec: str) -> bool:
     UTF-8 and stateless single-byte charsets that keep ASCII do (Latin-9, windows-125x, KOI8-R).
     Others do not, and back ends part ways on them: PHP and Rack ignore a charset, Tomcat decodes
     names in it field by field after percent-decoding, Rack 3.1 decodes a part's name in the
-    part's own; UTF-16, ISO-2022-JP (escapes vanish inside a name), Shift_JIS, EBCDIC, UTF-7.
+    part's own; UTF-16, ISO-2022-JP (escapes vanish inside a name), Shift_JIS, EBCDIC, UTF-7,
+    and Python's raw_unicode_escape (aiohttp decodes a part in it: ``\\u0062ob`` is bob).
     """
     if codec in _ASCII_SAFE_MULTIBYTE:
         return True
     try:
         if _ASCII.encode(codec) != _ASCII.encode("ascii"):
             return False
-    except UnicodeError:
+    except (UnicodeError, LookupError):  # LookupError: a bytes-to-bytes codec (base64, zlib, rot13)
         return False
     whole = _CODEC_PROBE.decode(codec, "replace")
     return whole == "".join(bytes([byte]).decode(codec, "replace") for byte in _CODEC_PROBE)
@@ -477,6 +484,8 @@ def field_values(body: bytes, content_type: str, *fields: str) -> set[str]:
     plain boundary, or more than :data:`MAX_MENTIONS` named places (the work is bounded by
     the body's size and the caps, never by their product).
     """
+    if not content_type.isascii():  # Go lower-cases 'multİpart/form-data' (U+0130) to multipart/form-data
+        raise UnreadableBody(f"a Content-Type that is not ASCII: {_echo(content_type)}")
     charsets = {c.lower() for c in _CHARSET.findall(content_type)}
     if len(charsets) > MAX_CHARSETS:
         raise UnreadableBody(f"Content-Type naming more than {MAX_CHARSETS} charsets")
@@ -530,6 +539,9 @@ class _Places:
         parts = []
         for index, start in enumerate(starts):
             end = starts[index + 1] - len(delimiter) if index + 1 < len(starts) else len(text)
+            if not text.startswith("--", start) and text.find("\r\n\r\n", start, min(end, start + MAX_PART_HEAD)) < 0:
+                # Rack ends a head only at CRLF CRLF and reads on past the next delimiter to find one.
+                raise UnreadableBody("a multipart part whose head has no CRLF CRLF within it")
             ends = _head_ends(text, start, end)
             # No end within MAX_PART_HEAD: the head runs to the part's end (refused if it names the field).
             parts.append((start, max(ends)[0] if ends else end, tuple(sorted({e[1] for e in ends})), end))

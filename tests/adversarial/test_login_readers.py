@@ -167,6 +167,13 @@ DIFFERENTIALS = [
                  ALICE + part(cd("u\u017fername"), "bob") + PW + END, "",
                  "ASP.NET Core's case-blind form collection as `folded` models it (not run here); "
                  "refused in forms and JSON already"),
+    # Round 13 (against round 12's relaxations).
+    Differential("multipart: the username part in Python's raw_unicode_escape (\\u0062ob)", MP,
+                 part(cd("username") + "\r\nContent-Type: text/plain; charset=raw_unicode_escape", "\\u0062ob") + PW
+                 + END, "", "aiohttp 3.14 request.post() (the demo CRM: end to end, bob logged in)"),
+    Differential("multipart: the username part is a file named bob", MP,
+                 part('Content-Disposition: form-data; name="username"; filename="bob"', "alice") + PW + END, "",
+                 "Perl CGI.pm 4.55 param('username'): the file's name"),
     Differential("form: a field name with a dotless i folding to the field (field 'login_id')", FORM,
                  "login_id=alice&login_\u0131d=bob&password=pw".encode(), "",
                  "ASP.NET Core (OrdinalIgnoreCase upper-cases \u0131 to I)"),
@@ -287,6 +294,14 @@ ORDINARY = [
      ALICE + part(cd("avatar")[:-1] + '"; filename="username.png"\r\nContent-Type: image/png', "\x89PNG username=bob")
      + END, "alice"),
 ]
+
+
+@pytest.mark.parametrize("charset", ["base64", "zlib", "rot13", "hex", "quoted-printable"])
+def test_a_part_charset_that_is_no_text_encoding_is_refused_not_a_crash(charset: str) -> None:
+    """Round 13: Python's bytes-to-bytes codecs raised LookupError (a 500 and a traceback per request)."""
+    body = part(cd("username") + f"\r\nContent-Type: text/plain; charset={charset}", "alice") + PW + END
+    with pytest.raises(UnreadableBody):
+        login_username(body, MP, FIELD)
 
 
 @pytest.mark.parametrize(("content_type", "body", "expected"), [o[1:] for o in ORDINARY], ids=[o[0] for o in ORDINARY])

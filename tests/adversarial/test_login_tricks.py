@@ -130,6 +130,11 @@ SHAPES = [
     LoginShape("multipart, RFC 2231 field name", "/login", MULTIPART,
                multipart(("Content-Disposition: form-data; name*=utf-8''username", b"bob"),
                          field("password", "S3same")), 400),  # aiohttp reads it, PHP and Rack do not
+    # aiohttp (the demo CRM) decodes a text part in its own charset: '\\u0062ob' is bob (review 13).
+    LoginShape("multipart, the username part in Python's raw_unicode_escape", "/login", MULTIPART,
+               multipart(('Content-Disposition: form-data; name="username"\r\n'
+                          "Content-Type: text/plain; charset=raw_unicode_escape", b"\\u0062ob"),
+                         field("password", "S3same")), 400),
     # aiohttp decodes a base64 part (bob), PHP and Rack read its text (Ym9i): two readings.
     # The demo CRM (aiohttp) names a part by its name*= and read bob; the gateway's MIME parser read jim.
     LoginShape("multipart, name*= beside a plain name (review 11)", "/login", MULTIPART,

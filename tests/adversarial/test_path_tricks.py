@@ -261,6 +261,9 @@ OVERRIDES = [
     ("PHP reads '.method' as _method (Symfony falls back to the query)", "/timeclock/clock-in?.method=POST", ()),
     ("... and a leading space", "/timeclock/clock-in?+_method=POST", ()),
     ("... after another field, in lower case", "/timeclock/clock-in?a=1&.method=post", ()),
+    # Round 13b: PHP ends a query field's name at a NUL; Laravel's getMethod() falls back to $_GET.
+    ("PHP ends a query name at a NUL", "/timeclock/clock-in?_method%00x=POST", ()),
+    ("... right after the name", "/timeclock/clock-in?_method%00=POST", ()),
 ]
 
 
@@ -345,7 +348,7 @@ BODY_OVERRIDES = [
     ("multipart, at the RFC 2231 boundary beside a plain one", "multipart/form-data; boundary*=utf-8''GW; boundary=XX",
      b'--GW\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--GW--\r\n', 400),
     ("multipart with bare LF line ends (PHP)", "multipart/form-data; boundary=XX",
-     b'--XX\nContent-Disposition: form-data; name="_method"\n\nDELETE\n--XX--\n', 403),
+     b'--XX\nContent-Disposition: form-data; name="_method"\n\nDELETE\n--XX--\n', 400),
     ("multipart, name= with a space and single quotes (PHP)", "multipart/form-data; boundary=XX",
      b"--XX\r\nContent-Disposition: form-data; name= '_method'\r\n\r\nDELETE\r\n--XX--\r\n", 403),
     ("'boundary =' (PHP reads a multipart body, Rack a form)", "multipart/form-data; boundary =XX",
@@ -453,15 +456,16 @@ BODY_OVERRIDES = [
      b'--XX\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--XX--\r\n', 400),
     ("... 'boundary; b=XX'", "multipart/form-data; boundary; b=XX",
      b'--XX\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--XX--\r\n', 400),
+    # Since round 13b names are read as PHP reads them, up to a NUL: judged as DELETE (403), not refused.
     ("PHP ends a part's name at a NUL", "multipart/form-data; boundary=XX",
-     b'--XX\r\nContent-Disposition: form-data; name="_method\x00x"\r\n\r\nDELETE\r\n--XX--\r\n', 400),
+     b'--XX\r\nContent-Disposition: form-data; name="_method\x00x"\r\n\r\nDELETE\r\n--XX--\r\n', 403),
     ("Laravel reads multipart/json as JSON", "multipart/json", b'{"_method": "DELETE"}', 400),
     ("... and a multipart type with '/json' in a parameter", "multipart/mixed; boundary=q; x=/json",
      b'{"_method": "DELETE"}', 400),
     ("Tomcat decodes an RFC 2231 name in its charset (UTF-16LE)", "multipart/form-data; boundary=XX",
      b"--XX\r\nContent-Disposition: form-data; name*=UTF-16LE''"
      + b"".join(b"%%%02X%%00" % c for c in b"_method") + b"\r\n\r\nDELETE\r\n--XX--\r\n", 400),
-    ("a raw NUL after the name (PHP stops there)", FORM, b"_method\x00x=DELETE", 400),
+    ("a raw NUL after the name (PHP stops there)", FORM, b"_method\x00x=DELETE", 403),
     ("a charset Tomcat decodes and the gateway does not (EBCDIC)", f"{FORM}; charset=IBM037",
      "_method=DELETE".encode("cp037"), 400),
     ("a _method part in UTF-16 of its own (a back end decoding parts by their charset)",
@@ -470,10 +474,26 @@ BODY_OVERRIDES = [
      + "DELETE".encode("utf-16-le") + b"\r\n--XX--\r\n", 400),
     ("a part named with an RFC 2047 encoded word (commons-fileupload)", "multipart/form-data; boundary=XX",
      b'--XX\r\nContent-Disposition: form-data; name="=?UTF-8?B?X21ldGhvZA==?="\r\n\r\nDELETE\r\n--XX--\r\n', 400),
-    ("a NUL in the name (PHP stops there)", FORM, b"_method%00x=DELETE", 400),
+    ("a NUL in the name (PHP stops there)", FORM, b"_method%00x=DELETE", 403),
     ("the name in brackets (Rack 2)", FORM, b"[_method]=DELETE", 400),
     ("JSON with an integer of 5,000 digits (PHP reads it; Python's int() refuses it, so it is kept as text)",
      "application/json", b'{"x": ' + b"1" * 5000 + b', "_method": "DELETE"}', 403),
+    # Round 13b: Rack (and commons-fileupload) end a head only at CRLF CRLF, past the next delimiter or
+    # 64 KiB; the gateway took PHP's bare-LF end, and the '; name="_method"' after it for content.
+    ("a head Rack ends past the next delimiter", "multipart/form-data; boundary=XX",
+     b'--XX\r\nContent-Disposition: form-data; name="x"\n\n; name="_method"\r\n--XX\r\n'
+     b'Content-Disposition: form-data; name="y"\r\n\r\nDELETE\r\n--XX--\r\n', 400),
+    ("... after CRLF LF", "multipart/form-data; boundary=XX",
+     b'--XX\r\nContent-Disposition: form-data; name="x"\r\n\n; name="_method"\r\n--XX\r\n'
+     b'Content-Disposition: form-data; name="y"\r\n\r\nDELETE\r\n--XX--\r\n', 400),
+    ("... with a token name", "multipart/form-data; boundary=XX",
+     b"--XX\r\nContent-Disposition: form-data\n\n; name=_method\r\n--XX\r\nX: y\r\n\r\nDELETE\r\n--XX--\r\n", 400),
+    ("a head Rack ends past 64 KiB", "multipart/form-data; boundary=XX",
+     b'--XX\r\nContent-Disposition: form-data; name="x"\n\n' + b"a" * 70000
+     + b'; name="_method"\r\n\r\nDELETE\r\n--XX--\r\n', 400),
+    ("Go lower-cases 'multi\u0130part' (U+0130) to multipart",
+     "mult\u0130part/form-data; boundary=XX".encode().decode("latin-1"),  # raw UTF-8 bytes on the wire
+     b'--XX\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--XX--\r\n', 400),
     # Round 12b, each run through the parser named (Rack 2.2.22 Rack::MethodOverride, Go 1.19 FormValue).
     ("Rack drops a form body's trailing NUL ('Safari Ajax' fix)", FORM, b"_method=DELETE\x00", 400),
     ("... also without a Content-Type", None, b"name=Ann&_method=DELETE\x00", 400),
