@@ -371,8 +371,10 @@ MAX_NAME_PREFIX = 4096  # spaces and brackets before a form field's name: more a
 _PLAIN_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_\-./:=?]{1,70}")
 _BOUNDARY_PARAMETER = re.compile(r";[ \t]*+boundary=", re.IGNORECASE)
 # What may come before a form field's name where some back end still reads the name alone:
-# spaces (PHP drops them) and brackets (Rack 2 and qs drop leading '[' and ']'), raw or encoded.
-_FORM_PREFIX_REVERSED = re.compile(r"(?:[ +\[\]]|02%|[bBdD]5%)*+")  # matched on the text before it, reversed
+# spaces (PHP drops them), brackets (Rack 2 and qs drop leading '[' and ']'), dots (qs with allowDots,
+# as Koa's co-body sets it, reads '.username' as username) and a '?' (formidable drops a leading one),
+# raw or encoded. Matched on the text before the name, reversed.
+_FORM_PREFIX_REVERSED = re.compile(r"(?:[ +\[\].?]|02%|[bBdD]5%|[eE]2%|[fF]3%)*+")
 # ... and what may end it: '=', '[' (an array), ']' (Rack 2), the field's end or a NUL (PHP
 # stops there). A JSON key ends at its quote and a colon.
 _AFTER_FORM_NAME = re.compile(r"(?:[=\[\]&;\x00]|%(?:3[dD]|5[bBdD]|00|26|3[bB])|$)")
@@ -468,6 +470,19 @@ def _one_boundary(content_type: str) -> str:
     return boundary
 
 
+def override_methods_of(values: Iterable[str]) -> set[str]:
+    """The methods override ``values`` ask for (upper case; empty ones dropped), or :class:`UnreadableBody`
+    for a value that is no method name: Rack reads 'DELETE\\0' from a form as DELETE, Express 'LOC\\u212a'
+    (a Kelvin sign) as LOCK; what the gateway cannot read as a method, some back end may."""
+    methods = {value.strip().upper() for value in values} - {""}
+    if any(not _METHOD_NAME.fullmatch(method) for method in methods):
+        raise UnreadableBody("a method override that is not a method name")
+    return methods
+
+
+_METHOD_NAME = re.compile(r"[A-Z]{1,20}")
+
+
 def field_values(body: bytes, content_type: str, *fields: str) -> set[str]:
     """Every value of the ``fields`` that some back end may read in ``body``, whatever the Content-Type says.
 
@@ -507,8 +522,10 @@ class _Places:
     """A body's text, and where its form fields and multipart part heads are."""
 
     def __init__(self, body: bytes, delimiters: list[str], multipart: bool) -> None:
-        self.body = body
-        self.text = body.decode("latin-1")
+        # Node's body-parser drops a leading UTF-8 BOM, PHP and Rack keep it in the first name: read
+        # without it (what it hides is found; a name with it is no name to those that keep it).
+        self.body = body.removeprefix(b"\xef\xbb\xbf")
+        self.text = self.body.decode("latin-1")
         self.multipart = multipart
         self.delimiters = delimiters
         self._parts_of: dict[str, list[tuple[int, int, tuple[int, ...], int]]] = {}
@@ -569,9 +586,11 @@ class _Places:
         raise UnreadableBody(f"over {MAX_NAME_PREFIX} spaces or brackets before a field's name")
 
     def _json_key(self, at: int, end: int) -> bool:
-        """Whether the mention is a key of the JSON the body is (not JSON-like text in a form or a file)."""
+        """Whether the mention is a key of the JSON the body is, or seems to be (not JSON-like text in a form
+        or a file). A key in a body that seems JSON but Python does not parse (nested too deep, a byte that
+        is not UTF-8: Node's JSON.parse reads both) is one no reading accounts for: the body is refused."""
         return (self.text[at - 1:at] == '"' and _JSON_KEY.match(self.text, end) is not None
-                and self.json_pairs is not None)
+                and (self.json_pairs is not None or self.text.lstrip(" \t\r\n")[:1] in ("{", "[")))
 
     @functools.cached_property
     def json_pairs(self) -> list[tuple[str, str]] | None:
@@ -675,7 +694,7 @@ class _Places:
                 for found in _RFC2231_NAME.finditer(text, start, head_end):
                     if found.group(1).lower() not in _RFC2231_ASCII:
                         raise UnreadableBody("a part named in an RFC 2231 charset the gateway does not read")
-                if "harset" in text[start:head_end]:
+                if "harset" in text[start:head_end].lower():  # CHARSET= too
                     charsets.update(c.lower() for c in _CHARSET.findall(text, start, head_end))
                     if len(charsets) > MAX_CHARSETS:
                         raise UnreadableBody(f"parts naming more than {MAX_CHARSETS} charsets")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import UTC, datetime
-from urllib.parse import parse_qsl
 
 from aiohttp import web
 
 from gateway.exchange import Exchange
-from gateway.forms import UnreadableBody, field_values, read_small_body, reads_as
+from gateway.forms import FORM, UnreadableBody, field_values, override_methods_of, read_small_body
 from gateway.headers import METHOD_OVERRIDE_FIELD, METHOD_OVERRIDE_HEADERS, METHOD_OVERRIDE_PARAM, canonical_name
 from gateway.logs import get_logger
 from gateway.metrics import DECISION_TIME
@@ -21,8 +19,6 @@ log = get_logger("policy")
 
 
 _OVERRIDES = frozenset(canonical_name(name) for name in METHOD_OVERRIDE_HEADERS)
-_QUERY_FIELDS = frozenset({METHOD_OVERRIDE_PARAM, METHOD_OVERRIDE_FIELD.lower()})
-_METHOD = re.compile(r"[A-Z]{1,20}")
 # The largest POST body read for a _method override (only where one could be judged more strictly):
 # a form with a file in it; a larger one there is refused rather than forwarded unjudged.
 MAX_OVERRIDE_BODY = 1024 * 1024
@@ -45,20 +41,22 @@ def override_methods(ex: Exchange) -> list[str]:
 
     A GET with ``X-HTTP-Method-Override: POST`` (or ``?_method=POST``) is a POST to a
     CRM that honours overrides: judged only as a GET it would slip past a function
-    bound to POST, such as clock-in.
+    bound to POST, such as clock-in. Raises :class:`UnreadableBody` for an override the
+    gateway cannot read one way (see :func:`gateway.forms.field_values`).
     """
     # Every override header's name holds "method" in some case; most requests have none.
     values = [value for name, value in ex.request.headers.items()
               if "ethod" in name.lower() and canonical_name(name) in _OVERRIDES]
-    if ex.query and ("%" in ex.query or "ethod" in ex.query.lower()):  # '%5Fm%65thod' is '_method' too
-        # Names as back ends read them: PHP's '.method', ' _method', '_method[]' (Symfony falls back to
-        # the query), ASP.NET's in any case.
-        values += [value for name, value in parse_qsl(ex.query, keep_blank_values=True)
-                   if reads_as(name, _QUERY_FIELDS)]
+    query = ex.query
+    if query and ("%" in query or "\\" in query or "ethod" in query.lower()):  # '%5Fm%65thod' is '_method' too
+        # Read as a form body is (Symfony and Laravel fall back to the query, Express reads it with qs):
+        # PHP's '.method' and NUL, Rack's and qs's brackets, ASP.NET's names in any case.
+        values += field_values(query.encode("utf-8", "surrogateescape"), FORM, METHOD_OVERRIDE_PARAM,
+                               METHOD_OVERRIDE_FIELD)
     if not values:
         return []
-    methods = {part.strip().upper() for value in values for part in value.split(",")}
-    return sorted(m for m in methods if _METHOD.fullmatch(m) and m != ex.request.method)
+    methods = override_methods_of(part for value in values for part in value.split(","))
+    return sorted(methods - {ex.request.method})
 
 
 def _rank(decision: Decision) -> int:
@@ -119,7 +117,12 @@ class PolicyFilter:
     async def __call__(self, ex: Exchange) -> web.StreamResponse | None:
         started = time.perf_counter()
         decision = self.policy.decide(facts_of(ex, user=ex.user))
-        if (overrides := override_methods(ex)) and _rank(decision):
+        try:
+            overrides = override_methods(ex) if _rank(decision) else []
+        except UnreadableBody as exc:
+            log.warning("request.bad_override", request_id=ex.request_id, client_ip=str(ex.client_ip), error=str(exc))
+            return ex.deny(400, "bad_request")
+        if overrides:
             decision = _strictest([decision, *(self.policy.decide(facts_of(ex, user=ex.user, method=m))
                                                for m in overrides)])
         DECISION_TIME.observe(time.perf_counter() - started)
@@ -129,16 +132,10 @@ class PolicyFilter:
                     ex.body = await read_small_body(ex.request, "POST", MAX_OVERRIDE_BODY)
                 content_type = ex.request.headers.get("Content-Type", "")
                 values = field_values(ex.body, content_type, METHOD_OVERRIDE_PARAM, METHOD_OVERRIDE_FIELD)
+                methods = override_methods_of(values) - {"POST"}
             except UnreadableBody as exc:
                 log.warning("request.bad_override", request_id=ex.request_id, client_ip=str(ex.client_ip),
                             error=str(exc))
-                return ex.deny(400, "bad_request")
-            methods = {value.strip().upper() for value in values} - {"POST", ""}
-            if any(not _METHOD.fullmatch(m) for m in methods):
-                # 'DELETE\0' is DELETE to Rack (it drops a form body's trailing NUL): what the gateway
-                # cannot read as a method, some back end may.
-                log.warning("request.bad_override", request_id=ex.request_id, client_ip=str(ex.client_ip),
-                            error="a method override that is not a method name")
                 return ex.deny(400, "bad_request")
             decision = _strictest([decision, *(self.policy.decide(facts_of(ex, user=ex.user, method=m))
                                                for m in sorted(methods))])

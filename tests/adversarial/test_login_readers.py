@@ -167,6 +167,19 @@ DIFFERENTIALS = [
                  ALICE + part(cd("u\u017fername"), "bob") + PW + END, "",
                  "ASP.NET Core's case-blind form collection as `folded` models it (not run here); "
                  "refused in forms and JSON already"),
+    # Round 14, Node: Koa's co-body parses forms with qs allowDots ('.username' is username) and stops
+    # at qs's 1000th field; body-parser and co-body drop a leading BOM; formidable 3 a leading '?'.
+    Differential("form: '.username' first, the gateway's username past qs's 1000 fields", FORM,
+                 b".username=bob&password=pw&" + b"".join(b"a%d=&" % i for i in range(998)) + b"username=alice",
+                 "", "koa-body 8.0 / @koa/bodyparser 6.1 / koa-bodyparser 4.4 (co-body 6.2), passport-local"),
+    Differential("form: '.username' and a field qs splits at ']='", FORM,
+                 b".username=bob&password=pw&username=alice]=x", "", "Koa (co-body)"),
+    Differential("form: '%2Eusername'", FORM, b"%2Eusername=bob&password=pw&username=alice]=x", "",
+                 "Koa (co-body)"),
+    Differential("form: after a UTF-8 BOM", FORM, b"\xef\xbb\xbfusername=bob&password=pw&username=alice]=x", "",
+                 "Express 5 / body-parser 2.4, Express 4 / body-parser 1.x, Koa (co-body)"),
+    Differential("form: a leading '?'", FORM, b"?username=bob&password=pw&username=alice", "",
+                 "formidable 3.5 (fields.username[0] is bob)"),
     # Round 13 (against round 12's relaxations).
     Differential("multipart: the username part in Python's raw_unicode_escape (\\u0062ob)", MP,
                  part(cd("username") + "\r\nContent-Type: text/plain; charset=raw_unicode_escape", "\\u0062ob") + PW

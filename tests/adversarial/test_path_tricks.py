@@ -267,6 +267,22 @@ OVERRIDES = [
 ]
 
 
+@pytest.mark.parametrize("query", [
+    "[_method]=DELETE",  # qs (Express 4's query parser) drops the brackets around a name
+    "%5B_method%5D=DELETE",
+    "_method=LOC%E2%84%AA",  # a Kelvin sign: method-override and Express's router read LOCK
+    "_method=DELETE%00",
+], ids=["qs brackets", "qs brackets, encoded", "a Kelvin sign", "a NUL after the value"])
+async def test_a_query_override_the_gateway_cannot_read_one_way_is_refused(tmp_path: Path, query: str) -> None:
+    """Round 14b: such overrides were dropped, and the POST judged as a POST."""
+    async with stack(tmp_path, policy=no_contact_deletes()) as s:
+        response = await send_raw(s.port, raw_request("POST", f"/echo/contacts/5?{query}", [("Content-Type", FORM)],
+                                                      b"name=Ann"))
+        assert status_of(response) == 400
+        assert await s.crm_requests() == []
+        assert s.logs.events("request.bad_override")
+
+
 @pytest.mark.parametrize(("target", "headers"), [(t, h) for _, t, h in OVERRIDES], ids=[d for d, _, _ in OVERRIDES])
 async def test_a_method_override_is_judged_as_the_method_it_asks_for(
     tmp_path: Path, target: str, headers: tuple[tuple[str, str], ...]
@@ -478,6 +494,14 @@ BODY_OVERRIDES = [
     ("the name in brackets (Rack 2)", FORM, b"[_method]=DELETE", 400),
     ("JSON with an integer of 5,000 digits (PHP reads it; Python's int() refuses it, so it is kept as text)",
      "application/json", b'{"x": ' + b"1" * 5000 + b', "_method": "DELETE"}', 403),
+    # Round 14b, Express 4/5 (body-parser, qs, method-override): iconv-lite drops a leading BOM; JSON.parse
+    # reads what Python's parser does not (nesting past its recursion limit, a byte that is not UTF-8).
+    ("a form body after a UTF-8 BOM", FORM, b"\xef\xbb\xbf_method=DELETE", 403),
+    ("qs with allowDots (Koa's co-body) reads '._method' as _method", FORM, b"._method=DELETE", 400),
+    ("a JSON body after a UTF-8 BOM", "application/json", b'\xef\xbb\xbf{"_method":"DELETE"}', 403),
+    ("JSON with a byte that is not UTF-8 elsewhere", "application/json", b'{"x":"\xff","_method":"DELETE"}', 400),
+    ("JSON nested deeper than Python's parser goes", "application/json",
+     b'{"a":' + b"[" * 2000 + b"]" * 2000 + b',"_method":"DELETE"}', 400),
     # Round 13b: Rack (and commons-fileupload) end a head only at CRLF CRLF, past the next delimiter or
     # 64 KiB; the gateway took PHP's bare-LF end, and the '; name="_method"' after it for content.
     ("a head Rack ends past the next delimiter", "multipart/form-data; boundary=XX",
