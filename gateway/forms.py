@@ -147,7 +147,7 @@ def field_from_body(body: bytes, content_type: str, field: str) -> str | None:
     """
     kind, parameters = media_type(content_type) if content_type.strip() else ("", {})
     charset = parameters.get("charset", "").strip().lower()
-    if charset and charset not in _UTF8:
+    if charset and charset not in _UTF8 | _LATIN1:
         raise UnreadableBody(f"body in charset {_echo(charset)}; only UTF-8 is read")
     is_json = kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
     if not is_json and "json" in content_type.lower():  # Laravel reads any type with /json or +json as JSON
@@ -191,6 +191,12 @@ def login_username(body: bytes, content_type: str, field: str, query: str = "") 
     for value in field_values(body, content_type, field):
         if user is None or user not in _readings_of(value):
             raise UnreadableBody(f"the field {field!r} has more than one reading")
+    # Another charset than UTF-8 (declared on the body, Apache HttpClient 5's ISO-8859-1, or in a
+    # `_charset_` field, which Jetty decodes the other parts in): the same name only if it is ASCII.
+    charsets = {c.strip().lower() for c in _CHARSET.findall(content_type)}
+    charsets |= {c.strip().lower() for c in field_values(body, content_type, "_charset_")}
+    if charsets - _UTF8 and (charsets - _UTF8 - _LATIN1 or not (user or "").isascii()):
+        raise UnreadableBody(f"a login body in charset {_echo(', '.join(sorted(charsets)))}")
     return user
 
 
@@ -630,10 +636,11 @@ class _Places:
             for delimiter in self.delimiters:
                 if (index := self._part_at(at, delimiter)) is not None:
                     # Not in a file's name (`Site 4 [Method Statement].pdf`): a file part's value is
-                    # the file to every back end, never a method. (Rack 2.2 takes the last `name=` on
-                    # the line, quotes or not: a file name holding one is searched.)
+                    # the file to every back end, never a method. A file name with ';' or '=' in it is
+                    # searched: Rack 2.2 takes the last `name=` on the line, quotes or not, and Tomcat
+                    # ends the quotes of `a="x; filename="` early and trims `name =_method` to a name.
                     start, head_end, _, _ = self.parts(delimiter)[index]
-                    return not any(found.start(1) <= at < found.end(1) and "name=" not in found.group(1).lower()
+                    return not any(found.start(1) <= at < found.end(1) and not {";", "="} & set(found.group(1))
                                    for found in _FILENAME.finditer(text, start, head_end))
             return False
         if _AFTER_FORM_NAME.match(text, end) and self._field_start(at) is not None:

@@ -167,6 +167,13 @@ DIFFERENTIALS = [
                  ALICE + part(cd("u\u017fername"), "bob") + PW + END, "",
                  "ASP.NET Core's case-blind form collection as `folded` models it (not run here); "
                  "refused in forms and JSON already"),
+    # Round 15, Java: Jetty 12 decodes the other parts in the charset a `_charset_` part names; in IBM290
+    # the bytes `cwc` are bob.
+    Differential("multipart: a `_charset_` part naming IBM290", MP,
+                 part(cd("_charset_"), "IBM290") + part(cd("username"), "cwc") + PW + END, "",
+                 "Jetty 12.0 ee10 getParameter and Spring Security's obtainUsername: bob"),
+    Differential("form: a `_charset_` field naming IBM290", FORM, b"_charset_=IBM290&username=cwc&password=pw", "",
+                 "Jetty (the HTML5 `_charset_` field; not run for forms: refused alike)"),
     # Round 14, Node: Koa's co-body parses forms with qs allowDots ('.username' is username) and stops
     # at qs's 1000th field; body-parser and co-body drop a leading BOM; formidable 3 a leading '?'.
     Differential("form: '.username' first, the gateway's username past qs's 1000 fields", FORM,
@@ -303,10 +310,24 @@ ORDINARY = [
      dotnet([("username", "alice"), ("password", "pw")]), "alice"),
     ("Apache HttpClient 4.x (charset=ISO-8859-1, Content-Transfer-Encoding: 8bit)",
      f"multipart/form-data; boundary={APACHE_B}", apache([("username", "alice"), ("password", "pw")]), "alice"),
+    # Round 15: Apache HttpClient 5 declares ISO-8859-1 on the request (read alike while the name is ASCII).
+    ("Apache HttpClient 5 UrlEncodedFormEntity", "application/x-www-form-urlencoded; charset=ISO-8859-1",
+     b"username=bob&password=s3cret", "bob"),
+    ("Apache HttpClient 5 MultipartEntityBuilder", "multipart/form-data; charset=ISO-8859-1; boundary=hc5Bound4ry",
+     b'--hc5Bound4ry\r\nContent-Disposition: form-data; name="username"\r\n'
+     b"Content-Type: text/plain; charset=ISO-8859-1\r\n\r\nbob\r\n"
+     b'--hc5Bound4ry\r\nContent-Disposition: form-data; name="password"\r\n'
+     b"Content-Type: text/plain; charset=ISO-8859-1\r\n\r\ns3cret\r\n--hc5Bound4ry--\r\n", "bob"),
     ("multipart with a file", MP,
      ALICE + part(cd("avatar")[:-1] + '"; filename="username.png"\r\nContent-Type: image/png', "\x89PNG username=bob")
      + END, "alice"),
 ]
+
+
+def test_a_non_ascii_username_in_a_latin1_body_is_refused() -> None:
+    """ISO-8859-1 on the body: Tomcat reads `jos%C3%A9` as josÃ©, the gateway as josé (two names)."""
+    with pytest.raises(UnreadableBody):
+        login_username(b"username=jos%C3%A9&password=pw", f"{FORM}; charset=ISO-8859-1", FIELD)
 
 
 @pytest.mark.parametrize("charset", ["base64", "zlib", "rot13", "hex", "quoted-printable"])

@@ -494,6 +494,10 @@ BODY_OVERRIDES = [
     ("the name in brackets (Rack 2)", FORM, b"[_method]=DELETE", 400),
     ("JSON with an integer of 5,000 digits (PHP reads it; Python's int() refuses it, so it is kept as text)",
      "application/json", b'{"x": ' + b"1" * 5000 + b', "_method": "DELETE"}', 403),
+    # Round 15, Tomcat 10.1 (Spring's HiddenHttpMethodFilter): it ends the quotes of `a="x; filename="`
+    # early and trims `name =_method`; the gateway had skipped it all as a file's name.
+    ("Tomcat: a name hidden in what looks like a file's name", "multipart/form-data; boundary=XX",
+     b'--XX\r\nContent-Disposition: form-data; a="x; filename="; name =_method; b="\r\n\r\nDELETE\r\n--XX--\r\n', 403),
     # Round 14b, Express 4/5 (body-parser, qs, method-override): iconv-lite drops a leading BOM; JSON.parse
     # reads what Python's parser does not (nesting past its recursion limit, a byte that is not UTF-8).
     ("a form body after a UTF-8 BOM", FORM, b"\xef\xbb\xbf_method=DELETE", 403),
