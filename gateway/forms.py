@@ -65,8 +65,10 @@ def normalise_username(value: str) -> str | None:
     if len(value) > MAX_USERNAME:
         raise UnreadableBody(f"username longer than {MAX_USERNAME} characters")
     name = unicodedata.normalize("NFKC", value).strip().lower()
-    if any(unicodedata.category(char) in ("Cc", "Cs") for char in name):
-        raise UnreadableBody("username contains a control character or is not valid UTF-8")
+    # Format characters too: JavaScript's trim() drops a U+FEFF that Python's strip() keeps, and MySQL's
+    # _ci collations ignore zero-width spaces and soft hyphens ('\ufeffbob' is bob to such a CRM).
+    if any(unicodedata.category(char) in ("Cc", "Cs", "Cf") for char in name):
+        raise UnreadableBody("username contains a control or format character or is not valid UTF-8")
     return name or None
 
 

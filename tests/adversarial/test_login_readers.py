@@ -324,6 +324,18 @@ ORDINARY = [
 ]
 
 
+@pytest.mark.parametrize("char", ["\ufeff", "\u200b", "\u00ad", "\u2060"],
+                         ids=["BOM", "zero-width space", "soft hyphen", "word joiner"])
+@pytest.mark.parametrize(("content_type", "shape"), [
+    (FORM, "username={}bob&password=pw"), ("application/json", '{{"username": "{}bob", "password": "pw"}}'),
+], ids=["form", "JSON"])
+def test_a_username_with_a_format_character_is_refused(char: str, content_type: str, shape: str) -> None:
+    """Round 16: Hapi with Joi's trim(), express-validator's trim() and JavaScript's trim() drop U+FEFF,
+    MySQL's _ci collations ignore zero-width characters: the CRM logs in bob, the gateway judged another name."""
+    with pytest.raises(UnreadableBody):
+        login_username(shape.format(char).encode(), content_type, FIELD)
+
+
 def test_a_non_ascii_username_in_a_latin1_body_is_refused() -> None:
     """ISO-8859-1 on the body: Tomcat reads `jos%C3%A9` as josÃ©, the gateway as josé (two names)."""
     with pytest.raises(UnreadableBody):
