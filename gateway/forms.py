@@ -478,6 +478,9 @@ def _one_boundary(content_type: str) -> str:
     return boundary
 
 
+_METHOD_NAME = re.compile(r"[A-Z]{1,20}")
+
+
 def override_methods_of(values: Iterable[str]) -> set[str]:
     """The methods override ``values`` ask for (upper case; empty ones dropped), or :class:`UnreadableBody`
     for a value that is no method name: Rack reads 'DELETE\\0' from a form as DELETE, Express 'LOC\\u212a'
@@ -487,8 +490,6 @@ def override_methods_of(values: Iterable[str]) -> set[str]:
         raise UnreadableBody("a method override that is not a method name")
     return methods
 
-
-_METHOD_NAME = re.compile(r"[A-Z]{1,20}")
 
 
 def field_values(body: bytes, content_type: str, *fields: str) -> set[str]:

@@ -114,31 +114,28 @@ class PolicyFilter:
         rank = _rank(decision)
         return any(_rank(self.policy.decide(facts_of(ex, user=ex.user, method=m))) < rank for m in bound)
 
+    def _strictest_of(self, ex: Exchange, decision: Decision, methods: list[str]) -> Decision:
+        """``decision``, or a stricter one the request gets as one of the ``methods`` it may run as."""
+        if not methods:
+            return decision
+        return _strictest([decision, *(self.policy.decide(facts_of(ex, user=ex.user, method=m)) for m in methods)])
+
     async def __call__(self, ex: Exchange) -> web.StreamResponse | None:
         started = time.perf_counter()
         decision = self.policy.decide(facts_of(ex, user=ex.user))
         try:
-            overrides = override_methods(ex) if _rank(decision) else []
-        except UnreadableBody as exc:
-            log.warning("request.bad_override", request_id=ex.request_id, client_ip=str(ex.client_ip), error=str(exc))
-            return ex.deny(400, "bad_request")
-        if overrides:
-            decision = _strictest([decision, *(self.policy.decide(facts_of(ex, user=ex.user, method=m))
-                                               for m in overrides)])
-        DECISION_TIME.observe(time.perf_counter() - started)
-        if _rank(decision) and self._body_may_override(ex, decision):
-            try:
+            if _rank(decision):
+                decision = self._strictest_of(ex, decision, override_methods(ex))
+            DECISION_TIME.observe(time.perf_counter() - started)
+            if _rank(decision) and self._body_may_override(ex, decision):
                 if ex.body is None:  # (a login's body was read already)
                     ex.body = await read_small_body(ex.request, "POST", MAX_OVERRIDE_BODY)
                 content_type = ex.request.headers.get("Content-Type", "")
                 values = field_values(ex.body, content_type, METHOD_OVERRIDE_PARAM, METHOD_OVERRIDE_FIELD)
-                methods = override_methods_of(values) - {"POST"}
-            except UnreadableBody as exc:
-                log.warning("request.bad_override", request_id=ex.request_id, client_ip=str(ex.client_ip),
-                            error=str(exc))
-                return ex.deny(400, "bad_request")
-            decision = _strictest([decision, *(self.policy.decide(facts_of(ex, user=ex.user, method=m))
-                                               for m in sorted(methods))])
+                decision = self._strictest_of(ex, decision, sorted(override_methods_of(values) - {"POST"}))
+        except UnreadableBody as exc:
+            log.warning("request.bad_override", request_id=ex.request_id, client_ip=str(ex.client_ip), error=str(exc))
+            return ex.deny(400, "bad_request")
         ex.decision = decision
         ex.channel = decision.channel
         if decision.action == "allow":
