@@ -1,7 +1,7 @@
 """Compare gateway builds A/B: the same benchmark against ``serve`` from two (or more) source trees.
 
     python benchmarks/compare.py --tree /work/main --tree /tmp/scratch [--rounds 5] [--duration 5]
-                                 [--upstream nginx|crm] [--workers 1] [--openloop]
+                                 [--upstream nginx|crm] [--workers 1] [--redis] [--openloop]
 
 To measure a lever before applying it: copy the repository, change the copy,
 compare. The trees run side by side against one upstream, interleaved (the
@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream", choices=("nginx", "crm"), default="nginx")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--rules", type=int, default=1000)
+    parser.add_argument("--redis", action="store_true",
+                        help="sessions in Redis (a redis-server is started) also with one worker")
     parser.add_argument("--openloop", action="store_true",
                         help="also an open-loop run per round: latency and CPU per request at a fixed rate")
     parser.add_argument("--rate", type=float, default=500.0, help="open-loop rate (default 500/s)")
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         with Services(workdir) as services:
             upstream = services.nginx_upstream() if args.upstream == "nginx" else services.demo_crm()
             # several workers need the Redis session store (serve refuses the cookie store with them)
-            redis_url = f"redis://{HOST}:{services.redis().port}/0" if args.workers > 1 else None
+            redis_url = f"redis://{HOST}:{services.redis().port}/0" if args.workers > 1 or args.redis else None
             gateways = []
             for index, tree in enumerate(trees):
                 port = free_port()

@@ -107,8 +107,10 @@ class Gateway:
         self.state = open_state(settings.session.store, settings.session.redis_url)
         self.sessions = SessionStore(settings.session, self.state,
                                      redis_client=getattr(self.state, "client", None))
+        self.sessions.start()
         self.chain = self.build_chain(self.config)
         yield
+        await self.sessions.close()
         for pool in (self.pool, *self.retired_pools):
             await pool.close()
         await self.client.close()

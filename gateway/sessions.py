@@ -25,13 +25,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from aiohttp_session import AbstractStorage, Session
+from aiohttp_session import AbstractStorage, Session, SessionData
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
 from gateway.caching import cache_short_keys
 from gateway.cookies import own_cookie
 from gateway.logs import get_logger
+from gateway.session_cache import SessionCache
 from gateway.settings import SessionSettings
 from gateway.state import SharedState, StateUnavailable
 
@@ -42,6 +43,7 @@ log = get_logger("sessions")
 
 KEY_ENV = "CRMGW_SECRET_KEY"
 SEEN_RESOLUTION = 60.0  # refresh the idle clock at most once a minute: no Set-Cookie on every response
+REVOKED = "session:revoked:"  # + the session's Redis key, or its sid with the cookie store
 
 
 def read_secret_key(settings: SessionSettings) -> bytes | None:
@@ -190,6 +192,7 @@ class SessionStore:
         }
         self.storage: AbstractStorage
         self._read_flagged: Callable[[str, str], Awaitable[tuple[bytes | None, float | None]]] | None = None
+        self.cache: SessionCache | None = None
         # what a storage failure raises: redis (and its ~9 MiB of modules) is imported only for its store
         self._errors: tuple[type[Exception], ...] = (OSError,)
         if settings.store == "redis":
@@ -206,10 +209,23 @@ class SessionStore:
             # The session and its revocation flag in one round trip (a Redis command is ~40 us of
             # this process's CPU): with the state in the same Redis, which is how the app opens them.
             self._read_flagged = getattr(state, "read_flagged", None)
+            if self._read_flagged is not None:
+                # and both kept in-process while Redis reports their changes (see gateway.session_cache)
+                self.cache = SessionCache(client.connection_pool.make_connection(),
+                                          (f"{settings.cookie_name}_", getattr(state, "prefix", "") + REVOKED))
         else:
             self.storage = CachedCookieStorage(Fernet(base64.urlsafe_b64encode(load_secret_key(settings))),
                                                   **params)
         self.cookie_name = settings.cookie_name
+
+    def start(self) -> None:
+        """Start what runs beside the requests (the Redis session cache's tracking connection)."""
+        if self.cache is not None:
+            self.cache.start()
+
+    async def close(self) -> None:
+        if self.cache is not None:
+            await self.cache.close()
 
     def has_cookie(self, request: web.Request) -> bool:
         return self.cookie_name in request.cookies
@@ -247,20 +263,27 @@ class SessionStore:
         key = self.storage.load_cookie(request)
         if key is None:
             return Session(None, data=None, new=True, max_age=self.storage.max_age), None
-        value, revoked = await self._read_flagged(f"{self.cookie_name}_{key}", f"session:revoked:{key}")
+        cache = self.cache
+        if cache is not None and (cached := cache.get(key)) is not None:
+            return Session(key, data=cached, new=False, max_age=self.storage.max_age), None
+        generation = cache.generation if cache is not None else 0
+        value, revoked = await self._read_flagged(f"{self.cookie_name}_{key}", f"{REVOKED}{key}")
         if value is None:
             return Session(None, data=None, new=True, max_age=self.storage.max_age), None
+        data: SessionData | None
         try:
             data = json.loads(value)
         except ValueError:
             data = None
+        if cache is not None and revoked is None and isinstance(data, dict):
+            cache.put(key, data, generation)  # Session copies what it is given: the entry stays as read
         return Session(key, data=data, new=False, max_age=self.storage.max_age), revoked
 
     def _revocation(self, session: Session) -> str:
         """The flag that revokes ``session``: by its Redis key (read with it, see load), else by its ``sid``."""
         if self._read_flagged is not None:
-            return f"session:revoked:{session.identity}"
-        return f"session:revoked:{session.get('sid', '')}"
+            return f"{REVOKED}{session.identity}"
+        return f"{REVOKED}{session.get('sid', '')}"
 
     @staticmethod
     def touch(session: Session) -> bool:
@@ -284,6 +307,7 @@ class SessionStore:
         """Log out: revoke the id (a copied cookie stops working) and empty the session."""
         if session.get("sid") and (self._read_flagged is None or session.identity is not None):
             await self.state.flag(self._revocation(session), self.settings.max_age)
+        self._forget(session)
         session.invalidate()
 
     async def save(self, request: web.Request, response: web.StreamResponse, session: Session) -> None:
@@ -293,6 +317,13 @@ class SessionStore:
             await self.storage.save_session(request, response, session)
         except self._errors as exc:
             raise StateUnavailable(str(exc)) from exc
+        finally:
+            self._forget(session)
+
+    def _forget(self, session: Session) -> None:
+        """This process changed ``session`` in Redis: its copy goes now, not when Redis says so."""
+        if self.cache is not None and isinstance(session.identity, str):
+            self.cache.forget(session.identity)
 
 
 

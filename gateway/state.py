@@ -260,6 +260,11 @@ class RedisState:
         """The underlying client, so the session storage can share its connection pool."""
         return self._client
 
+    @property
+    def prefix(self) -> str:
+        """What every key of this store starts with (the session cache tracks some of them)."""
+        return self._prefix
+
     def _key(self, key: str) -> str:
         return self._prefix + key
 

@@ -1,0 +1,274 @@
+"""Redis session records kept in the process while Redis reports every change to them.
+
+With ``session.store: redis`` every request read its session from Redis: one round trip,
+about 0.1 ms of the gateway's CPU, a third of a request's cost (docs/performance.md). This
+cache keeps recently read records and drops one the moment any process writes, deletes or
+expires it, or raises its revocation flag: Redis's client-side caching in broadcast mode
+(``CLIENT TRACKING ON BCAST PREFIX ...``) pushes the names of changed keys to a connection
+of ours. So a logout on one replica ends the copies on every other at once.
+
+The cache is trusted only while that connection is known to be up:
+
+- The invalidations are applied in the connection's ``data_received``, before any request
+  task runs again, so a request that arrives after Redis sent the invalidation never sees
+  the old record (both land in one poll of the event loop at worst, and I/O callbacks run
+  before the tasks they wake).
+- When the connection drops, or Redis does not answer a PING within :data:`HEARTBEAT`
+  seconds (a frozen or partitioned Redis), the cache is emptied and off until the
+  connection is back; requests then read Redis as without it, and fail closed if it is down.
+- A read that was in flight while anything was invalidated is not kept (its answer may
+  predate the change): every invalidation moves :attr:`SessionCache.generation` on.
+- An entry is served for at most :data:`ENTRY_LIFETIME` seconds whatever happens.
+- A Redis that refuses tracking (older than 6.0, or an ACL without ``client``) leaves the
+  cache off, logged once as ``session.cache_unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import hiredis
+from aiohttp_session import SessionData
+
+from gateway.logs import get_logger
+
+log = get_logger("sessions")
+
+CHANNEL = b"__redis__:invalidate"
+HEARTBEAT = 1.0  # a PING this often; no answer within as long again turns the cache off
+ENTRY_LIFETIME = 10.0
+RETRY_AFTER = 1.0  # reconnect delay after the connection is lost
+RETRY_REFUSED = 60.0  # and after Redis refused to track
+CACHE_SIZE = 4096
+
+
+class TrackingRefused(Exception):
+    """Redis answered a tracking command with an error (too old, or not allowed by its ACL)."""
+
+
+def command(*parts: str | bytes | int) -> bytes:
+    """One command in RESP, as an array of bulk strings."""
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        data = part if isinstance(part, bytes) else str(part).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class SessionCache:
+    """Session records by session id, valid while the tracking connection is up.
+
+    ``prefixes`` are the key prefixes whose changes concern a cached record: the
+    session's own key and its revocation flag, each followed by the session id.
+    ``connection`` is an unconnected redis-py connection made from the store's URL: the
+    tracking connection uses its address, TLS context and credentials.
+    """
+
+    def __init__(self, connection: Any, prefixes: Sequence[str], *,
+                 lifetime: float = ENTRY_LIFETIME, heartbeat: float = HEARTBEAT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._connection = connection
+        self._prefixes = tuple(prefix.encode() for prefix in prefixes)
+        self._lifetime = lifetime
+        self._heartbeat = heartbeat
+        self._clock = clock
+        self._entries: dict[str, tuple[float, SessionData]] = {}
+        self._live = False
+        self.generation = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def live(self) -> bool:
+        """Whether the cache is serving (the tracking connection is up and answering)."""
+        return self._live
+
+    def get(self, sid: str) -> SessionData | None:
+        """The record of session ``sid`` as last read, if the cache may still vouch for it."""
+        if not self._live:
+            return None
+        entry = self._entries.get(sid)
+        if entry is None:
+            return None
+        if self._clock() - entry[0] > self._lifetime:
+            del self._entries[sid]
+            return None
+        return entry[1]
+
+    def put(self, sid: str, record: SessionData, generation: int) -> None:
+        """Keep ``record``, read with :attr:`generation` at ``generation``, unless anything changed since."""
+        if not self._live or generation != self.generation:
+            return
+        if len(self._entries) >= CACHE_SIZE:
+            self._entries.pop(next(iter(self._entries)))  # oldest first: dicts keep order
+        self._entries[sid] = (self._clock(), record)
+
+    def forget(self, sid: str) -> None:
+        """Drop ``sid`` (this process wrote it); a read of it in flight is not kept either."""
+        self.generation += 1
+        self._entries.pop(sid, None)
+
+    def invalidate(self, keys: list[bytes] | None) -> None:
+        """Redis says ``keys`` changed (None: everything, after a FLUSHDB or FLUSHALL)."""
+        self.generation += 1
+        if keys is None:
+            self._entries.clear()
+            return
+        for key in keys:
+            for prefix in self._prefixes:
+                if key.startswith(prefix):
+                    self._entries.pop(key[len(prefix):].decode("utf-8", "surrogateescape"), None)
+
+    def _turn_on(self) -> None:
+        self.generation += 1
+        self._entries.clear()
+        self._live = True
+
+    def _turn_off(self) -> None:
+        self.generation += 1
+        self._live = False
+        self._entries.clear()
+
+    def start(self) -> None:
+        """Keep a tracking connection open (and reopen it) until :meth:`close`."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="session-cache")
+
+    async def close(self) -> None:
+        self._turn_off()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        refused_before = False
+        while True:
+            delay = RETRY_AFTER
+            try:
+                await self._track()
+            except TrackingRefused as exc:
+                delay = RETRY_REFUSED
+                if not refused_before:
+                    log.warning("session.cache_unavailable", error=str(exc),
+                                hint="Redis 6+ with CLIENT allowed caches sessions in-process")
+                refused_before = True
+            except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
+                if self._live:
+                    log.warning("session.cache_off", error=f"{type(exc).__name__}: {exc}")
+            except Exception:  # a bug here must not end the retries; the cache is off meanwhile
+                log.exception("session.cache_failed")
+            finally:
+                self._turn_off()
+            await asyncio.sleep(delay)
+
+    async def _open(self) -> tuple[asyncio.Transport, _Tracking]:
+        loop = asyncio.get_running_loop()
+        conn = self._connection
+        timeout = conn.socket_connect_timeout or self._heartbeat
+        path = getattr(conn, "path", None)
+        context: ssl.SSLContext | None = None
+        if (wrapper := getattr(conn, "ssl_context", None)) is not None:
+            context = wrapper.get()
+        async with asyncio.timeout(timeout):
+            if path:
+                transport, protocol = await loop.create_unix_connection(lambda: _Tracking(self), path)
+            else:
+                transport, protocol = await loop.create_connection(
+                    lambda: _Tracking(self), conn.host, conn.port, ssl=context,
+                    server_hostname=conn.host if context is not None else None)
+        return transport, protocol
+
+    async def _track(self) -> None:
+        transport, protocol = await self._open()
+        try:
+            conn = self._connection
+            async with asyncio.timeout(self._heartbeat * 2):
+                if conn.password:
+                    auth = ("AUTH", conn.username, conn.password) if conn.username else ("AUTH", conn.password)
+                    await protocol.ask(command(*auth))
+                client_id = await protocol.ask(command("CLIENT", "ID"))
+                tracking = ["CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST"]
+                for prefix in self._prefixes:
+                    tracking += ["PREFIX", prefix.decode()]
+                await protocol.ask(command(*tracking))
+                await protocol.ask(command("SUBSCRIBE", CHANNEL))
+            self._turn_on()
+            log.info("session.cache_on")
+            while True:
+                await asyncio.sleep(self._heartbeat)
+                async with asyncio.timeout(self._heartbeat):
+                    await protocol.ask(command("PING"))
+        finally:
+            transport.close()
+
+
+class _Tracking(asyncio.Protocol):
+    """The tracking connection: replies to our commands in order, invalidations applied at once."""
+
+    def __init__(self, cache: SessionCache) -> None:
+        self._cache = cache
+        self._reader = hiredis.Reader()
+        self._waiting: list[asyncio.Future[Any]] = []
+        self._transport: asyncio.Transport | None = None
+        self._lost: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
+
+    def ask(self, request: bytes) -> asyncio.Future[Any]:
+        """Send one command; the future gets its reply (an error reply raises TrackingRefused)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._lost is not None or self._transport is None:
+            future.set_exception(self._lost or ConnectionError("not connected"))
+            return future
+        self._waiting.append(future)
+        self._transport.write(request)
+        return future
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._reader.feed(data)
+            while (reply := self._reader.gets()) is not False:
+                self._dispatch(reply)
+        except hiredis.ProtocolError as exc:
+            self._fail(exc)
+
+    def _dispatch(self, reply: Any) -> None:
+        if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message" and reply[1] == CHANNEL:
+            self._cache.invalidate(reply[2])
+            return
+        if not self._waiting:
+            self._fail(hiredis.ProtocolError(f"unexpected reply from Redis: {reply!r:.80}"))
+            return
+        future = self._waiting.pop(0)
+        if future.done():
+            return
+        if isinstance(reply, hiredis.ReplyError):
+            future.set_exception(TrackingRefused(str(reply)))
+        else:
+            future.set_result(reply)
+
+    def eof_received(self) -> bool:
+        self._fail(ConnectionError("Redis closed the tracking connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionError("tracking connection closed"))
+
+    def _fail(self, exc: Exception) -> None:
+        """Stop trusting the cache now (not when the task gets to run), and fail what waits."""
+        self._cache._turn_off()
+        if self._lost is None:
+            self._lost = exc
+        for future in self._waiting:
+            if not future.done():
+                future.set_exception(exc)
+        self._waiting.clear()
+        if self._transport is not None:
+            self._transport.close()

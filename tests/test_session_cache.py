@@ -1,0 +1,316 @@
+"""Redis session records cached in-process while Redis reports their changes (gateway.session_cache).
+
+Everything runs against a real redis-server: the invalidations are Redis's own. Other
+processes' writes are made with a second client, as another replica would make them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import redis
+import uvloop
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from aiohttp_session import SessionData
+from structlog.testing import capture_logs
+
+from gateway.session_cache import CACHE_SIZE, SessionCache
+from gateway.sessions import SessionStore
+from gateway.settings import SessionSettings
+from gateway.state import RedisState, StateUnavailable
+from tests.support.redis_server import RedisServer, redis_server_fixture
+
+redis_server = redis_server_fixture(scope="module")
+
+# Each scenario runs on both loops: the gateway runs on uvloop when it is installed, whose transports
+# and order of callbacks differ from asyncio's.
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop,
+}
+
+
+def on_both_loops(scenario: Callable[[RedisServer], Awaitable[None]]) -> Callable[..., None]:
+    @pytest.mark.parametrize("loop", LOOPS)
+    def test(loop: str, redis_server: RedisServer) -> None:
+        with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+            runner.run(scenario(redis_server))
+
+    test.__name__, test.__doc__ = scenario.__name__, scenario.__doc__
+    return test
+
+
+def with_rig(scenario: Callable[[Rig], Awaitable[None]]) -> Callable[..., None]:
+    """A scenario given a fresh :class:`Rig` (cache on, Redis empty), on both loops."""
+
+    async def run(server: RedisServer) -> None:
+        server.start()
+        server.flushall()
+        rig = Rig(server)
+        rig.store.start()
+        try:
+            await until(lambda: rig.cache.live)
+            await rig.arrivals.open()
+            await scenario(rig)
+        finally:
+            await rig.arrivals.close()
+            await rig.close()
+
+    run.__name__, run.__doc__ = scenario.__name__, scenario.__doc__
+    return on_both_loops(run)
+
+
+class Rig:
+    def __init__(self, server: RedisServer, url: str | None = None) -> None:
+        self.server = server
+        self.state = RedisState(url or server.url)
+        self.store = SessionStore(SessionSettings(store="redis", redis_url=url or server.url), self.state,
+                                  redis_client=self.state.client)
+        assert self.store.cache is not None
+        self.cache: SessionCache = self.store.cache
+        self.other = redis.Redis.from_url(server.url)  # another replica's writes
+        self.arrivals = Arrivals()
+
+    async def login(self, user: str = "jim") -> str:
+        """A saved session for ``user``; returns its cookie value (the session's Redis key)."""
+        session = await self.store.begin(request(), await self.store.load(request()), user)
+        response = web.Response()
+        await self.store.save(request(), response, session)
+        return response.cookies["crmgw_session"].value
+
+    async def user(self, cookie: str) -> str | None:
+        session = await self.store.load(request(cookie))
+        return session.get("user")
+
+    def commands(self) -> Counter[str]:
+        stats = self.other.info("commandstats")
+        return Counter({name.removeprefix("cmdstat_"): int(entry["calls"]) for name, entry in stats.items()})
+
+    async def close(self) -> None:
+        await self.store.close()
+        await self.state.close()
+        self.other.close()
+
+
+def request(cookie: str | None = None) -> web.Request:
+    headers = {"Cookie": f"crmgw_session={cookie}"} if cookie else {}
+    return make_mocked_request("GET", "/", headers=headers)
+
+
+class Arrivals:
+    """A loopback connection into this event loop: a request's bytes, as the gateway takes them in.
+
+    The cache's promise is about requests that reach the gateway after a change: their bytes come
+    through the event loop, which by then has taken in Redis's invalidation (sent before the writer
+    got its answer); I/O callbacks run before the tasks they wake. Calling the store directly right
+    after a write would skip that step.
+    """
+
+    def __init__(self) -> None:
+        self._got: asyncio.Future[None] | None = None
+        self._client: socket.socket | None = None
+        self._server: asyncio.Server | None = None
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        arrivals = self
+        accepted = loop.create_future()
+
+        class Listener(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                accepted.set_result(None)
+
+            def data_received(self, data: bytes) -> None:
+                if arrivals._got is not None and not arrivals._got.done():
+                    arrivals._got.set_result(None)
+
+        self._server = await loop.create_server(Listener, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self._client = socket.create_connection(("127.0.0.1", port))
+        await accepted
+
+    async def request(self) -> None:
+        assert self._client is not None
+        self._got = asyncio.get_running_loop().create_future()
+        self._client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        await self._got
+
+    async def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+@with_rig
+async def test_a_session_read_once_is_served_without_a_redis_command(rig: Rig) -> None:
+    cookie = await rig.login()
+    assert await rig.user(cookie) == "jim"  # read from Redis, kept
+    before = rig.commands()
+    for _ in range(50):
+        assert await rig.user(cookie) == "jim"
+    sent = rig.commands() - before
+    assert sent.total() - sent["info"] == 0, sent
+
+
+@with_rig
+async def test_a_change_made_by_another_replica_is_seen_by_the_next_request(rig: Rig) -> None:
+    cookie = await rig.login()
+    assert await rig.user(cookie) == "jim"
+    record = rig.other.get(f"crmgw_session_{cookie}")
+    assert record is not None
+    rig.other.set(f"crmgw_session_{cookie}", record.replace(b'"jim"', b'"amy"'), ex=60)
+    await rig.arrivals.request()
+    assert await rig.user(cookie) == "amy"
+
+
+@with_rig
+async def test_a_logout_on_another_replica_ends_the_copy_here(rig: Rig) -> None:
+    cookie = await rig.login()
+    assert await rig.user(cookie) == "jim"
+    rig.other.set(f"crmgw:session:revoked:{cookie}", 1, ex=60)  # what SessionStore.end writes there
+    await rig.arrivals.request()
+    assert await rig.user(cookie) is None
+
+
+@with_rig
+async def test_a_record_deleted_or_flushed_elsewhere_is_dropped(rig: Rig) -> None:
+    one, two = await rig.login(), await rig.login("amy")
+    assert await rig.user(one) == "jim" and await rig.user(two) == "amy"
+    rig.other.delete(f"crmgw_session_{one}")
+    await rig.arrivals.request()
+    assert await rig.user(one) is None
+    assert await rig.user(two) == "amy"
+    rig.other.flushall()
+    await rig.arrivals.request()
+    assert await rig.user(two) is None
+
+
+@with_rig
+async def test_a_logout_here_ends_the_copy_before_redis_reports_it(rig: Rig) -> None:
+    cookie = await rig.login()
+    session = await rig.store.load(request(cookie))
+    assert session.get("user") == "jim"
+    await rig.store.end(session)
+    assert await rig.user(cookie) is None  # no turn of the loop: this process's own logout
+
+
+@with_rig
+async def test_redis_going_away_turns_the_cache_off_before_the_next_request(rig: Rig) -> None:
+    cookie = await rig.login()
+    assert await rig.user(cookie) == "jim"
+    rig.server.stop()
+    await rig.arrivals.request()
+    assert not rig.cache.live
+    with pytest.raises(StateUnavailable):
+        await rig.user(cookie)  # fails closed, as without the cache
+    rig.server.start()
+    await until(lambda: rig.cache.live)
+    assert await rig.user(cookie) is None  # the restarted Redis (no persistence) lost the session
+
+
+@with_rig
+async def test_a_frozen_redis_turns_the_cache_off_within_two_heartbeats(rig: Rig) -> None:
+    cookie = await rig.login()
+    assert await rig.user(cookie) == "jim"
+    rig.server.pause()
+    try:
+        frozen = time.monotonic()
+        await until(lambda: not rig.cache.live, timeout=5)
+        assert time.monotonic() - frozen <= 2.5
+        with pytest.raises(StateUnavailable):
+            await rig.user(cookie)
+    finally:
+        rig.server.resume()
+    await until(lambda: rig.cache.live, timeout=5)
+    assert await rig.user(cookie) == "jim"
+
+
+@on_both_loops
+async def test_a_redis_that_refuses_tracking_leaves_the_cache_off_and_sessions_working(
+    redis_server: RedisServer,
+) -> None:
+    redis_server.start()
+    redis_server.flushall()
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.acl_setuser("notrack", enabled=True, passwords=["+secret-pw"], keys=["*"], channels=["*"],
+                      commands=["+@all", "-client"])
+    admin.acl_setuser("tracker", enabled=True, passwords=["+other-pw"], keys=["*"], channels=["*"],
+                      commands=["+@all"])
+    try:
+        with capture_logs() as events:
+            refused = Rig(redis_server, f"redis://notrack:secret-pw@127.0.0.1:{redis_server.port}/0")
+            refused.store.start()
+            await until(lambda: any(e["event"] == "session.cache_unavailable" for e in events))
+        assert not refused.cache.live
+        assert "secret-pw" not in repr(events)
+        cookie = await refused.login()
+        before = refused.commands()
+        for _ in range(3):
+            assert await refused.user(cookie) == "jim"
+        assert (refused.commands() - before)["evalsha"] == 3  # every request reads Redis, as before
+        await refused.close()
+        # The same credentials path with a user allowed to track: AUTH with a user name and password.
+        allowed = Rig(redis_server, f"redis://tracker:other-pw@127.0.0.1:{redis_server.port}/0")
+        allowed.store.start()
+        await until(lambda: allowed.cache.live)
+        await allowed.close()
+    finally:
+        admin.acl_deluser("notrack", "tracker")
+        admin.close()
+
+
+@with_rig
+async def test_a_read_overtaken_by_an_invalidation_is_not_kept(rig: Rig) -> None:
+    record: SessionData = {"created": 1, "session": {"user": "jim"}}
+    generation = rig.cache.generation  # the read goes out...
+    rig.cache.invalidate([b"crmgw_session_abc"])  # ...Redis reports a change before its answer is in
+    rig.cache.put("abc", record, generation)
+    assert rig.cache.get("abc") is None
+    rig.cache.put("abc", record, rig.cache.generation)
+    assert rig.cache.get("abc") == record
+    generation = rig.cache.generation
+    rig.cache.forget("xyz")  # a write of this process, to any session, also counts
+    rig.cache.put("def", record, generation)
+    assert rig.cache.get("def") is None
+
+
+def test_entries_last_their_lifetime_and_the_cache_is_bounded() -> None:
+    now = [100.0]
+    cache = SessionCache(None, ("p_",), lifetime=10.0, clock=lambda: now[0])
+    record: SessionData = {"created": 1, "session": {"user": "jim"}}
+    cache.put("a", record, cache.generation)
+    assert cache.get("a") is None  # off until the tracking connection is up
+    cache._turn_on()
+    cache.put("a", record, cache.generation)
+    now[0] += 9.9
+    assert cache.get("a") == record
+    now[0] += 0.2
+    assert cache.get("a") is None
+    for index in range(CACHE_SIZE + 10):
+        cache.put(f"s{index}", record, cache.generation)
+    assert len(cache._entries) == CACHE_SIZE
+    assert cache.get("s0") is None and cache.get(f"s{CACHE_SIZE + 9}") == record
+
+
+async def test_the_cookie_store_has_no_cache(tmp_path: Path) -> None:
+    from gateway.state import MemoryState
+
+    store = SessionStore(SessionSettings(secret_key_file=tmp_path / "key"), MemoryState())
+    assert store.cache is None
+    store.start()
+    await store.close()
