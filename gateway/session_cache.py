@@ -13,9 +13,15 @@ The cache is trusted only while that connection is known to be up:
   task runs again, so a request that arrives after Redis sent the invalidation never sees
   the old record (both land in one poll of the event loop at worst, and I/O callbacks run
   before the tasks they wake).
-- When the connection drops, or Redis does not answer a PING within :data:`HEARTBEAT`
-  seconds (a frozen or partitioned Redis), the cache is emptied and off until the
-  connection is back; requests then read Redis as without it, and fail closed if it is down.
+- Copies are served only on a lease: Redis answers a PING every :data:`HEARTBEAT` seconds,
+  and its answer comes after every invalidation it sent before it, so once a PONG is in, the
+  cache knew of every change made before that PING went out. A copy is served only while
+  such a PING went out less than :data:`LEASE` seconds ago; a stalled connection (a lost
+  segment being resent, a partition of that one connection, a frozen Redis) or a stalled event
+  loop thus leaves a copy stale for at most :data:`LEASE`, and requests read Redis meanwhile.
+- When the connection drops, or a PING stays unanswered for :data:`DEAD_AFTER` seconds, the
+  cache is emptied and off until the connection is back (requests read Redis as without it,
+  and fail closed if it is down).
 - A read that was in flight while anything was invalidated is not kept (its answer may
   predate the change): every invalidation moves :attr:`SessionCache.generation` on.
 - An entry is served for at most :data:`ENTRY_LIFETIME` seconds whatever happens.
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -40,15 +47,23 @@ from gateway.logs import get_logger
 log = get_logger("sessions")
 
 CHANNEL = b"__redis__:invalidate"
-HEARTBEAT = 1.0  # a PING this often; no answer within as long again turns the cache off
+HEARTBEAT = 0.1  # a PING this often (about 10 us of Redis's CPU each)
+LEASE = 0.5  # copies are served while a PING sent this recently has been answered
+DEAD_AFTER = 2.0  # a PING unanswered this long: reconnect
 ENTRY_LIFETIME = 10.0
 RETRY_AFTER = 1.0  # reconnect delay after the connection is lost
 RETRY_REFUSED = 60.0  # and after Redis refused to track
+# Error replies that say "not now" (loading its data, a long script running, a failover) rather than "never".
+TRANSIENT_ERRORS = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY")
 CACHE_SIZE = 4096
 
 
 class TrackingRefused(Exception):
     """Redis answered a tracking command with an error (too old, or not allowed by its ACL)."""
+
+    @property
+    def transient(self) -> bool:
+        return str(self).startswith(TRANSIENT_ERRORS)
 
 
 def command(*parts: str | bytes | int) -> bytes:
@@ -70,22 +85,35 @@ class SessionCache:
     """
 
     def __init__(self, connection: Any, prefixes: Sequence[str], *,
-                 lifetime: float = ENTRY_LIFETIME, heartbeat: float = HEARTBEAT,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 lifetime: float = ENTRY_LIFETIME, heartbeat: float = HEARTBEAT, lease: float = LEASE,
+                 dead_after: float = DEAD_AFTER, clock: Callable[[], float] = time.monotonic) -> None:
         self._connection = connection
         self._prefixes = tuple(prefix.encode() for prefix in prefixes)
         self._lifetime = lifetime
         self._heartbeat = heartbeat
+        self._lease = lease
+        self._dead_after = dead_after
         self._clock = clock
         self._entries: dict[str, tuple[float, SessionData]] = {}
         self._live = False
+        self._confirmed = -math.inf  # when the last PING that has been answered went out
         self.generation = 0
         self._task: asyncio.Task[None] | None = None
 
     @property
     def live(self) -> bool:
-        """Whether the cache is serving (the tracking connection is up and answering)."""
+        """Whether the tracking connection is up (copies are then served while the lease holds)."""
         return self._live
+
+    @property
+    def confirmed(self) -> float:
+        """When the last PING that Redis has answered went out: every change before it has come in."""
+        return self._confirmed
+
+    @property
+    def serving(self) -> bool:
+        """Whether copies are served now: the connection is up and the lease holds."""
+        return self._live and self._clock() - self._confirmed <= self._lease
 
     def get(self, sid: str) -> SessionData | None:
         """The record of session ``sid`` as last read, if the cache may still vouch for it."""
@@ -94,7 +122,10 @@ class SessionCache:
         entry = self._entries.get(sid)
         if entry is None:
             return None
-        if self._clock() - entry[0] > self._lifetime:
+        now = self._clock()
+        if now - self._confirmed > self._lease:
+            return None  # kept: a late PONG proves every invalidation sent before it has come in
+        if now - entry[0] > self._lifetime:
             del self._entries[sid]
             return None
         return entry[1]
@@ -103,7 +134,7 @@ class SessionCache:
         """Keep ``record``, read with :attr:`generation` at ``generation``, unless anything changed since."""
         if not self._live or generation != self.generation:
             return
-        if len(self._entries) >= CACHE_SIZE:
+        if len(self._entries) >= CACHE_SIZE and sid not in self._entries:
             self._entries.pop(next(iter(self._entries)))  # oldest first: dicts keep order
         self._entries[sid] = (self._clock(), record)
 
@@ -123,12 +154,17 @@ class SessionCache:
                 if key.startswith(prefix):
                     self._entries.pop(key[len(prefix):].decode("utf-8", "surrogateescape"), None)
 
-    def _turn_on(self) -> None:
+    def _turn_on(self, confirmed: float) -> None:
         self.generation += 1
         self._entries.clear()
+        self._confirmed = confirmed
         self._live = True
+        log.info("session.cache_on")
 
-    def _turn_off(self) -> None:
+    def _turn_off(self, why: str | None = None) -> None:
+        """Stop serving copies and drop them; ``why`` is logged if the cache was on."""
+        if self._live and why is not None:
+            log.warning("session.cache_off", error=why)
         self.generation += 1
         self._live = False
         self._entries.clear()
@@ -150,27 +186,34 @@ class SessionCache:
         refused_before = False
         while True:
             delay = RETRY_AFTER
+            why = None
             try:
                 await self._track()
             except TrackingRefused as exc:
-                delay = RETRY_REFUSED
-                if not refused_before:
-                    log.warning("session.cache_unavailable", error=str(exc),
-                                hint="Redis 6+ with CLIENT allowed caches sessions in-process")
-                refused_before = True
-            except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
-                if self._live:
-                    log.warning("session.cache_off", error=f"{type(exc).__name__}: {exc}")
+                why = str(exc)
+                if not exc.transient:
+                    delay = RETRY_REFUSED
+                    if not refused_before:
+                        log.warning("session.cache_unavailable", error=why,
+                                    hint="Redis 6+ with CLIENT allowed caches sessions in-process")
+                    refused_before = True
+            except TimeoutError:
+                why = f"no answer from Redis in {self._dead_after} s"
+            except (OSError, hiredis.ProtocolError) as exc:
+                why = f"{type(exc).__name__}: {exc}"
             except Exception:  # a bug here must not end the retries; the cache is off meanwhile
                 log.exception("session.cache_failed")
+                why = "failed"
             finally:
-                self._turn_off()
+                if self._live:
+                    refused_before = False  # a later refusal is news again
+                self._turn_off(why)
             await asyncio.sleep(delay)
 
     async def _open(self) -> tuple[asyncio.Transport, _Tracking]:
         loop = asyncio.get_running_loop()
         conn = self._connection
-        timeout = conn.socket_connect_timeout or self._heartbeat
+        timeout = getattr(conn, "socket_connect_timeout", None) or self._dead_after
         path = getattr(conn, "path", None)
         context: ssl.SSLContext | None = None
         if (wrapper := getattr(conn, "ssl_context", None)) is not None:
@@ -188,7 +231,7 @@ class SessionCache:
         transport, protocol = await self._open()
         try:
             conn = self._connection
-            async with asyncio.timeout(self._heartbeat * 2):
+            async with asyncio.timeout(self._dead_after):
                 if conn.password:
                     auth = ("AUTH", conn.username, conn.password) if conn.username else ("AUTH", conn.password)
                     await protocol.ask(command(*auth))
@@ -196,14 +239,18 @@ class SessionCache:
                 tracking = ["CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST"]
                 for prefix in self._prefixes:
                     tracking += ["PREFIX", prefix.decode()]
+                sent = self._clock()
                 await protocol.ask(command(*tracking))
                 await protocol.ask(command("SUBSCRIBE", CHANNEL))
-            self._turn_on()
-            log.info("session.cache_on")
+            if protocol.lost is not None:  # closed as the answer came in: never on over a dead connection
+                raise protocol.lost
+            self._turn_on(sent)
             while True:
                 await asyncio.sleep(self._heartbeat)
-                async with asyncio.timeout(self._heartbeat):
+                sent = self._clock()
+                async with asyncio.timeout(self._dead_after):
                     await protocol.ask(command("PING"))
+                self._confirmed = sent
         finally:
             transport.close()
 
@@ -216,7 +263,7 @@ class _Tracking(asyncio.Protocol):
         self._reader = hiredis.Reader()
         self._waiting: list[asyncio.Future[Any]] = []
         self._transport: asyncio.Transport | None = None
-        self._lost: Exception | None = None
+        self.lost: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
@@ -224,8 +271,8 @@ class _Tracking(asyncio.Protocol):
     def ask(self, request: bytes) -> asyncio.Future[Any]:
         """Send one command; the future gets its reply (an error reply raises TrackingRefused)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if self._lost is not None or self._transport is None:
-            future.set_exception(self._lost or ConnectionError("not connected"))
+        if self.lost is not None or self._transport is None:
+            future.set_exception(self.lost or ConnectionError("not connected"))
             return future
         self._waiting.append(future)
         self._transport.write(request)
@@ -263,9 +310,9 @@ class _Tracking(asyncio.Protocol):
 
     def _fail(self, exc: Exception) -> None:
         """Stop trusting the cache now (not when the task gets to run), and fail what waits."""
-        self._cache._turn_off()
-        if self._lost is None:
-            self._lost = exc
+        self._cache._turn_off(f"{type(exc).__name__}: {exc}")
+        if self.lost is None:
+            self.lost = exc
         for future in self._waiting:
             if not future.done():
                 future.set_exception(exc)

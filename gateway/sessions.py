@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import json
 import os
@@ -30,7 +29,7 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
 from gateway.caching import cache_short_keys
-from gateway.cookies import own_cookie
+from gateway.cookies import UnreadableCookie, own_cookie
 from gateway.logs import get_logger
 from gateway.session_cache import SessionCache
 from gateway.settings import SessionSettings
@@ -139,10 +138,15 @@ class FastCookieRead(AbstractStorage):
         lines = request.headers.getall("Cookie", ())
         if not lines:
             return None
-        if len(lines) == 1:
-            with contextlib.suppress(_Unsure):
-                return cookie_value(lines[0], self.cookie_name)
-        return own_cookie(lines, self.cookie_name)
+        try:
+            value = cookie_value(lines[0], self.cookie_name) if len(lines) == 1 else own_cookie(lines, self.cookie_name)
+        except _Unsure:
+            value = own_cookie(lines, self.cookie_name)
+        if value is not None and not value.isascii():
+            # The gateway writes hex (Redis) or base64 (Fernet); raw bytes in a header arrive as
+            # surrogates, which the Redis client and Fernet would raise on (a 500 per request).
+            raise UnreadableCookie(f"a {self.cookie_name!r} cookie that is not ASCII")
+        return value
 
 
 class CachedCookieStorage(FastCookieRead, EncryptedCookieStorage):

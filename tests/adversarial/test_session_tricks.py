@@ -33,6 +33,9 @@ from tests.adversarial.support import (
     status_of,
 )
 from tests.e2e.harness import HOME, OFFICE, Stack, stack
+from tests.support.redis_server import redis_server_fixture
+
+redis_server = redis_server_fixture(scope="module")
 
 
 def forged_session(key: bytes, **session: Any) -> str:
@@ -276,3 +279,19 @@ async def test_control_the_bound_cookie_alone_passes(tmp_path: Path) -> None:
             assert resp.status == 200
         [entry] = await s.crm_requests()
         assert entry["user"] == "pat" and entry["cookies"].count(CRM_COOKIE) == 1
+
+
+@pytest.mark.parametrize("value", ["\xff", "caf\xe9", "\u00e9" * 40], ids=["a raw byte", "latin-1", "long"])
+@pytest.mark.parametrize("store", ["cookie", "redis"])
+async def test_a_gateway_cookie_that_is_not_ascii_gets_a_400_not_a_500(
+    tmp_path: Path, store: str, value: str, request: pytest.FixtureRequest
+) -> None:
+    """Header bytes reach the session storage as surrogates: the Redis client and Fernet raised on them,
+    a 500 and a traceback per request. The gateway writes only ASCII there (hex or base64)."""
+    session: dict[str, Any] = {"cookie_secure": False}
+    if store == "redis":
+        session |= {"store": "redis", "redis_url": request.getfixturevalue("redis_server").url}
+    async with stack(tmp_path, session=session) as s:
+        response = await send_raw(s.port, raw_request("GET", "/dashboard", [("Cookie", f"{GATEWAY_COOKIE}={value}")]))
+        assert status_of(response) == 400
+        assert not s.logs.events("request.failed")
