@@ -52,9 +52,10 @@ LEASE = 0.5  # copies are served while a PING sent this recently has been answer
 DEAD_AFTER = 2.0  # a PING unanswered this long: reconnect
 ENTRY_LIFETIME = 10.0
 RETRY_AFTER = 1.0  # reconnect delay after the connection is lost
-RETRY_REFUSED = 60.0  # and after Redis refused to track
-# Error replies that say "not now" (loading its data, a long script running, a failover) rather than "never".
-TRANSIENT_ERRORS = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY")
+RETRY_REFUSED = 60.0  # and after Redis refused to track for good
+# Error replies that say "never" (not allowed, wrong credentials, a Redis without tracking); any other
+# (loading its data, a long script running, too many clients, a failover) says "not now".
+PERMANENT_ERRORS = ("NOPERM", "WRONGPASS", "NOAUTH", "ERR unknown", "ERR syntax", "ERR AUTH", "ERR Prefix")
 CACHE_SIZE = 4096
 
 
@@ -62,8 +63,8 @@ class TrackingRefused(Exception):
     """Redis answered a tracking command with an error (too old, or not allowed by its ACL)."""
 
     @property
-    def transient(self) -> bool:
-        return str(self).startswith(TRANSIENT_ERRORS)
+    def permanent(self) -> bool:
+        return str(self).startswith(PERMANENT_ERRORS)
 
 
 def command(*parts: str | bytes | int) -> bytes:
@@ -86,17 +87,21 @@ class SessionCache:
 
     def __init__(self, connection: Any, prefixes: Sequence[str], *,
                  lifetime: float = ENTRY_LIFETIME, heartbeat: float = HEARTBEAT, lease: float = LEASE,
-                 dead_after: float = DEAD_AFTER, clock: Callable[[], float] = time.monotonic) -> None:
+                 dead_after: float = DEAD_AFTER, retry_after: float = RETRY_AFTER,
+                 retry_refused: float = RETRY_REFUSED, clock: Callable[[], float] = time.monotonic) -> None:
         self._connection = connection
         self._prefixes = tuple(prefix.encode() for prefix in prefixes)
         self._lifetime = lifetime
         self._heartbeat = heartbeat
         self._lease = lease
         self._dead_after = dead_after
+        self._retry_after = retry_after
+        self._retry_refused = retry_refused
         self._clock = clock
         self._entries: dict[str, tuple[float, SessionData]] = {}
         self._live = False
         self._confirmed = -math.inf  # when the last PING that has been answered went out
+        self._times_on = 0
         self.generation = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -159,6 +164,7 @@ class SessionCache:
         self._entries.clear()
         self._confirmed = confirmed
         self._live = True
+        self._times_on += 1
         log.info("session.cache_on")
 
     def _turn_off(self, why: str | None = None) -> None:
@@ -185,14 +191,15 @@ class SessionCache:
     async def _run(self) -> None:
         refused_before = False
         while True:
-            delay = RETRY_AFTER
+            delay = self._retry_after
             why = None
+            times_on = self._times_on
             try:
                 await self._track()
             except TrackingRefused as exc:
                 why = str(exc)
-                if not exc.transient:
-                    delay = RETRY_REFUSED
+                if exc.permanent:
+                    delay = self._retry_refused
                     if not refused_before:
                         log.warning("session.cache_unavailable", error=why,
                                     hint="Redis 6+ with CLIENT allowed caches sessions in-process")
@@ -205,8 +212,8 @@ class SessionCache:
                 log.exception("session.cache_failed")
                 why = "failed"
             finally:
-                if self._live:
-                    refused_before = False  # a later refusal is news again
+                if self._times_on != times_on:
+                    refused_before = False  # it was on meanwhile: a later refusal is news again
                 self._turn_off(why)
             await asyncio.sleep(delay)
 
@@ -252,18 +259,26 @@ class SessionCache:
                     await protocol.ask(command("PING"))
                 self._confirmed = sent
         finally:
-            transport.close()
+            # Given up: whatever this connection still does (a TLS close can wait 30 s for Redis's
+            # answer) must not touch the cache, which a newer connection may serve by then.
+            protocol.detach()
+            transport.abort()
 
 
 class _Tracking(asyncio.Protocol):
     """The tracking connection: replies to our commands in order, invalidations applied at once."""
 
     def __init__(self, cache: SessionCache) -> None:
-        self._cache = cache
+        self._cache: SessionCache | None = cache
         self._reader = hiredis.Reader()
         self._waiting: list[asyncio.Future[Any]] = []
         self._transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
+
+    def detach(self) -> None:
+        """Leave the cache alone from now on, and fail what still waits."""
+        self._cache = None
+        self._fail(ConnectionError("tracking connection given up"))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
@@ -288,7 +303,8 @@ class _Tracking(asyncio.Protocol):
 
     def _dispatch(self, reply: Any) -> None:
         if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message" and reply[1] == CHANNEL:
-            self._cache.invalidate(reply[2])
+            if self._cache is not None:
+                self._cache.invalidate(reply[2])
             return
         if not self._waiting:
             self._fail(hiredis.ProtocolError(f"unexpected reply from Redis: {reply!r:.80}"))
@@ -310,7 +326,8 @@ class _Tracking(asyncio.Protocol):
 
     def _fail(self, exc: Exception) -> None:
         """Stop trusting the cache now (not when the task gets to run), and fail what waits."""
-        self._cache._turn_off(f"{type(exc).__name__}: {exc}")
+        if self._cache is not None:
+            self._cache._turn_off(f"{type(exc).__name__}: {exc}")
         if self.lost is None:
             self.lost = exc
         for future in self._waiting:

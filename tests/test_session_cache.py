@@ -26,7 +26,7 @@ from gateway.session_cache import CACHE_SIZE, DEAD_AFTER, HEARTBEAT, LEASE, Sess
 from gateway.sessions import SessionStore
 from gateway.settings import SessionSettings
 from gateway.state import RedisState, StateUnavailable
-from tests.support.redis_server import RedisServer, redis_server_fixture
+from tests.support.redis_server import RedisServer, TlsRedisServer, redis_server_fixture
 from tests.support.relay import RedisRelay
 
 redis_server = redis_server_fixture(scope="module")
@@ -81,15 +81,17 @@ def with_rig(scenario: Callable[[Rig], Awaitable[None]] | None = None, *,
 class Rig:
     """A SessionStore on a real Redis; with ``tracking``, its cache's tracking connection goes through it."""
 
-    def __init__(self, server: RedisServer, url: str | None = None, *, tracking: RedisRelay | None = None) -> None:
+    def __init__(self, server: RedisServer, url: str | None = None, *, tracking: RedisRelay | None = None,
+                 **options: float) -> None:
         self.server = server
         self.state = RedisState(url or server.url)
         self.store = SessionStore(SessionSettings(store="redis", redis_url=url or server.url), self.state,
                                   redis_client=self.state.client)
         self.tracking = aioredis.from_url(tracking.url) if tracking else None
-        if self.tracking is not None:
-            self.store.cache = SessionCache(self.tracking.connection_pool.make_connection(),
-                                            ("crmgw_session_", "crmgw:session:revoked:"))
+        if self.tracking is not None or options:
+            client = self.tracking or self.state.client
+            self.store.cache = SessionCache(client.connection_pool.make_connection(),
+                                            ("crmgw_session_", "crmgw:session:revoked:"), **options)
         assert self.store.cache is not None
         self.cache: SessionCache = self.store.cache
         self.other = redis.Redis.from_url(server.url)  # another replica's writes
@@ -397,3 +399,87 @@ async def test_the_cookie_store_has_no_cache(tmp_path: Path) -> None:
     assert store.cache is None
     store.start()
     await store.close()
+
+
+@on_both_loops
+async def test_a_refusal_after_the_cache_has_worked_is_logged_again(redis_server: RedisServer) -> None:
+    """Review 18: after refused, on, dropped and refused again, the second refusal went unlogged."""
+    redis_server.start()
+    redis_server.flushall()
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.acl_setuser("flip", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                      commands=["+@all", "-client"])
+    rig = Rig(redis_server, f"redis://flip:pw@127.0.0.1:{redis_server.port}/0", retry_refused=0.3)
+    try:
+        with capture_logs() as events:
+            rig.store.start()
+            await until(lambda: any(e["event"] == "session.cache_unavailable" for e in events))
+            admin.acl_setuser("flip", enabled=True, commands=["+client"])  # the operator mends the ACL
+            await until(lambda: rig.cache.live)
+            admin.acl_setuser("flip", enabled=True, commands=["-client"])  # ... someone takes it back
+            admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # and the connection is reopened
+            await until(lambda: [e["event"] for e in events].count("session.cache_unavailable") == 2)
+        assert [e["event"] for e in events] == [
+            "session.cache_unavailable", "session.cache_on", "session.cache_off", "session.cache_unavailable"]
+    finally:
+        await rig.close()
+        admin.acl_deluser("flip")
+        admin.close()
+
+
+@on_both_loops
+async def test_a_moment_of_too_many_clients_keeps_the_cache_off_for_a_second_not_a_minute(
+    redis_server: RedisServer,
+) -> None:
+    """Review 18: Redis answers a connection over maxclients with an error, which was taken for "never"."""
+    redis_server.start()
+    redis_server.flushall()
+    admin = redis.Redis.from_url(redis_server.url)
+    rig = Rig(redis_server)
+    rig.store.start()
+    try:
+        await until(lambda: rig.cache.live)
+        with capture_logs() as events:
+            admin.config_set("maxclients", int(admin.info("clients")["connected_clients"]) - 1)
+            admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # its reconnection is one too many
+            await until(lambda: not rig.cache.live)
+            await asyncio.sleep(1.5)  # a refused attempt or two
+            admin.config_set("maxclients", 10000)  # the spike is over
+            await until(lambda: rig.cache.live, timeout=3)
+        assert "session.cache_unavailable" not in [e["event"] for e in events]
+    finally:
+        admin.config_set("maxclients", 10000)
+        await rig.close()
+        admin.close()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_given_up_tls_connection_closing_late_leaves_the_new_ones_cache_alone(loop: str) -> None:
+    """Review 18: over TLS, closing a connection waits up to 30 s for Redis's close_notify. The given-up
+    tracking connection's close finished after a new one was on, and turned the cache off for good."""
+
+    async def scenario(server: TlsRedisServer) -> None:
+        relay = RedisRelay(server.port)
+        state = RedisState(server.url())  # the data connections: straight to Redis
+        store = SessionStore(SessionSettings(store="redis", redis_url=server.url()), state, redis_client=state.client)
+        tracking = aioredis.from_url(server.url(relay.port))  # the tracking connection: through the relay
+        store.cache = cache = SessionCache(tracking.connection_pool.make_connection(),
+                                           ("crmgw_session_", "crmgw:session:revoked:"))
+        store.start()
+        try:
+            await until(lambda: cache.live)
+            relay.freeze_open()  # cut off silently
+            await until(lambda: not cache.live, timeout=DEAD_AFTER + 3)  # given up
+            await until(lambda: cache.live, timeout=5)  # a new connection, through the same relay
+            assert relay.connections == 2
+            relay.thaw()  # the partition heals: the old connection's bytes, its close among them, come in
+            await asyncio.sleep(1.0)
+            assert cache.live and cache.serving
+        finally:
+            await store.close()
+            await state.close()
+            await tracking.aclose()
+            relay.close()
+
+    with TlsRedisServer() as server, asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(scenario(server))

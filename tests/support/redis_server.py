@@ -174,3 +174,68 @@ def redis_server_fixture(scope: Any = "module") -> Callable[..., Iterator[RedisS
             yield server
 
     return redis_server
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files in ``directory``."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class TlsRedisServer:
+    """A redis-server that speaks only TLS (``rediss://``), with a self-signed certificate."""
+
+    def __init__(self) -> None:
+        self._tmp = Path(tempfile.mkdtemp(prefix="crmgw-redis-tls-"))
+        self.port = free_port()
+        cert, key = self_signed_certificate(self._tmp)
+        self._proc = subprocess.Popen(
+            [find_redis_server(), "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self._tmp), "--tls-cert-file", str(cert),
+             "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+             "--logfile", str(self._tmp / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    log = (self._tmp / "redis.log").read_text(errors="replace")[-2000:]
+                    self.close()
+                    raise RedisServerError(f"redis-server with TLS did not start:\n{log}") from None
+                time.sleep(0.05)
+
+    def url(self, port: int | None = None) -> str:
+        """The URL of this server, or of a relay in front of it at ``port``."""
+        return f"rediss://127.0.0.1:{port or self.port}/0?ssl_cert_reqs=none"
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            self._proc.wait(5)
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> TlsRedisServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -2,8 +2,10 @@
 
 It runs in a thread of its own with a selector, independent of the event loop under test.
 
-- ``freeze_tracking()``: stop relaying, both ways, on the connections that sent ``CLIENT TRACKING``,
-  sockets left open: a partition of just those connections (no FIN, no RST, nothing arrives);
+- ``freeze_tracking()``: stop relaying, both ways, on the connections open now that sent
+  ``CLIENT TRACKING``, sockets left open: a partition of just those connections (no FIN, no RST,
+  nothing arrives); what they send meanwhile is held back, and ``thaw()`` delivers it (the
+  partition heals, TCP resends); ``freeze_open()`` does the same to every connection open now;
 - ``close_after_subscribe``: relay the SUBSCRIBE confirmation, then close the client's side in the
   same breath (FIN, or RST with ``rst``): a Redis that drops the connection right after confirming.
 """
@@ -23,8 +25,12 @@ class RedisRelay:
         self.close_after_subscribe = close_after_subscribe
         self.rst = rst
         self.subscribes_cut = 0
-        self._tracking_frozen = threading.Event()
+        self.connections = 0
+        self._lock = threading.Lock()
         self._tracking: set[int] = set()  # id() of both sockets of connections that sent CLIENT TRACKING
+        self._frozen: set[int] = set()
+        self._open: set[int] = set()  # id() of every relayed socket
+        self._held: dict[int, tuple[socket.socket, bytearray]] = {}  # id(src) -> (dst, bytes held back)
         self._listener = socket.socket()
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(16)
@@ -41,7 +47,17 @@ class RedisRelay:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def freeze_tracking(self) -> None:
-        self._tracking_frozen.set()
+        with self._lock:
+            self._frozen = set(self._tracking)
+
+    def freeze_open(self) -> None:
+        """Freeze every connection open now (over TLS the relay cannot tell which one tracks)."""
+        with self._lock:
+            self._frozen = set(self._open)
+
+    def thaw(self) -> None:
+        with self._lock:
+            self._frozen = set()
 
     def _drop(self, *socks: socket.socket) -> None:
         for sock in socks:
@@ -51,6 +67,12 @@ class RedisRelay:
 
     def _loop(self) -> None:
         while not self._stop:
+            with self._lock:
+                if not self._frozen and self._held:
+                    for dst, held in self._held.values():
+                        with contextlib.suppress(OSError):
+                            dst.sendall(held)
+                    self._held.clear()
             for key, _ in self._sel.select(0.05):
                 if key.data is None:
                     try:
@@ -58,6 +80,9 @@ class RedisRelay:
                     except OSError:
                         continue
                     upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+                    with self._lock:
+                        self.connections += 1
+                        self._open |= {id(client), id(upstream)}
                     client.setblocking(True)
                     self._sel.register(client, selectors.EVENT_READ, (upstream, False))
                     self._sel.register(upstream, selectors.EVENT_READ, (client, True))
@@ -72,11 +97,14 @@ class RedisRelay:
                 if not data:
                     self._drop(src, dst)
                     continue
-                if not from_redis and b"TRACKING" in data:
-                    self._tracking |= {id(src), id(dst)}
-                if self._tracking_frozen.is_set() and id(src) in self._tracking:
-                    continue  # swallowed: nothing reaches the other side during the partition
-                dst.sendall(data)
+                with self._lock:
+                    if not from_redis and b"TRACKING" in data:
+                        self._tracking |= {id(src), id(dst)}
+                    if id(src) in self._frozen:  # held back, as TCP holds unacknowledged segments
+                        self._held.setdefault(id(src), (dst, bytearray()))[1].extend(data)
+                        continue
+                with contextlib.suppress(OSError):
+                    dst.sendall(data)
                 if from_redis and self.close_after_subscribe and b"subscribe\r\n" in data:
                     self.subscribes_cut += 1
                     if self.rst:
