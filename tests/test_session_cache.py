@@ -7,6 +7,7 @@ processes' writes are made with a second client, as another replica would make t
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from collections import Counter
@@ -483,3 +484,54 @@ def test_a_given_up_tls_connection_closing_late_leaves_the_new_ones_cache_alone(
 
     with TlsRedisServer() as server, asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
         runner.run(scenario(server))
+
+
+@on_both_loops
+async def test_the_acl_in_the_deployment_guide_lets_the_gateway_and_its_cache_run(redis_server: RedisServer) -> None:
+    """docs/deployment.md gives ops an ACL for the gateway's Redis user: every command the gateway runs
+    (sessions, codes, counters, bans, the cache's tracking) must be in it."""
+    guide = (Path(__file__).parent.parent / "docs" / "deployment.md").read_text()
+    match = re.search(r"`(ACL SETUSER gateway [^`]+)`", guide)
+    assert match, "the deployment guide no longer gives the ACL"
+    redis_server.start()
+    redis_server.flushall()
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.execute_command(*match.group(1).split())
+    rig = Rig(redis_server, f"redis://gateway:PASSWORD@127.0.0.1:{redis_server.port}/0")
+    try:
+        with capture_logs() as events:
+            rig.store.start()
+            await until(lambda: rig.cache.live, timeout=3)
+            cookie = await rig.login()
+            assert await rig.user(cookie) == "jim"
+            state = rig.state
+            assert await state.first_use("code", 30) and await state.hit("fails", 60) == 1
+            await state.give_back("fails")
+            await state.flag("ban", 60)
+            assert await state.flagged("ban") and await state.count("fails") == 0 and await state.ping()
+            await state.clear("ban")
+            await rig.store.end(await rig.store.load(request(cookie)))
+            assert await rig.user(cookie) is None
+        assert "PASSWORD" not in repr(events)
+    finally:
+        await rig.close()
+        admin.acl_deluser("gateway")
+        admin.close()
+
+
+@on_both_loops
+async def test_a_wrong_redis_password_is_never_logged(redis_server: RedisServer) -> None:
+    redis_server.start()
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.acl_setuser("gw2", enabled=True, passwords=["+right-pw"], keys=["*"], channels=["*"], commands=["+@all"])
+    rig = Rig(redis_server, f"redis://gw2:Wr0ng-S3cret@127.0.0.1:{redis_server.port}/0")
+    try:
+        with capture_logs() as events:
+            rig.store.start()
+            await until(lambda: any(e["event"] == "session.cache_unavailable" for e in events))
+        assert not rig.cache.live
+        assert "Wr0ng-S3cret" not in repr(events) and "right-pw" not in repr(events)
+    finally:
+        await rig.close()
+        admin.acl_deluser("gw2")
+        admin.close()
