@@ -284,3 +284,49 @@ async def test_a_reload_cannot_give_the_cookie_stores_workers_a_login_to_count_a
         assert not gw.events("config.reloaded")
     finally:
         gw.stop()
+
+
+async def ask_whoami_until(stop: asyncio.Event, client: aiohttp.ClientSession, replica: GatewayProcess,
+                          cookie: str, ended: list[float]) -> list[float]:
+    """Ask ``whoami`` again and again; how long after ``ended[0]`` each request that still saw the user began."""
+    late = []
+    while not stop.is_set():
+        started = time.monotonic()
+        async with client.get(url(replica, "/_gateway/whoami"), headers={"Cookie": cookie}) as resp:
+            user = (await resp.json())["user"]
+        if ended and started > ended[0] and user is not None:
+            late.append(started - ended[0])
+    return late
+
+
+async def test_a_logout_on_one_replica_reaches_every_later_request_on_another_under_load(
+    tmp_path: Path, crm_port: int, redis_server: RedisServer
+) -> None:
+    """Replica B serves the session from its copy to eight clients at once while A logs it out: no request
+    B starts after A answered the logout may see the user (review 18; the copies are gateway.session_cache's)."""
+    a, b = start_replicas(tmp_path, crm_port, redis_server.url)
+    try:
+        deadline = time.monotonic() + 10
+        while not b.events("session.cache_on"):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        for _ in range(8):
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+                await login(client, a)
+                cookie = cookies_for(client, a)
+            ended: list[float] = []
+            stop = asyncio.Event()
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as other:
+                tasks = [asyncio.create_task(ask_whoami_until(stop, other, b, cookie, ended)) for _ in range(8)]
+                await asyncio.sleep(0.2)
+                async with other.get(url(a, "/logout"), headers={"Cookie": cookie}, allow_redirects=False):
+                    pass
+                ended.append(time.monotonic())
+                await asyncio.sleep(0.2)
+                stop.set()
+                late = [delay for found in await asyncio.gather(*tasks) for delay in found]
+            assert not late, late
+        assert len(b.events("session.cache_on")) == 1  # served from copies all along, never off
+    finally:
+        a.stop()
+        b.stop()
