@@ -26,7 +26,9 @@ The cache is trusted only while that connection is known to be up:
   predate the change): every invalidation moves :attr:`SessionCache.generation` on.
 - An entry is served for at most :data:`ENTRY_LIFETIME` seconds whatever happens.
 - A Redis that refuses tracking (older than 6.0, or an ACL without ``client``) leaves the
-  cache off, logged once as ``session.cache_unavailable``.
+  cache off, logged as ``session.cache_unavailable`` (again only after it has been on since).
+- A connection given up on is detached first: whatever it still does (a TLS close waits up
+  to 30 s for Redis's answer) cannot touch the cache a newer connection serves.
 """
 
 from __future__ import annotations
