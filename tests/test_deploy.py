@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import ipaddress
 import json
 import os
@@ -35,10 +34,6 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 import gateway
 from gateway import cli, demo_crm
@@ -48,6 +43,7 @@ from gateway.sessions import KEY_ENV, load_secret_key
 from gateway.settings import SessionSettings
 from gateway.totp import SecretStore
 from tests.e2e.harness import HOME, free_port, stack
+from tests.support.certs import self_signed
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -624,20 +620,6 @@ def test_nginx_front_streams_upgrades_and_overwrites_the_forwarding_header(conf:
     assert headers["X-Forwarded-For"] == "$remote_addr", "the edge replaces whatever the client claimed"
     assert headers["X-Forwarded-Proto"] == "$scheme"
     assert headers["Upgrade"] == "$http_upgrade" and headers["Connection"] == "$connection_upgrade"
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
-            .not_valid_after(now + dt.timedelta(hours=1)).sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 def nginx_main_conf(directory: Path, site: str) -> Path:

@@ -33,6 +33,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.certs import self_signed
+
 START_TIMEOUT = 10.0
 
 
@@ -176,35 +178,13 @@ def redis_server_fixture(scope: Any = "module") -> Callable[..., Iterator[RedisS
     return redis_server
 
 
-def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, as PEM files in ``directory``."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 class TlsRedisServer:
     """A redis-server that speaks only TLS (``rediss://``), with a self-signed certificate."""
 
     def __init__(self) -> None:
         self._tmp = Path(tempfile.mkdtemp(prefix="crmgw-redis-tls-"))
         self.port = free_port()
-        cert, key = self_signed_certificate(self._tmp)
+        cert, key = self_signed(self._tmp, "127.0.0.1")
         self._proc = subprocess.Popen(
             [find_redis_server(), "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", str(self._tmp), "--tls-cert-file", str(cert),
