@@ -69,7 +69,5 @@ class Chain:
 def log_denial(ex: Exchange, status: int) -> None:
     """``access.denied`` for a denial no rule made (a malformed request, a login ban, a 2FA lock-out, the
     session store down): DESIGN.md §6 wants one per denial; the step that denied logged its own details."""
-    log.warning("access.denied", request_id=ex.request_id, client_ip=str(ex.client_ip), peer_ip=str(ex.peer_ip),
-                user=ex.user, channel=ex.channel, method=ex.request.method,
-                path=ex.path.forward if ex.path else None, functions=[], rule_id=None, rule_title=None,
-                reason=ex.denied, status=status)
+    log.warning("access.denied", **ex.access_fields(), channel=ex.channel, functions=[], rule_id=None,
+                rule_title=None, reason=ex.denied, status=status)

@@ -74,6 +74,12 @@ class Exchange:
         return denial(status=status, reason=reason, client_ip=str(self.client_ip), request_id=self.request_id,
                       as_json=self.wants_json if as_json is None else as_json, retry_after=retry_after)
 
+    def access_fields(self) -> dict[str, str | None]:
+        """Who asked for what: the request's part of an ``access.*`` event (DESIGN.md §6)."""
+        return {"request_id": self.request_id, "client_ip": str(self.client_ip), "peer_ip": str(self.peer_ip),
+                "user": self.user, "method": self.request.method,
+                "path": self.path.forward if self.path else None}
+
     @property
     def wants_json(self) -> bool:
         """Mobile app and API clients get JSON denials, browsers a page."""

@@ -73,20 +73,8 @@ def log_decision(ex: Exchange, decision: Decision, event: str) -> None:
     """One structured event per denial, with the fields DESIGN.md §6 lists."""
     assert ex.path is not None
     ex.denial_logged = ex.denial_logged or event == "access.denied"
-    log.warning(
-        event,
-        request_id=ex.request_id,
-        client_ip=str(ex.client_ip),
-        peer_ip=str(ex.peer_ip),
-        user=ex.user,
-        channel=decision.channel,
-        method=ex.request.method,
-        path=ex.path.forward,
-        functions=list(decision.functions),
-        rule_id=decision.rule_id,
-        rule_title=decision.rule_title,
-        reason=decision.reason,
-    )
+    log.warning(event, **ex.access_fields(), channel=decision.channel, functions=list(decision.functions),
+                rule_id=decision.rule_id, rule_title=decision.rule_title, reason=decision.reason)
 
 
 class PolicyFilter:
