@@ -491,7 +491,6 @@ def override_methods_of(values: Iterable[str]) -> set[str]:
     return methods
 
 
-
 def field_values(body: bytes, content_type: str, *fields: str) -> set[str]:
     """Every value of the ``fields`` that some back end may read in ``body``, whatever the Content-Type says.
 
