@@ -69,15 +69,6 @@ class TrackingRefused(Exception):
         return str(self).startswith(PERMANENT_ERRORS)
 
 
-def command(*parts: str | bytes | int) -> bytes:
-    """One command in RESP, as an array of bulk strings."""
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        data = part if isinstance(part, bytes) else str(part).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
-
-
 class SessionCache:
     """Session records by session id, valid while the tracking connection is up.
 
@@ -240,25 +231,30 @@ class SessionCache:
         transport, protocol = await self._open()
         try:
             conn = self._connection
+
+            def command(*parts: str | bytes | int) -> bytes:
+                return b"".join(conn.pack_command(*parts))  # in RESP, by the redis client's own encoder
+
             async with asyncio.timeout(self._dead_after):
                 if conn.password:
                     auth = ("AUTH", conn.username, conn.password) if conn.username else ("AUTH", conn.password)
                     await protocol.ask(command(*auth))
                 client_id = await protocol.ask(command("CLIENT", "ID"))
-                tracking = ["CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST"]
+                tracking: list[str | bytes | int] = ["CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST"]
                 for prefix in self._prefixes:
-                    tracking += ["PREFIX", prefix.decode()]
+                    tracking += ["PREFIX", prefix]
                 sent = self._clock()
                 await protocol.ask(command(*tracking))
                 await protocol.ask(command("SUBSCRIBE", CHANNEL))
             if protocol.lost is not None:  # closed as the answer came in: never on over a dead connection
                 raise protocol.lost
             self._turn_on(sent)
+            ping = command("PING")
             while True:
                 await asyncio.sleep(self._heartbeat)
                 sent = self._clock()
                 async with asyncio.timeout(self._dead_after):
-                    await protocol.ask(command("PING"))
+                    await protocol.ask(ping)
                 self._confirmed = sent
         finally:
             # Given up: whatever this connection still does (a TLS close can wait 30 s for Redis's
