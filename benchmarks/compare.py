@@ -2,12 +2,15 @@
 
     python benchmarks/compare.py --tree /work/main --tree /tmp/scratch [--rounds 5] [--duration 5]
                                  [--upstream nginx|crm] [--workers 1] [--redis] [--openloop]
+                                 [--python /path/to/venv/bin/python ...]
 
 To measure a lever before applying it: copy the repository, change the copy,
 compare. The trees run side by side against one upstream, interleaved (the
 order alternates every round), each with the benchmark config (example policy
 + ``--rules`` generated rules, authenticated session cookie); per round the
-ratios to the first tree are taken, and their medians printed.
+ratios to the first tree are taken, and their medians printed. With ``--python``
+(repeat) every tree, and the naive proxy, also runs under each interpreter given
+(a virtualenv's python with the project's dependencies): which Python to ship.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import asyncio
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -43,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also an open-loop run per round: latency and CPU per request at a fixed rate")
     parser.add_argument("--rate", type=float, default=500.0, help="open-loop rate (default 500/s)")
     parser.add_argument("--naive", action="store_true", help="add the naive pass-through as a reference row")
+    parser.add_argument("--python", action="append", default=[],
+                        help="also run every tree (and the naive proxy) under this interpreter (repeat)")
     args = parser.parse_args(argv)
     trees: list[Path] = [t.resolve() for t in (args.tree or [REPO])]
     workdir = Path(tempfile.mkdtemp(prefix="crmgw-compare-"))
@@ -54,15 +60,21 @@ def main(argv: list[str] | None = None) -> int:
             # several workers need the Redis session store (serve refuses the cookie store with them)
             redis_url = f"redis://{HOST}:{services.redis().port}/0" if args.workers > 1 or args.redis else None
             gateways = []
-            for index, tree in enumerate(trees):
-                port = free_port()
-                config = benchconfig.write_config(workdir / f"tree{index}", port=port, upstream_port=upstream.port,
-                                                  rules=args.rules, redis_url=redis_url)
-                gateways.append((config, services.gateway(config, port, args.workers, f"tree{index}", tree=tree)))
-            labels.extend(str(t) for t in trees)
-            if args.naive:
-                gateways.append((gateways[0][0], services.naive_proxy(upstream.port, "naive")))
-                labels.append("naive pass-through")
+            pythons = [sys.executable, *args.python]
+            for python in pythons:
+                suffix = f" @ {python_version(python)}" if args.python else ""
+                for tree in trees:
+                    index, port = len(gateways), free_port()
+                    config = benchconfig.write_config(workdir / f"tree{index}", port=port,
+                                                      upstream_port=upstream.port, rules=args.rules,
+                                                      redis_url=redis_url)
+                    gateways.append((config, services.gateway(config, port, args.workers, f"tree{index}", tree=tree,
+                                                              python=python)))
+                    labels.append(f"{tree}{suffix}")
+                if args.naive:
+                    gateways.append((gateways[0][0], services.naive_proxy(upstream.port, f"naive{len(gateways)}",
+                                                                          python=python)))
+                    labels.append(f"naive pass-through{suffix}")
             for r in range(args.rounds):
                 order = list(range(len(gateways)))
                 if r % 2:
@@ -101,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label[-40:]:40} " + " ".join(f"{m:9.3f}" for m in medians) + "   "
               + " ".join(f"{k}={q:.3f}" for k, q in zip(keys, ratios, strict=True)) + f"   errors={errors}")
     return 0
+
+
+def python_version(python: str) -> str:
+    """``python3.12.1`` for an interpreter's path, as the rows are labelled."""
+    out = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                         capture_output=True, text=True, check=True)
+    return f"python{out.stdout.strip()}"
 
 
 if __name__ == "__main__":

@@ -173,9 +173,9 @@ class Services:
     }}"""
         return self._nginx(name, prefix, port, server)
 
-    def naive_proxy(self, upstream_port: int, name: str) -> Proc:
+    def naive_proxy(self, upstream_port: int, name: str, python: str = sys.executable) -> Proc:
         port = free_port()
-        return self.start(name, [sys.executable, str(BENCH / "naive_proxy.py"), str(port),
+        return self.start(name, [python, str(BENCH / "naive_proxy.py"), str(port),
                                  f"http://{HOST}:{upstream_port}"], port, env=python_env(), ready_path=None)
 
     def redis(self) -> Proc:
@@ -188,10 +188,12 @@ class Services:
                 "--dir", str(self._dir("redis")), "--daemonize", "no"]
         return self.start("redis", argv, port, ready_path=None)
 
-    def gateway(self, config: Path, port: int, workers: int, name: str, tree: Path = REPO) -> Proc:
-        """``serve`` from ``tree`` (another checkout, to compare a change: benchmarks/compare.py)."""
+    def gateway(self, config: Path, port: int, workers: int, name: str, tree: Path = REPO,
+                python: str = sys.executable) -> Proc:
+        """``serve`` from ``tree`` (another checkout, to compare a change: benchmarks/compare.py),
+        run by ``python`` (another interpreter's virtualenv, with the project's dependencies)."""
         env = python_env(tree)
-        argv = [sys.executable, "-m", "gateway", "serve", "-c", str(config), "--drain-timeout", "2"]
+        argv = [python, "-m", "gateway", "serve", "-c", str(config), "--drain-timeout", "2"]
         if workers > 1:
             argv += ["--workers", str(workers)]
             # serve sets one itself (and leaves it behind); ours is removed with the work directory.

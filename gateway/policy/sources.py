@@ -195,7 +195,7 @@ def _layout(text: str, parsed: Any, reader: _Reader) -> Layout | None:
 
 
 def read_edit(
-    path: Path, data: bytes, digest: bytes, old: PolicySource, *, isolate: bool = True
+    path: Path, data: bytes, digest: bytes, old: PolicySource, *, isolate: bool = True, child: _Child | None = None
 ) -> PolicySource | None:
     """``old``'s file after an edit, reading only what the edit changed.
 
@@ -203,8 +203,8 @@ def read_edit(
     digests, wherever the edit moved them), and the other sections if their text
     changed; every other rule is reused as it is (its line moved in
     ``rule_lines`` if it has a new one). More than :data:`EDIT_ITEMS` new items
-    are read in a child process (``isolate``), as a big file read whole is: their
-    YAML values never take room here.
+    are read in a child process (``isolate``; ``child`` when given, started beforehand),
+    as a big file read whole is: their YAML values never take room here.
 
     An edit whose new items have problems (an admin's typo) gives a source with
     exactly the problems, ids and references a whole read would give, and no
@@ -240,8 +240,10 @@ def read_edit(
         runs_text, first_line = items.runs_text(text, new)
         lines = [line for a, b in new for line in items.lines[a:b]]
         # in a child when many: None when they are not clean, or no child could run (then read whole)
-        reader = _read_runs_isolated if isolate and len(lines) > EDIT_ITEMS else _read_runs
-        got = reader(runs_text, first_line, lines, new, path, old.geoip)
+        if isolate and len(lines) > EDIT_ITEMS:
+            got = _read_runs_isolated(runs_text, first_line, lines, new, path, old.geoip, child)
+        else:
+            got = _read_runs(runs_text, first_line, lines, new, path, old.geoip)
         if got is None:
             return None
         read = got
@@ -360,10 +362,10 @@ def _read_runs(text: str, first_line: int, lines: list[int], runs: list[tuple[in
 
 
 def _read_runs_isolated(text: str, first_line: int, lines: list[int], runs: list[tuple[int, int]], path: Path,
-                        geoip: bool) -> _Read | None:
+                        geoip: bool, child: _Child | None = None) -> _Read | None:
     """:func:`_read_runs` in a child process (the runs' text and where they are go in); None when that fails."""
     where = json.dumps([first_line, lines, runs]).encode()
-    loaded = _in_child("_runs_child", [str(path), "1" if geoip else "0"], where + b"\n" + text.encode())
+    loaded = _in_child("_runs_child", [str(path), "1" if geoip else "0"], where + b"\n" + text.encode(), child)
     if loaded is None or not isinstance(loaded[0], _Read):
         return None
     read = replace(loaded[0], rules=loaded[1])
@@ -372,7 +374,6 @@ def _read_runs_isolated(text: str, first_line: int, lines: list[int], runs: list
 
 def _runs_child() -> None:
     """The child of :func:`_read_runs_isolated`: where the runs are as a JSON line, then their text, on stdin."""
-    gc.disable()
     where, data = sys.stdin.buffer.read().split(b"\n", 1)
     first_line, lines, runs = json.loads(where)
     read = _read_runs(_decode(data), first_line, lines, [(a, b) for a, b in runs], Path(sys.argv[1]),
@@ -417,47 +418,102 @@ class _Columns:
         self.lines += _moved(source.ref_lines[start:end], shift)
 
 
-def _read_isolated(path: Path, data: bytes, *, geoip: bool, digest: bytes) -> PolicySource | None:
-    """:func:`read_source` in a child process; None when that cannot be done (read here instead)."""
-    source = _source_of(_in_child("_child", [str(path), "1" if geoip else "0"], data))
+def _read_isolated(path: Path, data: bytes, *, geoip: bool, digest: bytes,
+                   child: _Child | None = None) -> PolicySource | None:
+    """:func:`read_source` in a child process (``child``, or one started now); None when that cannot be
+    done (read here instead)."""
+    source = _source_of(_in_child("_child", [str(path), "1" if geoip else "0"], data, child))
     return source if source is not None and source.digest == digest and source.path == str(path) else None
 
 
-def _in_child(entry: str, args: list[str], data: bytes) -> tuple[object, tuple[RuleSpec, ...]] | None:
-    """What this module's function ``entry``, run in a child process with ``data`` on stdin, wrote
-    (:func:`_dump_rules_after`); None when the child failed or cannot be run."""
-    if not sys.executable:
-        return None
-    root = str(Path(__file__).resolve().parent.parent.parent)  # where the `gateway` package lives
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    code = f"from gateway.policy.sources import {entry}; {entry}()"
-    try:
+class _Child:
+    """A child process for a big file's YAML, started before its work is known (see :func:`read_sources`).
+
+    The interpreter's start and the imports (~0.15 s) then overlap what this process does
+    meanwhile (reading the file and cutting it at its items). ``run`` hands it its work:
+    the function of this module to run, its arguments, its input. One that is never given
+    any is killed by ``close``.
+    """
+
+    def __init__(self) -> None:
+        root = str(Path(__file__).resolve().parent.parent.parent)  # where the `gateway` package lives
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         # The pickle goes through a temporary file and is loaded from it as a stream: from a pipe it
         # would arrive as a list of chunks joined into one more copy, beside the values it makes.
-        with tempfile.TemporaryFile() as out:
-            with subprocess.Popen(  # noqa: S603 (our own interpreter and code; the file's bytes go in on stdin)
-                [sys.executable, "-c", code, *args],
-                stdin=subprocess.PIPE, stdout=out, stderr=subprocess.DEVNULL, env=env,
-            ) as child:  # fmt: skip
-                # a timer, not communicate(timeout=...): that polls the child with sleeps of up to 50 ms
-                stuck = threading.Timer(CHILD_TIMEOUT, child.kill)
-                stuck.start()
-                try:
-                    child.communicate(data)
-                finally:
-                    stuck.cancel()
-            if child.returncode != 0:
-                return None
-            out.seek(0)
-            return _load_rules_after(out)
+        self.out = tempfile.TemporaryFile()  # noqa: SIM115 (it lives as long as the child: see close)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", "from gateway.policy.sources import _child_main; _child_main()"],
+                stdin=subprocess.PIPE, stdout=self.out, stderr=subprocess.DEVNULL, env=env,
+            )  # fmt: skip
+        except BaseException:
+            self.out.close()
+            raise
+
+    def run(self, entry: str, args: list[str], data: bytes) -> tuple[object, tuple[RuleSpec, ...]] | None:
+        """What this module's function ``entry`` wrote (:func:`_dump_rules_after`) given ``args`` and
+        ``data`` on stdin; None when the child failed."""
+        child = self.process
+        # a timer, not communicate(timeout=...): that polls the child with sleeps of up to 50 ms
+        stuck = threading.Timer(CHILD_TIMEOUT, child.kill)
+        stuck.start()
+        try:
+            child.communicate(json.dumps([entry, args]).encode() + b"\n" + data)
+        finally:
+            stuck.cancel()
+        if child.returncode != 0:
+            return None
+        self.out.seek(0)
+        return _load_rules_after(self.out)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.out.close()
+
+
+def _spare_child() -> _Child | None:
+    """A :class:`_Child`, or None when none can be started (the work is then done here)."""
+    if not sys.executable:
+        return None
+    try:
+        return _Child()
+    except Exception:
+        return None
+
+
+def _in_child(entry: str, args: list[str], data: bytes,
+              child: _Child | None = None) -> tuple[object, tuple[RuleSpec, ...]] | None:
+    """What this module's function ``entry``, run in a child process (``child``, or one started
+    now) with ``args`` and ``data`` on stdin, wrote; None when the child failed or cannot be run."""
+    if child is None:
+        child = _spare_child()
+        if child is None:
+            return None
+        try:
+            return _in_child(entry, args, data, child)
+        finally:
+            child.close()
+    try:
+        return child.run(entry, args, data)
     except Exception:  # the child is an optimisation: any trouble, and the file is read here
         return None
 
 
+def _child_main() -> None:
+    """A child process's start: the function to run and its arguments come as stdin's first line."""
+    gc.disable()  # it only makes long-lived objects and then exits: collections would scan them for nothing
+    entry, args = json.loads(sys.stdin.buffer.readline())
+    sys.argv[1:] = args
+    {"_child": _child, "_runs_child": _runs_child}[entry]()
+
+
 def _child() -> None:
     """The child process: file bytes on stdin, path and geoip flag as arguments, a pickle out."""
-    gc.disable()  # it only makes long-lived objects and then exits: collections would scan them for nothing
     data = sys.stdin.buffer.read()
     source = read_source(Path(sys.argv[1]), data, geoip=sys.argv[2] == "1", cut=True)
     if source.problems:  # the load fails with them: its rules would only be unpickled there to be dropped
@@ -618,10 +674,17 @@ def read_sources(
         digest = hashlib.sha256(data).digest()
         big = len(data) >= ISOLATE_BYTES
         source = known.get((name, digest, geoip))
-        if source is None and (name, geoip) in edited:
-            source = read_edit(path, data, digest, edited[(name, geoip)], isolate=isolate)
-        if source is None and isolate and big:
-            source = _read_isolated(path, data, geoip=geoip, digest=digest)
+        # A big file that changed is read in a child if the edit is large or cannot be read as an
+        # edit: started now, the child's start-up overlaps the cut (and is wasted on a small edit).
+        child = _spare_child() if source is None and isolate and big else None
+        try:
+            if source is None and (name, geoip) in edited:
+                source = read_edit(path, data, digest, edited[(name, geoip)], isolate=isolate, child=child)
+            if source is None and isolate and big:
+                source = _read_isolated(path, data, geoip=geoip, digest=digest, child=child)
+        finally:
+            if child is not None:
+                child.close()
         if source is None:
             source = read_source(path, data, geoip=geoip, digest=digest, cut=big)
         out.append(source)
