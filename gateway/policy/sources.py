@@ -32,6 +32,7 @@ read whole.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import io
@@ -43,13 +44,13 @@ import sys
 import tempfile
 import threading
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from gateway.policy.layout import Layout, changed_run, items_agree, moved_items, split_items
+from gateway.policy.layout import Items, Layout, changed_run, items_agree, moved_items, split_items
 from gateway.policy.loader import NO_MOBILE_CHANNEL, _Reader, unknown_reference
 from gateway.policy.networks import NetEntry
 from gateway.policy.spec import (
@@ -72,6 +73,10 @@ from gateway.yamlsrc import Sequence as YamlSequence
 ISOLATE_BYTES = 1 << 20
 # An edit of a big file writing more new rules than this has them read in a child process (see read_edit).
 EDIT_ITEMS = 2000
+# How many children read a big edit's new rules side by side (their start-up overlaps the cut).
+CHILDREN = 2
+# Children yield the CPU to the serving process: requests first, the reload after.
+CHILD_NICENESS = 10
 # A child reading a file that has not answered after this long is killed (and the file read another way).
 CHILD_TIMEOUT = 600.0
 # The child pickles a big file's rules in chunks of this many, each with its own memo (see _child).
@@ -195,7 +200,8 @@ def _layout(text: str, parsed: Any, reader: _Reader) -> Layout | None:
 
 
 def read_edit(
-    path: Path, data: bytes, digest: bytes, old: PolicySource, *, isolate: bool = True, child: _Child | None = None
+    path: Path, data: bytes, digest: bytes, old: PolicySource, *, isolate: bool = True,
+    children: Sequence[_Child] = (),
 ) -> PolicySource | None:
     """``old``'s file after an edit, reading only what the edit changed.
 
@@ -203,7 +209,7 @@ def read_edit(
     digests, wherever the edit moved them), and the other sections if their text
     changed; every other rule is reused as it is (its line moved in
     ``rule_lines`` if it has a new one). More than :data:`EDIT_ITEMS` new items
-    are read in a child process (``isolate``; ``child`` when given, started beforehand),
+    are read in child processes (``isolate``; ``children`` when given, started beforehand),
     as a big file read whole is: their YAML values never take room here.
 
     An edit whose new items have problems (an admin's typo) gives a source with
@@ -237,12 +243,12 @@ def read_edit(
     new = _between(kept, n)
     read = _NOTHING_READ
     if new:
-        runs_text, first_line = items.runs_text(text, new)
-        lines = [line for a, b in new for line in items.lines[a:b]]
-        # in a child when many: None when they are not clean, or no child could run (then read whole)
-        if isolate and len(lines) > EDIT_ITEMS:
-            got = _read_runs_isolated(runs_text, first_line, lines, new, path, old.geoip, child)
+        # in children when many: None when they are not clean, or no child could run (then read whole)
+        if isolate and sum(b - a for a, b in new) > EDIT_ITEMS:
+            got = _read_runs_isolated(text, items, new, path, old.geoip, children)
         else:
+            runs_text, first_line = items.runs_text(text, new)
+            lines = [line for a, b in new for line in items.lines[a:b]]
             got = _read_runs(runs_text, first_line, lines, new, path, old.geoip)
         if got is None:
             return None
@@ -361,15 +367,78 @@ def _read_runs(text: str, first_line: int, lines: list[int], runs: list[tuple[in
                  problems=tuple(reader.problems.items), ids=ids, **refs.packed())
 
 
-def _read_runs_isolated(text: str, first_line: int, lines: list[int], runs: list[tuple[int, int]], path: Path,
-                        geoip: bool, child: _Child | None = None) -> _Read | None:
-    """:func:`_read_runs` in a child process (the runs' text and where they are go in); None when that fails."""
-    where = json.dumps([first_line, lines, runs]).encode()
-    loaded = _in_child("_runs_child", [str(path), "1" if geoip else "0"], where + b"\n" + text.encode(), child)
-    if loaded is None or not isinstance(loaded[0], _Read):
+def _read_runs_isolated(text: str, items: Items, runs: list[tuple[int, int]], path: Path, geoip: bool,
+                        children: Sequence[_Child] = ()) -> _Read | None:
+    """:func:`_read_runs` in child processes, side by side: ``children``, or one started now, each
+    given an equal share of the runs; None when that fails."""
+    if not children:
+        child = _spare_child()
+        if child is None:
+            return None
+        try:
+            return _read_runs_isolated(text, items, runs, path, geoip, [child])
+        finally:
+            child.close()
+    shares = [share for share in _shares(runs, len(children)) if share]
+    sent = []
+    for child, share in zip(children, shares, strict=False):
+        share_text, first_line = items.runs_text(text, share)
+        lines = [line for a, b in share for line in items.lines[a:b]]
+        where = json.dumps([first_line, lines, share]).encode()
+        if not child.send("_runs_child", [str(path), "1" if geoip else "0"], where + b"\n" + share_text.encode()):
+            return None
+        sent.append((child, len(lines)))
+    parts = []
+    for child, count in sent:
+        loaded = child.receive()
+        if loaded is None or not isinstance(loaded[0], _Read):
+            return None
+        read = replace(loaded[0], rules=loaded[1])
+        if not read.problems and len(read.rules) != count:
+            return None
+        parts.append(read)
+    return _joined(parts)
+
+
+def _shares(runs: list[tuple[int, int]], count: int) -> list[list[tuple[int, int]]]:
+    """The runs cut into ``count`` shares of (nearly) as many items each, in order."""
+    total = sum(b - a for a, b in runs)
+    ends = [total * k // count for k in range(1, count)] + [total]  # where each share ends, counted in items
+    out: list[list[tuple[int, int]]] = [[] for _ in range(count)]
+    share = done = 0
+    for a, b in runs:
+        while a < b:
+            while done >= ends[share]:
+                share += 1
+            end = min(b, a + ends[share] - done)
+            out[share].append((a, end))
+            done += end - a
+            a = end
+    return out
+
+
+def _joined(parts: list[_Read]) -> _Read | None:
+    """Reads of consecutive shares of the runs as one read of them all; None when an id is defined in two
+    (one read would report it: the caller reads the file whole, which names both places)."""
+    if len(parts) == 1:
+        return parts[0]
+    ids = frozenset().union(*(part.ids for part in parts))
+    if len(ids) != sum(len(part.ids) for part in parts):
         return None
-    read = replace(loaded[0], rules=loaded[1])
-    return read if read.problems or len(read.rules) == len(lines) else None
+    refs = _Columns()
+    ref_starts = array("I")
+    for part in parts:
+        ref_starts.extend(start + len(refs) for start in part.ref_starts[:-1])
+        refs.copy(part, 0, part.ref_starts[-1], 0)
+    ref_starts.append(len(refs))
+    return _Read(
+        rules=tuple(rule for part in parts for rule in part.rules),
+        rule_lines=array("I", [line for part in parts for line in part.rule_lines]),
+        ref_starts=ref_starts,
+        problems=tuple(problem for part in parts for problem in part.problems),
+        ids=ids,
+        **refs.packed(),
+    )
 
 
 def _runs_child() -> None:
@@ -430,9 +499,9 @@ class _Child:
     """A child process for a big file's YAML, started before its work is known (see :func:`read_sources`).
 
     The interpreter's start and the imports (~0.15 s) then overlap what this process does
-    meanwhile (reading the file and cutting it at its items). ``run`` hands it its work:
-    the function of this module to run, its arguments, its input. One that is never given
-    any is killed by ``close``.
+    meanwhile (reading the file and cutting it at its items). ``send`` hands it its work (the
+    function of this module to run, its arguments, its input), ``receive`` waits for the
+    result. One that is never given any is killed by ``close``.
     """
 
     def __init__(self) -> None:
@@ -441,6 +510,8 @@ class _Child:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         # The pickle goes through a temporary file and is loaded from it as a stream: from a pipe it
         # would arrive as a list of chunks joined into one more copy, beside the values it makes.
+        self.stuck: threading.Timer | None = None
+        self.used = False
         self.out = tempfile.TemporaryFile()  # noqa: SIM115 (it lives as long as the child: see close)
         try:
             self.process = subprocess.Popen(
@@ -451,23 +522,36 @@ class _Child:
             self.out.close()
             raise
 
-    def run(self, entry: str, args: list[str], data: bytes) -> tuple[object, tuple[RuleSpec, ...]] | None:
-        """What this module's function ``entry`` wrote (:func:`_dump_rules_after`) given ``args`` and
-        ``data`` on stdin; None when the child failed."""
-        child = self.process
+    def send(self, entry: str, args: list[str], data: bytes) -> bool:
+        """Hand the child its work: this module's function ``entry``, ``args``, ``data`` on stdin.
+        False when it cannot take it (it has died). A child takes one piece of work."""
+        self.used = True
         # a timer, not communicate(timeout=...): that polls the child with sleeps of up to 50 ms
-        stuck = threading.Timer(CHILD_TIMEOUT, child.kill)
-        stuck.start()
+        self.stuck = threading.Timer(CHILD_TIMEOUT, self.process.kill)
+        self.stuck.start()
+        assert self.process.stdin is not None
         try:
-            child.communicate(json.dumps([entry, args]).encode() + b"\n" + data)
+            self.process.stdin.write(json.dumps([entry, args]).encode() + b"\n" + data)
+            self.process.stdin.close()
+        except OSError:  # (BrokenPipeError)
+            return False
+        return True
+
+    def receive(self) -> tuple[object, tuple[RuleSpec, ...]] | None:
+        """What the function given to :meth:`send` wrote (:func:`_dump_rules_after`); None when the child failed."""
+        try:
+            self.process.wait()
         finally:
-            stuck.cancel()
-        if child.returncode != 0:
+            if self.stuck is not None:
+                self.stuck.cancel()
+        if self.process.returncode != 0:
             return None
         self.out.seek(0)
         return _load_rules_after(self.out)
 
     def close(self) -> None:
+        if self.stuck is not None:
+            self.stuck.cancel()
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
@@ -499,7 +583,7 @@ def _in_child(entry: str, args: list[str], data: bytes,
         finally:
             child.close()
     try:
-        return child.run(entry, args, data)
+        return child.receive() if child.send(entry, args, data) else None
     except Exception:  # the child is an optimisation: any trouble, and the file is read here
         return None
 
@@ -507,6 +591,8 @@ def _in_child(entry: str, args: list[str], data: bytes,
 def _child_main() -> None:
     """A child process's start: the function to run and its arguments come as stdin's first line."""
     gc.disable()  # it only makes long-lived objects and then exits: collections would scan them for nothing
+    with contextlib.suppress(OSError):
+        os.nice(CHILD_NICENESS)
     entry, args = json.loads(sys.stdin.buffer.readline())
     sys.argv[1:] = args
     {"_child": _child, "_runs_child": _runs_child}[entry]()
@@ -674,16 +760,17 @@ def read_sources(
         digest = hashlib.sha256(data).digest()
         big = len(data) >= ISOLATE_BYTES
         source = known.get((name, digest, geoip))
-        # A big file that changed is read in a child if the edit is large or cannot be read as an
-        # edit: started now, the child's start-up overlaps the cut (and is wasted on a small edit).
-        child = _spare_child() if source is None and isolate and big else None
+        # A big file that changed is read in children if the edit is large, or in one if it cannot be
+        # read as an edit: started now, their start-up overlaps the cut (and is wasted on a small edit).
+        children = [c for _ in range(CHILDREN) if (c := _spare_child())] if source is None and isolate and big else []
         try:
             if source is None and (name, geoip) in edited:
-                source = read_edit(path, data, digest, edited[(name, geoip)], isolate=isolate, child=child)
+                source = read_edit(path, data, digest, edited[(name, geoip)], isolate=isolate, children=children)
             if source is None and isolate and big:
-                source = _read_isolated(path, data, geoip=geoip, digest=digest, child=child)
+                unused = next((child for child in children if not child.used), None)  # (else one is started)
+                source = _read_isolated(path, data, geoip=geoip, digest=digest, child=unused)
         finally:
-            if child is not None:
+            for child in children:
                 child.close()
         if source is None:
             source = read_source(path, data, geoip=geoip, digest=digest, cut=big)

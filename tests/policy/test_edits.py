@@ -120,9 +120,16 @@ def _source(path: Path, text: str) -> PolicySource:
     return read_source(path, text.encode(), geoip=True, cut=True)
 
 
-def _edited(path: Path, old: PolicySource, text: str) -> PolicySource | None:
+def _edited(path: Path, old: PolicySource, text: str, *, children: int = 0) -> PolicySource | None:
+    """``text`` read as an edit of ``old``; with ``children``, by that many child processes started first
+    (as read_sources does for a big file), otherwise by one started when needed."""
     data = text.encode()
-    return read_edit(path, data, hashlib.sha256(data).digest(), old)
+    started = [sources._Child() for _ in range(children)]
+    try:
+        return read_edit(path, data, hashlib.sha256(data).digest(), old, children=started)
+    finally:
+        for child in started:
+            child.close()
 
 
 @st.composite
@@ -277,6 +284,7 @@ def test_many_new_rules_are_read_in_a_child_process(tmp_path: Path, monkeypatch:
 def test_new_rules_read_in_a_child_are_the_file_read_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: tuple[Any, Any, int, str]
 ) -> None:
+    """Read by two children side by side, each given half of the new items (as read_sources does)."""
     before, after, style, head = case
     monkeypatch.setattr(sources, "EDIT_ITEMS", 0)
     read_here = sources._read_runs
@@ -287,11 +295,95 @@ def test_new_rules_read_in_a_child_are_the_file_read_whole(
     old = _source(path, _text(before, style))
     new_text = _text(after, style, head)
     whole = _source(path, new_text)
-    edited = _edited(path, old, new_text)
+    edited = _edited(path, old, new_text, children=2)
     assert edited is not None or whole.problems, "a clean edit must be read as an edit"
     if edited is not None:
         assert _as_whole_read(edited, whole)
         assert not any(read_here_items), "new rules read in the child, not here"
+
+
+def _not_here(*args: object) -> None:
+    raise AssertionError("read in this process")
+
+
+@given(runs=st.lists(st.integers(1, 9), max_size=8).map(
+    lambda sizes: [(sum(sizes[:i]) + 2 * i, sum(sizes[:i + 1]) + 2 * i) for i in range(len(sizes))]),
+    count=st.integers(1, 4))
+def test_the_runs_are_shared_out_in_order_and_evenly(runs: list[tuple[int, int]], count: int) -> None:
+    shares = sources._shares(runs, count)
+    assert len(shares) == count
+    items = [i for share in shares for a, b in share for i in range(a, b)]
+    assert items == [i for a, b in runs for i in range(a, b)]
+    sizes = [sum(b - a for a, b in share) for share in shares]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_problems_in_both_children_s_shares_come_in_the_file_s_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sources, "EDIT_ITEMS", 0)
+    monkeypatch.setattr(sources, "_read_runs", _not_here)
+    rnd = random.Random(11)
+    rules = [_rule(rnd, index) for index in range(40)]
+    path = tmp_path / "big.yaml"
+    old = _source(path, _text(rules, 0))
+    after = [_rule(rnd, 100 + index) for index in range(40)]  # all new: half for each child
+    after[3] = {**after[3], "action": "blok"}
+    after[30] = {**after[30], "networks": ["10.0.0.256"]}
+    after[31] = {"title": "no id and no action"}
+    new_text = _text(after, 0)
+    edited = _edited(path, old, new_text, children=2)
+    whole = _source(path, new_text)
+    assert "'blok'" in str(whole.problems[0]) and "'action' is required" in str(whole.problems[-1])
+    assert _as_whole_read(edited, whole)
+
+
+def test_an_id_defined_in_both_children_s_shares_is_left_to_the_whole_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each child sees one of the two: neither reports it. The whole read names both places."""
+    monkeypatch.setattr(sources, "EDIT_ITEMS", 0)
+    rnd = random.Random(12)
+    rules = [_rule(rnd, index) for index in range(40)]
+    path = tmp_path / "big.yaml"
+    old = _source(path, _text(rules, 0))
+    after = [_rule(rnd, 100 + index) for index in range(40)]
+    after[35] = {**after[35], "id": after[2]["id"]}
+    new_text = _text(after, 0)
+    assert "defined twice" in str(_source(path, new_text).problems)
+    monkeypatch.setattr(sources, "_read_runs", _not_here)
+    assert _edited(path, old, new_text, children=2) is None
+    # one child sees both and reports it, as the whole read does
+    assert _as_whole_read(_edited(path, old, new_text), _source(path, new_text))
+
+
+@pytest.mark.parametrize("new_rules", [1, 30], ids=["a small edit", "a large edit"])
+def test_the_children_started_for_a_big_file_are_all_gone_after_the_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_rules: int
+) -> None:
+    """Started before the cut, used or not (a small edit is read here): none is left running, and none
+    is started besides them."""
+    rnd = random.Random(13)
+    rules = [_rule(rnd, index) for index in range(40)]
+    path = tmp_path / "big.yaml"
+    path.write_text(_text(rules, 0))
+    monkeypatch.setattr(sources, "ISOLATE_BYTES", 0)
+    monkeypatch.setattr(sources, "EDIT_ITEMS", 10)
+    [old] = sources.read_sources([path], geoip=True)
+    started: list[sources._Child] = []
+    child_class = sources._Child
+
+    def spare() -> sources._Child:
+        started.append(child_class())
+        return started[-1]
+
+    monkeypatch.setattr(sources, "_Child", spare)
+    path.write_text(_text([*(_rule(rnd, 100 + index) for index in range(new_rules)), *rules[new_rules:]], 0))
+    [edited] = sources.read_sources([path], geoip=True, previous=[old])
+    assert edited == _source(path, path.read_text())
+    assert len(started) == sources.CHILDREN
+    assert [child.used for child in started] == [new_rules > 10] * sources.CHILDREN
+    assert all(child.process.returncode is not None for child in started)
 
 
 def test_a_rule_without_id_is_read_again_where_it_moved(tmp_path: Path) -> None:
