@@ -22,10 +22,10 @@ them. Small files, and any failure to run the child, are read in-process.
 
 An edit of a big file is read as an edit (:func:`read_edit`): its text is cut
 at its ``rules`` items (:mod:`gateway.policy.layout`), and only the items whose
-text the previous read did not have are parsed (in this process, or in a child
-when there are many), with the other sections if they changed; the other rules
-are reused as they are, wherever the edit moved them (their lines are a column
-beside them, moved with them).
+text the previous read did not have are parsed (in this process, or when there
+are many in child processes, two side by side, started before the cut), with the
+other sections if they changed; the other rules are reused as they are, wherever
+the edit moved them (their lines are a column beside them, moved with them).
 The result is exactly what reading the file whole would give, or the file is
 read whole.
 """
@@ -379,6 +379,15 @@ def _read_runs_isolated(text: str, items: Items, runs: list[tuple[int, int]], pa
             return _read_runs_isolated(text, items, runs, path, geoip, [child])
         finally:
             child.close()
+    try:
+        return _joined(_read_shares(text, items, runs, path, geoip, children))
+    except Exception:  # the children are an optimisation: any trouble, and the file is read another way
+        return None
+
+
+def _read_shares(text: str, items: Items, runs: list[tuple[int, int]], path: Path, geoip: bool,
+                 children: Sequence[_Child]) -> list[_Read] | None:
+    """Each child's share of the runs, read by it: all sent first, so that they read side by side."""
     shares = [share for share in _shares(runs, len(children)) if share]
     sent = []
     for child, share in zip(children, shares, strict=False):
@@ -397,7 +406,7 @@ def _read_runs_isolated(text: str, items: Items, runs: list[tuple[int, int]], pa
         if not read.problems and len(read.rules) != count:
             return None
         parts.append(read)
-    return _joined(parts)
+    return parts
 
 
 def _shares(runs: list[tuple[int, int]], count: int) -> list[list[tuple[int, int]]]:
@@ -417,9 +426,11 @@ def _shares(runs: list[tuple[int, int]], count: int) -> list[list[tuple[int, int
     return out
 
 
-def _joined(parts: list[_Read]) -> _Read | None:
+def _joined(parts: list[_Read] | None) -> _Read | None:
     """Reads of consecutive shares of the runs as one read of them all; None when an id is defined in two
     (one read would report it: the caller reads the file whole, which names both places)."""
+    if parts is None:
+        return None
     if len(parts) == 1:
         return parts[0]
     ids = frozenset().union(*(part.ids for part in parts))

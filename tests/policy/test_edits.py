@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import pickle
 import random
 import shutil
 from array import array
@@ -672,3 +673,23 @@ def test_a_file_of_rules_alone_is_cut_too(tmp_path: Path) -> None:
     edited = _edited(path, old, text + "- id: b\n  action: allow\n")
     assert edited is not None and edited == _source(path, text + "- id: b\n  action: allow\n")
     assert edited.rules[0] is old.rules[0]
+
+
+def test_children_whose_answer_cannot_be_read_leave_the_file_to_be_read_another_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rnd = random.Random(14)
+    rules = [_rule(rnd, index) for index in range(40)]
+    path = tmp_path / "big.yaml"
+    path.write_text(_text(rules, 0))
+    monkeypatch.setattr(sources, "ISOLATE_BYTES", 0)
+    monkeypatch.setattr(sources, "EDIT_ITEMS", 0)
+    [old] = sources.read_sources([path], geoip=True)
+
+    def unreadable(stream: object) -> None:
+        raise pickle.UnpicklingError("truncated")
+
+    monkeypatch.setattr(sources, "_load_rules_after", unreadable)
+    path.write_text(_text([*(_rule(rnd, 100 + index) for index in range(30)), *rules[30:]], 0))
+    [edited] = sources.read_sources([path], geoip=True, previous=[old])
+    assert edited == _source(path, path.read_text())
