@@ -14,7 +14,7 @@ written), and reports:
   appended, one changed in the middle, one inserted at the top, its functions
   section changed, two rules changed far apart, one rule moved to the top
   (each read as an edit), a tenth of its rules rewritten (a bulk change:
-  those 10,000 are read in a child process), and a typo in one rule (the reload
+  those 10,000 are read by two child processes), and a typo in one rule (the reload
   is refused and the running policy stays; the file is put back right after, and the
   watcher reloads it). Each is reported apart. For each: its duration
   (SIGHUP sent -> the ``config.reloaded`` or ``config.reload_failed`` event's own
