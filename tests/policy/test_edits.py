@@ -358,19 +358,26 @@ def test_an_id_defined_in_both_children_s_shares_is_left_to_the_whole_read(
     assert _as_whole_read(_edited(path, old, new_text), _source(path, new_text))
 
 
+def _big_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, seed: int,
+              edit_items: int) -> tuple[random.Random, list[dict[str, Any]], Path, PolicySource]:
+    """40 rules in a file read as a big one is (in a child), edits of more than ``edit_items`` read in children."""
+    rnd = random.Random(seed)
+    rules = [_rule(rnd, index) for index in range(40)]
+    path = tmp_path / "big.yaml"
+    path.write_text(_text(rules, 0))
+    monkeypatch.setattr(sources, "ISOLATE_BYTES", 0)
+    monkeypatch.setattr(sources, "EDIT_ITEMS", edit_items)
+    [old] = sources.read_sources([path], geoip=True)
+    return rnd, rules, path, old
+
+
 @pytest.mark.parametrize("new_rules", [1, 30], ids=["a small edit", "a large edit"])
 def test_the_children_started_for_a_big_file_are_all_gone_after_the_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_rules: int
 ) -> None:
     """Started before the cut, used or not (a small edit is read here): none is left running, and none
     is started besides them."""
-    rnd = random.Random(13)
-    rules = [_rule(rnd, index) for index in range(40)]
-    path = tmp_path / "big.yaml"
-    path.write_text(_text(rules, 0))
-    monkeypatch.setattr(sources, "ISOLATE_BYTES", 0)
-    monkeypatch.setattr(sources, "EDIT_ITEMS", 10)
-    [old] = sources.read_sources([path], geoip=True)
+    rnd, rules, path, old = _big_file(tmp_path, monkeypatch, seed=13, edit_items=10)
     started: list[sources._Child] = []
     child_class = sources._Child
 
@@ -678,13 +685,7 @@ def test_a_file_of_rules_alone_is_cut_too(tmp_path: Path) -> None:
 def test_children_whose_answer_cannot_be_read_leave_the_file_to_be_read_another_way(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rnd = random.Random(14)
-    rules = [_rule(rnd, index) for index in range(40)]
-    path = tmp_path / "big.yaml"
-    path.write_text(_text(rules, 0))
-    monkeypatch.setattr(sources, "ISOLATE_BYTES", 0)
-    monkeypatch.setattr(sources, "EDIT_ITEMS", 0)
-    [old] = sources.read_sources([path], geoip=True)
+    rnd, rules, path, old = _big_file(tmp_path, monkeypatch, seed=14, edit_items=0)
 
     def unreadable(stream: object) -> None:
         raise pickle.UnpicklingError("truncated")
