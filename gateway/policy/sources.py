@@ -32,7 +32,6 @@ read whole.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import hashlib
 import io
@@ -380,9 +379,15 @@ def _read_runs_isolated(text: str, items: Items, runs: list[tuple[int, int]], pa
         finally:
             child.close()
     try:
-        return _joined(_read_shares(text, items, runs, path, geoip, children))
+        parts = _read_shares(text, items, runs, path, geoip, children)
     except Exception:  # the children are an optimisation: any trouble, and the file is read another way
+        parts = None
+    if parts is None:
+        for child in children:
+            if child.used:  # one still reading its share is stopped now, not after the read that follows
+                child.close()
         return None
+    return _joined(parts)
 
 
 def _read_shares(text: str, items: Items, runs: list[tuple[int, int]], path: Path, geoip: bool,
@@ -525,8 +530,8 @@ class _Child:
         self.used = False
         self.out = tempfile.TemporaryFile()  # noqa: SIM115 (it lives as long as the child: see close)
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", "from gateway.policy.sources import _child_main; _child_main()"],
+            self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and code; the work goes in on stdin)
+                [sys.executable, "-c", _CHILD_START],
                 stdin=subprocess.PIPE, stdout=self.out, stderr=subprocess.DEVNULL, env=env,
             )  # fmt: skip
         except BaseException:
@@ -571,6 +576,11 @@ class _Child:
         self.out.close()
 
 
+# Niced first: the interpreter's start and the imports are most of a child's CPU on a small edit.
+_CHILD_START = (f"import os; hasattr(os, 'nice') and os.nice({CHILD_NICENESS}); "
+                "from gateway.policy.sources import _child_main; _child_main()")
+
+
 def _spare_child() -> _Child | None:
     """A :class:`_Child`, or None when none can be started (the work is then done here)."""
     if not sys.executable:
@@ -602,8 +612,6 @@ def _in_child(entry: str, args: list[str], data: bytes,
 def _child_main() -> None:
     """A child process's start: the function to run and its arguments come as stdin's first line."""
     gc.disable()  # it only makes long-lived objects and then exits: collections would scan them for nothing
-    with contextlib.suppress(OSError):
-        os.nice(CHILD_NICENESS)
     entry, args = json.loads(sys.stdin.buffer.readline())
     sys.argv[1:] = args
     {"_child": _child, "_runs_child": _runs_child}[entry]()

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import pickle
 import random
 import shutil
+import time
 from array import array
 from collections.abc import Callable
 from pathlib import Path
@@ -682,6 +684,39 @@ def test_a_file_of_rules_alone_is_cut_too(tmp_path: Path) -> None:
     assert edited.rules[0] is old.rules[0]
 
 
+def test_a_share_the_children_cannot_read_stops_the_other_child_before_the_whole_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An anchor in the first share: that child gives up, and the file is read whole in another child. The
+    child reading the second share would go on parsing beside it for nothing: it is stopped first."""
+    rnd, rules, path, old = _big_file(tmp_path, monkeypatch, seed=15, edit_items=10)
+    started: list[sources._Child] = []
+    child_class = sources._Child
+
+    def spare() -> sources._Child:
+        started.append(child_class())
+        return started[-1]
+
+    whole_read = sources._read_isolated
+    running: list[sources._Child] = []
+
+    def read_whole(*args: Any, **kwargs: Any) -> PolicySource | None:
+        running.extend(child for child in started if child.used and child.process.poll() is None)
+        return whole_read(*args, **kwargs)
+
+    monkeypatch.setattr(sources, "_Child", spare)
+    monkeypatch.setattr(sources, "_read_isolated", read_whole)
+    text = _text([*(_rule(rnd, 100 + index) for index in range(30)), *rules[30:]], 0)
+    text = text.replace("\n- id: r-100-", "\n- &first id: r-100-", 1)
+    path.write_text(text)
+    [edited] = sources.read_sources([path], geoip=True, previous=[old])
+    assert edited == _source(path, text)
+    assert len(started) == sources.CHILDREN + 1, "the edit went to the children, the whole read to another"
+    assert all(child.used for child in started)
+    assert running == []
+    assert all(child.process.returncode is not None for child in started)
+
+
 def test_children_whose_answer_cannot_be_read_leave_the_file_to_be_read_another_way(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -694,3 +729,18 @@ def test_children_whose_answer_cannot_be_read_leave_the_file_to_be_read_another_
     path.write_text(_text([*(_rule(rnd, 100 + index) for index in range(30)), *rules[30:]], 0))
     [edited] = sources.read_sources([path], geoip=True, previous=[old])
     assert edited == _source(path, path.read_text())
+
+
+def test_a_child_yields_the_cpu_to_the_serving_process() -> None:
+    """Niced before its imports: even a child started for nothing (a small edit) takes CPU from requests last."""
+    child = sources._Child()
+    try:
+        wanted = min(19, os.getpriority(os.PRIO_PROCESS, 0) + sources.CHILD_NICENESS)
+        deadline = time.monotonic() + 10
+        while os.getpriority(os.PRIO_PROCESS, child.process.pid) != wanted and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert os.getpriority(os.PRIO_PROCESS, child.process.pid) == wanted
+        assert child.process.poll() is None, "it waits for its work"
+    finally:
+        child.close()
+    assert child.process.returncode is not None
