@@ -373,6 +373,19 @@ def _big_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, seed: int,
     return rnd, rules, path, old
 
 
+def _children_started(monkeypatch: pytest.MonkeyPatch) -> list[sources._Child]:
+    """The child processes the reads start from now on, in order (they run as they would)."""
+    started: list[sources._Child] = []
+    child_class = sources._Child
+
+    def start() -> sources._Child:
+        started.append(child_class())
+        return started[-1]
+
+    monkeypatch.setattr(sources, "_Child", start)
+    return started
+
+
 @pytest.mark.parametrize("new_rules", [1, 30], ids=["a small edit", "a large edit"])
 def test_the_children_started_for_a_big_file_are_all_gone_after_the_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_rules: int
@@ -380,14 +393,7 @@ def test_the_children_started_for_a_big_file_are_all_gone_after_the_read(
     """Started before the cut, used or not (a small edit is read here): none is left running, and none
     is started besides them."""
     rnd, rules, path, old = _big_file(tmp_path, monkeypatch, seed=13, edit_items=10)
-    started: list[sources._Child] = []
-    child_class = sources._Child
-
-    def spare() -> sources._Child:
-        started.append(child_class())
-        return started[-1]
-
-    monkeypatch.setattr(sources, "_Child", spare)
+    started = _children_started(monkeypatch)
     path.write_text(_text([*(_rule(rnd, 100 + index) for index in range(new_rules)), *rules[new_rules:]], 0))
     [edited] = sources.read_sources([path], geoip=True, previous=[old])
     assert edited == _source(path, path.read_text())
@@ -690,13 +696,7 @@ def test_a_share_the_children_cannot_read_stops_the_other_child_before_the_whole
     """An anchor in the first share: that child gives up, and the file is read whole in another child. The
     child reading the second share would go on parsing beside it for nothing: it is stopped first."""
     rnd, rules, path, old = _big_file(tmp_path, monkeypatch, seed=15, edit_items=10)
-    started: list[sources._Child] = []
-    child_class = sources._Child
-
-    def spare() -> sources._Child:
-        started.append(child_class())
-        return started[-1]
-
+    started = _children_started(monkeypatch)
     whole_read = sources._read_isolated
     running: list[sources._Child] = []
 
@@ -704,7 +704,6 @@ def test_a_share_the_children_cannot_read_stops_the_other_child_before_the_whole
         running.extend(child for child in started if child.used and child.process.poll() is None)
         return whole_read(*args, **kwargs)
 
-    monkeypatch.setattr(sources, "_Child", spare)
     monkeypatch.setattr(sources, "_read_isolated", read_whole)
     text = _text([*(_rule(rnd, 100 + index) for index in range(30)), *rules[30:]], 0)
     text = text.replace("\n- id: r-100-", "\n- &first id: r-100-", 1)
