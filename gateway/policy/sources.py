@@ -431,11 +431,9 @@ def _shares(runs: list[tuple[int, int]], count: int) -> list[list[tuple[int, int
     return out
 
 
-def _joined(parts: list[_Read] | None) -> _Read | None:
+def _joined(parts: list[_Read]) -> _Read | None:
     """Reads of consecutive shares of the runs as one read of them all; None when an id is defined in two
     (one read would report it: the caller reads the file whole, which names both places)."""
-    if parts is None:
-        return None
     if len(parts) == 1:
         return parts[0]
     ids = frozenset().union(*(part.ids for part in parts))
@@ -780,8 +778,10 @@ def read_sources(
         big = len(data) >= ISOLATE_BYTES
         source = known.get((name, digest, geoip))
         # A big file that changed is read in children if the edit is large, or in one if it cannot be
-        # read as an edit: started now, their start-up overlaps the cut (and is wasted on a small edit).
-        children = [c for _ in range(CHILDREN) if (c := _spare_child())] if source is None and isolate and big else []
+        # read as an edit (or was not read before): started now, their start-up overlaps the cut (and
+        # is wasted on a small edit).
+        count = (CHILDREN if (name, geoip) in edited else 1) if source is None and isolate and big else 0
+        children = [child for _ in range(count) if (child := _spare_child())]
         try:
             if source is None and (name, geoip) in edited:
                 source = read_edit(path, data, digest, edited[(name, geoip)], isolate=isolate, children=children)

@@ -743,3 +743,15 @@ def test_a_child_yields_the_cpu_to_the_serving_process() -> None:
     finally:
         child.close()
     assert child.process.returncode is not None
+
+
+def test_a_big_file_read_for_the_first_time_starts_one_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing to cut it against: it is read whole, by one child (a second would only be killed)."""
+    path = tmp_path / "big.yaml"
+    path.write_text(_text([_rule(random.Random(16), index) for index in range(10)], 0))
+    monkeypatch.setattr(sources, "ISOLATE_BYTES", 0)
+    started = _children_started(monkeypatch)
+    [source] = sources.read_sources([path], geoip=True)
+    assert source == _source(path, path.read_text())
+    assert [child.used for child in started] == [True]
+    assert started[0].process.returncode == 0
