@@ -43,11 +43,11 @@ import sys
 import tempfile
 import threading
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from itertools import islice
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from gateway.policy.layout import Items, Layout, changed_run, items_agree, moved_items, split_items
 from gateway.policy.loader import NO_MOBILE_CHANNEL, _Reader, unknown_reference
@@ -80,6 +80,7 @@ CHILD_NICENESS = 10
 CHILD_TIMEOUT = 600.0
 # The child pickles a big file's rules in chunks of this many, each with its own memo (see _child).
 PICKLE_CHUNK = 2000
+_T = TypeVar("_T")
 _REF_KINDS = ("function", "channel", "group", "user")
 _NAME_KINDS = ("channel", "function", "group", "user")
 
@@ -371,13 +372,7 @@ def _read_runs_isolated(text: str, items: Items, runs: list[tuple[int, int]], pa
     """:func:`_read_runs` in child processes, side by side: ``children``, or one started now, each
     given an equal share of the runs; None when that fails."""
     if not children:
-        child = _spare_child()
-        if child is None:
-            return None
-        try:
-            return _read_runs_isolated(text, items, runs, path, geoip, [child])
-        finally:
-            child.close()
+        return _with_a_child(lambda child: _read_runs_isolated(text, items, runs, path, geoip, [child]))
     try:
         parts = _read_shares(text, items, runs, path, geoip, children)
     except Exception:  # the children are an optimisation: any trouble, and the file is read another way
@@ -589,18 +584,23 @@ def _spare_child() -> _Child | None:
         return None
 
 
+def _with_a_child(use: Callable[[_Child], _T | None]) -> _T | None:
+    """``use`` of a child started now, and closed after; None when none can be started."""
+    child = _spare_child()
+    if child is None:
+        return None
+    try:
+        return use(child)
+    finally:
+        child.close()
+
+
 def _in_child(entry: str, args: list[str], data: bytes,
               child: _Child | None = None) -> tuple[object, tuple[RuleSpec, ...]] | None:
     """What this module's function ``entry``, run in a child process (``child``, or one started
     now) with ``args`` and ``data`` on stdin, wrote; None when the child failed or cannot be run."""
     if child is None:
-        child = _spare_child()
-        if child is None:
-            return None
-        try:
-            return _in_child(entry, args, data, child)
-        finally:
-            child.close()
+        return _with_a_child(lambda started: _in_child(entry, args, data, started))
     try:
         return child.receive() if child.send(entry, args, data) else None
     except Exception:  # the child is an optimisation: any trouble, and the file is read here
